@@ -1,0 +1,31 @@
+"""initsearch: search the weight initialization of a neural network like a hyperparameter.
+
+Public API::
+
+    import initsearch
+    result = initsearch.search(arch="resnet_ds", data_dir="...", budget=50)
+    result.best.apply(model)                 # a Recipe, applies to any nn.Module
+    result.best.save("recipe.yaml"); initsearch.Recipe.load("recipe.yaml")
+
+The pipeline, one module each: data -> archs -> roles -> schemes -> recipe -> space ->
+protocol -> trial -> engine (driver, backends) -> tracking -> recommend; ``search`` ties them.
+"""
+from initsearch.errors import UsageError
+from initsearch.recipe import BASELINES, Recipe, RoleInit
+from initsearch.roles import ROLES, discover_roles
+
+__version__ = "0.1.0"
+__all__ = ["search", "SearchResult", "Recipe", "RoleInit", "BASELINES", "ROLES",
+           "discover_roles", "UsageError"]
+
+
+def __getattr__(name: str):
+    # search pulls in Optuna and MLflow; keep `import initsearch` light for Ray workers and users
+    # who only apply a recipe.
+    if name == "search":
+        from initsearch.search import search
+        return search
+    if name == "SearchResult":
+        from initsearch.recommend import SearchResult
+        return SearchResult
+    raise AttributeError(name)

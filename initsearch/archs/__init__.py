@@ -1,0 +1,62 @@
+"""Architectures: a registry of built-in model factories, plus a user's own ``module:function``."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from initsearch.archs.resnet_ds import ResNetDS
+from initsearch.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    defaults: dict = field(default_factory=dict)
+
+
+ARCHS: dict[str, Arch] = {
+    "resnet_ds": Arch("resnet_ds", ResNetDS,
+                      "CIFAR ResNet (6n+2) with side-tap auxiliary heads after stages 1 and 2",
+                      {"depth": 20, "width": 16, "aux_stages": (1, 2)}),
+}
+
+
+def build_model(arch: str, *, num_classes: int = 10, options: dict | None = None) -> nn.Module:
+    """Build a built-in architecture by name, or a user's model from ``"package.module:function"``.
+
+    A user factory is called with ``num_classes`` if it accepts that argument, else with none.
+    """
+    options = dict(options or {})
+    if ":" in arch:
+        factory = load_factory(arch)
+        if "num_classes" in inspect.signature(factory).parameters:
+            options.setdefault("num_classes", num_classes)
+        model = factory(**options)
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"--model {arch} returned {type(model).__name__}, not an nn.Module; "
+                             "make the factory return the model")
+        return model
+    if arch not in ARCHS:
+        raise UsageError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)} "
+                         "(or pass --model package.module:function)")
+    spec = ARCHS[arch]
+    return spec.factory(num_classes=num_classes, **{**spec.defaults, **options})
+
+
+def load_factory(ref: str) -> Callable[..., nn.Module]:
+    """Import ``"package.module:function"``; a clear UsageError when it cannot."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"cannot load model factory {ref!r} ({exc}); pass --model "
+                         "package.module:function importable from the current directory") from None
+    if not callable(factory):
+        raise UsageError(f"{ref!r} is not callable; --model must name a function returning a model")
+    return factory

@@ -1,0 +1,195 @@
+"""Data: CIFAR-10 decoded once into uint8 tensors, split, and augmented on the device.
+
+Two on-disk layouts are read:
+
+* ImageFolder: ``<dir>/train/<class>/*.jpg`` and ``<dir>/test/<class>/*.jpg`` (class folders in
+  the standard label order, which for CIFAR-10 is alphabetical);
+* the original python batches that ``torchvision.datasets.CIFAR10`` reads (``cifar-10-batches-py``),
+  downloaded by torchvision when no directory is given and the machine is online.
+
+Decoding 60k JPEGs takes seconds, so the decoded arrays are cached under
+``$INITSEARCH_CACHE`` (default ``~/.cache/initsearch``), keyed by the source directory.
+Training never touches a DataLoader: the split lives as one tensor on the training device and
+each epoch is augmented in one batched call (airbench style).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from initsearch.errors import UsageError
+
+DATASETS = ("cifar10",)
+DATA_ENV = "INITSEARCH_DATA"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+# Per-channel statistics of the CIFAR-10 training set, used to standardize inputs.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images as uint8 ``(N, 3, H, W)`` with int64 labels ``(N,)``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.x[index], self.y[index])
+
+
+@dataclass(frozen=True)
+class Splits:
+    """What a trial trains on (``train``), decides on (``val``) and finally reports (``test``)."""
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    num_classes: int
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """The data directory from the argument, else ``$INITSEARCH_DATA``, else None (download)."""
+    chosen = data_dir or os.environ.get(DATA_ENV)
+    return Path(chosen).expanduser().resolve() if chosen else None
+
+
+def load_cifar10(data_dir: str | os.PathLike | None = None) -> tuple[ImageSet, ImageSet]:
+    """Return the (train, test) sets of CIFAR-10, decoding once and caching the result.
+
+    Raises:
+        UsageError: if the directory is missing, unreadable, or holds neither layout.
+    """
+    root = resolve_data_dir(data_dir)
+    if root is None:
+        return _download_cifar10()
+    if not root.is_dir():
+        raise UsageError(f"data directory {root} does not exist; pass --data DIR "
+                         f"(or set {DATA_ENV}) pointing at CIFAR-10")
+    cache = _cache_path(root)
+    if cache.exists():
+        train, test = torch.load(cache, weights_only=True)
+        return ImageSet(*train), ImageSet(*test)
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train, test = _read_image_folder(root / "train"), _read_image_folder(root / "test")
+    elif (root / "cifar-10-batches-py").is_dir() or (root / "data_batch_1").exists():
+        train, test = _read_python_batches(root)
+    else:
+        raise UsageError(f"{root} holds no CIFAR-10: expected train/<class>/*.jpg and "
+                         f"test/<class>/*.jpg, or cifar-10-batches-py/; fix --data or {DATA_ENV}")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    torch.save(((train.x, train.y), (test.x, test.y)), tmp)
+    tmp.replace(cache)  # atomic: a concurrent reader never sees half a file
+    return train, test
+
+
+def make_splits(train: ImageSet, test: ImageSet, *, train_size: int | None, val_size: int,
+                test_size: int | None, split_seed: int, num_classes: int = 10) -> Splits:
+    """Carve a validation split out of the training set; subsample train and test.
+
+    The permutation depends only on ``split_seed``, so every trial of a study sees the same
+    images: differences between trials come from the init, not from the data.
+    """
+    if val_size >= len(train):
+        raise UsageError(f"val_size {val_size} leaves no training images "
+                         f"(the training set has {len(train)}); lower it in the protocol")
+    gen = torch.Generator().manual_seed(split_seed)
+    order = torch.randperm(len(train), generator=gen)
+    val_idx, rest = order[:val_size], order[val_size:]
+    train_idx = rest[:train_size] if train_size else rest
+    test_idx = torch.randperm(len(test), generator=gen)[:test_size] if test_size else None
+    return Splits(train=train.take(train_idx), val=train.take(val_idx),
+                  test=test.take(test_idx) if test_idx is not None else test,
+                  num_classes=num_classes)
+
+
+def load_splits(dataset: str, data_dir: str | os.PathLike | None, **split_args) -> Splits:
+    """Load ``dataset`` and split it as a protocol asks (see :func:`make_splits`)."""
+    if dataset != "cifar10":
+        raise UsageError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    train, test = load_cifar10(data_dir)
+    return make_splits(train, test, num_classes=len(CIFAR10_CLASSES), **split_args)
+
+
+def standardize(x: torch.Tensor, *, channels_last: bool) -> torch.Tensor:
+    """uint8 images to float, zero mean and unit variance per channel."""
+    mean = torch.tensor(CIFAR10_MEAN, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(CIFAR10_STD, device=x.device).view(1, 3, 1, 1) * 255
+    out = (x.float() - mean) / std
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def augment(x: torch.Tensor, *, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip, per image, in two batched ops."""
+    n, _, h, w = x.shape
+    if flip:
+        mask = torch.rand(n, device=x.device, generator=generator) < 0.5
+        x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
+    if pad:
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
+        rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        chans = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        x = padded[batch, chans, rows, cols]  # gather one shifted 32x32 window per image
+    return x
+
+
+def _cache_path(root: Path) -> Path:
+    cache_root = Path(os.environ.get("INITSEARCH_CACHE", Path.home() / ".cache" / "initsearch"))
+    key = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    return cache_root / f"cifar10-{key}.pt"
+
+
+def _read_image_folder(folder: Path) -> ImageSet:
+    from PIL import Image  # torchvision's dependency; imported here to keep start-up light
+
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    if tuple(classes) != CIFAR10_CLASSES:
+        raise UsageError(f"{folder} has class folders {classes}, not the ten CIFAR-10 classes; "
+                         "point --data at the directory that holds train/ and test/")
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((folder / name).iterdir()):
+            with Image.open(path) as img:
+                images.append(torch.frombuffer(bytearray(img.convert("RGB").tobytes()),
+                                               dtype=torch.uint8))
+            labels.append(label)
+    x = torch.stack(images).view(len(images), 32, 32, 3).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(x, torch.tensor(labels, dtype=torch.int64))
+
+
+def _read_python_batches(root: Path) -> tuple[ImageSet, ImageSet]:
+    from torchvision.datasets import CIFAR10
+
+    parent = root if (root / "cifar-10-batches-py").is_dir() else root.parent
+    return tuple(_from_torchvision(CIFAR10(str(parent), train=t, download=False))
+                 for t in (True, False))
+
+
+def _download_cifar10() -> tuple[ImageSet, ImageSet]:
+    from torchvision.datasets import CIFAR10
+
+    root = Path(os.environ.get("INITSEARCH_CACHE", Path.home() / ".cache" / "initsearch"))
+    try:
+        sets = [CIFAR10(str(root / "download"), train=t, download=True) for t in (True, False)]
+    except Exception as exc:  # no network, proxy, disk full: all mean "point us at a copy"
+        raise UsageError(f"could not download CIFAR-10 ({type(exc).__name__}); pass --data DIR "
+                         f"or set {DATA_ENV} to a local copy") from None
+    return tuple(_from_torchvision(s) for s in sets)
+
+
+def _from_torchvision(ds) -> ImageSet:
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return ImageSet(x, torch.tensor(ds.targets, dtype=torch.int64))

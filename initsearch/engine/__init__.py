@@ -1,0 +1,1 @@
+"""Search engine: the study driver and the backends that execute its trials (Ray Tune, local)."""

@@ -1,0 +1,117 @@
+"""Ray Tune backend: Tune launches and places trials; the study driver decides everything else.
+
+Two thin adapters plug the driver into Tune's extension points:
+
+* :class:`DriverSearcher` (a Tune ``Searcher``): ``suggest`` asks the driver for the next
+  recipe; ``on_trial_complete`` tells the driver how the trial ended.
+* :class:`DriverPruningScheduler` (a Tune ``FIFOScheduler``): every epoch report goes to the
+  driver, which feeds the Optuna pruner; a prune decision becomes Tune's ``STOP``.
+
+Trials are function trainables reporting with ``ray.tune.report``; ``reuse_actors=True`` keeps
+worker processes (and their imported torch) alive across trials; the data split is put in the
+object store once via ``tune.with_parameters``; resources per trial include fractional GPUs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from torch import nn
+
+from initsearch.data import Splits
+from initsearch.engine.driver import StudyDriver
+from initsearch.trial import TrialConfig, run_trial
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune status tables: we draw our own bar
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+from ray import tune  # noqa: E402  (after the environment above)
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+
+
+class DriverSearcher(Searcher):
+    def __init__(self, driver: StudyDriver) -> None:
+        super().__init__(metric="val_acc", mode="max")
+        self.driver = driver
+        self._numbers: dict[str, int] = {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space lives in the driver; Tune's metric/mode match ours
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if not self.driver.remaining:
+            return Searcher.FINISHED
+        config = self.driver.ask()
+        self._numbers[trial_id] = config.number
+        return {"trial": config.to_dict()}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        number = self._numbers.pop(trial_id, None)
+        if number is not None:
+            self.driver.finish(number, "trial raised in its Ray worker (see the Ray trial log)"
+                               if error else None)
+
+
+class DriverPruningScheduler(FIFOScheduler):
+    def __init__(self, driver: StudyDriver) -> None:
+        super().__init__()
+        self.driver = driver
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        stop = self.driver.report(trial.config["trial"]["number"], result)
+        return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
+
+
+def _ray_trial(config: dict, splits: Splits, model_fn: Callable[[], nn.Module], threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    for metrics in run_trial(TrialConfig.from_dict(config["trial"]), splits, model_fn):
+        tune.report(metrics)
+
+
+def run_ray(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Module], *,
+            threads: int, gpus_per_trial: float, storage: Path, name: str) -> int:
+    """Run the driver's remaining trials through Tune; returns how many ran at once."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        # Workers must import what the driver imports (a user's --model module, this package).
+        path = os.pathsep.join([os.getcwd(), *sys.path])
+        ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_AIR_NEW_OUTPUT": "0"}})
+    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        gpus = ray.cluster_resources().get("GPU", 0)
+        concurrency = max(1, cpus // threads)
+        if gpus_per_trial:
+            concurrency = min(concurrency, max(1, int(gpus / gpus_per_trial)))
+        trainable = tune.with_resources(
+            tune.with_parameters(_ray_trial, splits=splits, model_fn=model_fn, threads=threads),
+            {"cpu": threads, "gpu": gpus_per_trial})
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=DriverSearcher(driver),
+                                        scheduler=DriverPruningScheduler(driver),
+                                        metric="val_acc", mode="max",
+                                        num_samples=driver.remaining,
+                                        max_concurrent_trials=concurrency, reuse_actors=True),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=0))
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            driver.abandon_running()
+            raise
+        if driver.in_flight:  # Tune ended (e.g. on SIGINT) with trials in flight
+            driver.abandon_running()
+        return concurrency
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,124 @@
+"""Trial protocols: how a candidate recipe is trained and scored (files in ``trials/``).
+
+A protocol fixes everything but the init, so that trials differ only by their recipe: the data
+subset and its split, epochs (the highest fidelity) and the pruner's rungs, optimizer, learning
+rate schedule, batch size, auxiliary-loss weight, augmentation, seeds, and how many CPU threads
+/ GPU share a trial gets. See ``trials/cpu.yaml`` for every key with a comment.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from initsearch.errors import UsageError
+
+FORMAT, VERSION = "initsearch.protocol", 1
+TRIALS_DIR = Path(__file__).resolve().parent.parent / "trials"
+PRUNERS = ("successive_halving", "hyperband", "median", "none")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    description: str = ""
+    device: str = "auto"                       # auto | cpu | cuda
+    train_size: int | None = None              # training images (None: all that are not val)
+    val_size: int = 5000                       # carved from the training set
+    test_size: int | None = None               # final reports only (None: the whole test set)
+    split_seed: int = 0
+    epochs: int = 9                            # the highest fidelity
+    pruner: dict = field(default_factory=lambda: {"name": "successive_halving",
+                                                  "min_resource": 1, "reduction_factor": 3})
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    optimizer: dict = field(default_factory=lambda: {"lr": 0.05, "momentum": 0.9,
+                                                     "nesterov": True, "weight_decay": 5e-4})
+    lr_schedule: str = "cosine"                # cosine | linear | constant, over all `epochs`
+    warmup_epochs: float = 0.0
+    aux_loss_weight: float = 0.3
+    label_smoothing: float = 0.0
+    crop_padding: int = 4
+    flip: bool = True
+    seeds: tuple[int, ...] = (0,)
+    threads_per_trial: int = 1
+    gpus_per_trial: float = 0.0                # fractions let several short trials share a GPU
+    channels_last: bool = True
+    arch_options: dict = field(default_factory=dict)  # {arch: {option: value}} sized for the device
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        opts = {k: v for k, v in self.pruner.items() if k != "name"}
+        name = self.pruner.get("name", "successive_halving")
+        if name == "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(**opts)
+        if name == "hyperband":
+            return optuna.pruners.HyperbandPruner(max_resource=self.epochs, **opts)
+        if name == "median":
+            return optuna.pruners.MedianPruner(**opts)
+        return optuna.pruners.NopPruner()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        return d
+
+
+def available_profiles() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(TRIALS_DIR.glob("*.yaml"))}
+
+
+def default_profile() -> str:
+    """``gpu`` when a CUDA device is visible, else ``cpu``."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def load_protocol(name_or_path: str | None = None) -> Protocol:
+    """Load a protocol by name (a file in ``trials/``) or path; None picks :func:`default_profile`."""
+    name_or_path = name_or_path or default_profile()
+    path = Path(name_or_path)
+    if not path.suffix:
+        profiles = available_profiles()
+        if name_or_path not in profiles:
+            raise UsageError(f"unknown profile {name_or_path!r}; choose one of: "
+                             f"{', '.join(profiles)} or pass a path to a protocol file")
+        path = profiles[name_or_path]
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read protocol {path}: {str(exc).splitlines()[0]}") from None
+    return parse_protocol(raw, path.stem, str(path))
+
+
+def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
+        raise UsageError(f"protocol {where}: needs 'format: {FORMAT}' and 'version: {VERSION}'")
+    body = {k: v for k, v in raw.items() if k not in ("format", "version")}
+    known = {f.name: f for f in fields(Protocol)}
+    unknown = set(body) - set(known)
+    if unknown:
+        raise UsageError(f"protocol {where}: unknown key(s) {sorted(unknown)}; "
+                         f"allowed: {', '.join(k for k in known if k != 'name')}")
+    if "seeds" in body:
+        body["seeds"] = tuple(body["seeds"])
+    protocol = Protocol(name=name, **body)
+    checks = [
+        (protocol.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
+        (isinstance(protocol.epochs, int) and protocol.epochs >= 1, "epochs must be an integer >= 1"),
+        (protocol.pruner.get("name", "successive_halving") in PRUNERS,
+         f"pruner.name must be one of {', '.join(PRUNERS)}"),
+        (protocol.batch_size >= 1 and protocol.val_size >= 1, "batch_size and val_size must be >= 1"),
+        (protocol.lr_schedule in ("cosine", "linear", "constant"),
+         "lr_schedule must be cosine, linear or constant"),
+        (len(protocol.seeds) >= 1, "seeds must list at least one seed"),
+        (protocol.threads_per_trial >= 1, "threads_per_trial must be >= 1"),
+        (protocol.gpus_per_trial >= 0, "gpus_per_trial must be >= 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UsageError(f"protocol {where}: {msg}")
+    return protocol

@@ -1,0 +1,190 @@
+"""``initsearch.search``: validate everything, then run one study end to end.
+
+All input is checked before anything is written: a bad arch, dataset, profile, space, budget,
+data directory or tracking store raises :class:`~initsearch.errors.UsageError` with nothing
+recorded. State lives under ``<home>/mlruns/`` (``home`` defaults to ``$INITSEARCH_HOME`` or the
+current directory): the MLflow store, ``optuna/<study>.journal`` (Optuna's journal storage, so
+``resume`` continues a study) and ``ray/`` (Tune's experiment folders).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+from torch import nn
+
+from initsearch.archs import ARCHS, build_model
+from initsearch.data import load_splits
+from initsearch.engine.driver import StudyDriver
+from initsearch.engine.progress import Progress
+from initsearch.errors import UsageError
+from initsearch.protocol import load_protocol
+from initsearch.recommend import SearchResult, best_recipe, build_table
+from initsearch.space import available_spaces, load_space
+from initsearch.tracking import Tracker, check_tracking_uri, default_tracking_uri
+
+BACKENDS = ("ray", "local")
+
+
+def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None = None,
+           arch_options: dict | None = None, dataset: str = "cifar10",
+           data_dir: str | os.PathLike | None = None, budget: int = 50, profile: str | None = None,
+           space: str | None = None, backend: str = "ray", seed: int = 0,
+           study: str | None = None, resume: bool = False, tracking_uri: str | None = None,
+           gpus_per_trial: float | None = None, home: str | os.PathLike | None = None,
+           progress: bool = False) -> SearchResult:
+    """Search init recipes for a model on a dataset; return the best recipe and the table.
+
+    Args:
+        arch: a built-in architecture (``initsearch archs``), or ``"package.module:function"``.
+        model_fn: instead of ``arch``, a callable returning a fresh ``nn.Module``.
+        arch_options: architecture parameters (e.g. ``{"depth": 56}``), over the profile's.
+        dataset: ``"cifar10"``.
+        data_dir: where the data is (else ``$INITSEARCH_DATA``, else torchvision downloads it).
+        budget: total trials in the study, baselines included (a resumed study counts what it has).
+        profile: a trial protocol from ``trials/`` (or a path); None picks ``gpu`` or ``cpu``.
+        space: a search space from ``spaces/`` (or a path); None picks ``<arch>`` or ``default``.
+        backend: ``"ray"`` (Ray Tune launches trials) or ``"local"`` (in this process).
+        seed: seeds the TPE sampler and offsets the protocol's training seeds.
+        study: the study name; None makes ``<arch>-<dataset>-<timestamp>``.
+        resume: continue ``study`` (or the newest study of this arch) up to ``budget`` trials.
+        tracking_uri: MLflow store; default ``sqlite:///<home>/mlruns/mlflow.db``.
+        gpus_per_trial: GPU share per trial under Ray (fractions allowed); default the profile's.
+        home: the folder holding ``mlruns/``.
+        progress: draw a progress bar on stderr.
+
+    Example:
+        >>> result = initsearch.search(arch="resnet_ds", data_dir="data/cifar10", budget=20,
+        ...                            backend="local")                       # doctest: +SKIP
+        >>> result.best.apply(my_model)                                       # doctest: +SKIP
+    """
+    t_start = time.perf_counter()
+    # -- 1. validate every input; nothing is written before this block ends ----------------------
+    if not isinstance(budget, int) or budget < 1:
+        raise UsageError(f"budget must be a whole number >= 1, not {budget!r}")
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    protocol = load_protocol(profile)
+    protocol = dataclasses.replace(protocol, seeds=tuple(s + seed for s in protocol.seeds))
+    if gpus_per_trial is not None:
+        protocol = dataclasses.replace(protocol, gpus_per_trial=gpus_per_trial)
+    if protocol.gpus_per_trial < 0 or (protocol.gpus_per_trial > 0 and not torch.cuda.is_available()):
+        raise UsageError(f"gpus_per_trial={protocol.gpus_per_trial} but no CUDA GPU is visible; "
+                         "use --gpus-per-trial 0 or a machine with a GPU")
+    label = getattr(model_fn, "__name__", "model") if model_fn else arch.rpartition(":")[2]
+    if model_fn is None:
+        options = {**protocol.arch_options.get(arch, {}), **(arch_options or {})}
+        model_fn = functools.partial(build_model, arch, options=options)
+    space_obj = load_space(space or (arch if arch in available_spaces() else "default"))
+    probe = _build_probe(model_fn)
+    plan_for = functools.partial(_plan, probe)
+    plan_for(space_obj.baselines()["lion_dg"])  # labels every layer now, or fails clearly
+    splits = load_splits(dataset, data_dir, train_size=protocol.train_size,
+                         val_size=protocol.val_size, test_size=protocol.test_size,
+                         split_seed=protocol.split_seed)
+    state = Path(home or os.environ.get("INITSEARCH_HOME") or Path.cwd()).resolve() / "mlruns"
+    journals = state / "optuna"
+    study_name = _study_name(study, resume, journals, label, dataset)
+    journal = journals / f"{study_name}.journal"
+    tracking_uri = tracking_uri or default_tracking_uri(state.parent)
+    check_tracking_uri(tracking_uri)
+
+    # -- 2. open the study and the tracking runs --------------------------------------------------
+    journals.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study_obj = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=seed),
+                                    pruner=protocol.make_pruner(), load_if_exists=resume)
+    settings = {"arch": label, "dataset": dataset, "profile": protocol.name,
+                "space": space_obj.name, "backend": backend, "seed": seed}
+    tracker = Tracker(tracking_uri, f"initsearch-{label}", state / "artifacts")
+    parent = tracker.start_search(study_name, {**settings, "budget": budget,
+                                               "epochs": protocol.epochs,
+                                               "gpus_per_trial": protocol.gpus_per_trial})
+    bar = Progress(budget, enabled=progress)
+    driver = StudyDriver(study_obj, space_obj, protocol, tracker, plan_for, budget, bar)
+    if resume:
+        driver.recover_interrupted()
+    else:
+        for key, value in settings.items():
+            study_obj.set_user_attr(key, value)
+        driver.enqueue_baselines()
+
+    # -- 3. run, then recommend ---------------------------------------------------------------------
+    status = "KILLED"
+    try:
+        if backend == "ray":
+            from initsearch.engine.ray_backend import run_ray
+
+            slots = run_ray(driver, splits, model_fn, threads=protocol.threads_per_trial,
+                            gpus_per_trial=protocol.gpus_per_trial, storage=state / "ray",
+                            name=study_name)
+        else:
+            from initsearch.engine.local import run_local
+
+            slots = run_local(driver, splits, model_fn)
+        status = "FINISHED"
+    finally:
+        bar.close()
+        table = build_table(study_obj)
+        best = best_recipe(study_obj)
+        wall = time.perf_counter() - t_start
+        result = SearchResult(best, table, study_name, parent)
+        if status == "FINISHED":
+            result.stats = {"wall_seconds": wall, "compute_seconds": driver.compute_seconds,
+                            "slots": slots,
+                            "outside_compute_share": 1 - driver.compute_seconds / (wall * slots),
+                            **{f"n_{s.lower()}": sum(r["state"] == s for r in table)
+                               for s in ("COMPLETE", "PRUNED", "FAIL")}}
+            ref = max((r["val_acc"] for r in result.baselines if r["state"] == "COMPLETE"), default=None)
+            if best is not None:
+                result.stats["best_val_acc"] = best.meta["val_acc"]
+                if ref is not None:
+                    result.stats["gain_over_best_baseline"] = best.meta["val_acc"] - ref
+        texts = {"comparison.txt": result.comparison(), "trials.csv": result.to_csv()}
+        if best is not None:
+            texts["best_recipe.yaml"] = best.dumps()
+        tracker.end_search(result.stats, texts, status)
+    return result
+
+
+def _build_probe(model_fn: Callable[[], nn.Module]) -> nn.Module:
+    try:
+        model = model_fn()
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"building the model failed ({type(exc).__name__}: {exc}); "
+                         "check the architecture options or the model factory") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"the model factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _plan(probe: nn.Module, recipe) -> list[dict]:
+    return recipe.plan(probe)
+
+
+def _study_name(study: str | None, resume: bool, journals: Path, label: str, dataset: str) -> str:
+    if resume:
+        if study is None:
+            found = sorted(journals.glob(f"{label}-{dataset}-*.journal"), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise UsageError(f"--resume found no earlier {label} study in {journals}; "
+                                 "drop --resume or pass --study NAME")
+            return found[-1].stem
+        if not (journals / f"{study}.journal").exists():
+            raise UsageError(f"no study {study!r} in {journals} to resume; drop --resume to start it")
+        return study
+    if study is not None and (journals / f"{study}.journal").exists():
+        raise UsageError(f"study {study!r} already exists; pass --resume to continue it "
+                         "or choose another --study name")
+    return study or f"{label}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+

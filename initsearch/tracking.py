@@ -1,0 +1,135 @@
+"""Tracking: one MLflow parent run per search, one nested child run per trial, all from the driver.
+
+Only the driver process writes (sqlite allows one writer; trials run elsewhere under Ray), and
+it writes in batches: one ``log_batch`` per epoch report, about 10x cheaper than a
+``log_metric`` call per value. The store defaults to ``sqlite:///<home>/mlruns/mlflow.db`` with
+artifacts under ``<home>/mlruns/artifacts`` -- absolute paths, since Ray trials run in their own
+working directories.
+
+A child run holds the recipe's per-role choices as params, the per-layer plan as
+``recipe.json``, and ``train_loss``/``val_loss``/``val_acc`` per epoch; tag ``state`` says
+COMPLETE, PRUNED or FAIL. The parent holds the search settings, the recommendation and the
+comparison table.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from initsearch.errors import UsageError
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+PARENT_TAG = "mlflow.parentRunId"
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
+
+
+def default_tracking_uri(home: Path) -> str:
+    return f"sqlite:///{(home / 'mlruns' / 'mlflow.db').resolve()}"
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, before anything is written, if the store cannot be reached."""
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            ok = requests.get(uri.rstrip("/") + "/health", timeout=5).ok
+        except requests.RequestException:
+            ok = False
+        if not ok:
+            raise UsageError(f"MLflow tracking server {uri} is unreachable; start it (initsearch ui) "
+                             "or pass --tracking-uri sqlite:////abs/path/mlflow.db")
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        parent = next((p for p in (db.parent, *db.parent.parents) if p.exists()), None)
+        if not db.is_absolute() or parent is None or not os.access(parent, os.W_OK):
+            raise UsageError(f"tracking store {uri} is not a writable absolute sqlite path; "
+                             "pass --tracking-uri sqlite:////abs/path/mlflow.db")
+    elif not uri.startswith(("databricks", "postgresql", "mysql", "mssql")):
+        raise UsageError(f"unsupported tracking URI {uri!r}; use sqlite:////abs/path/mlflow.db "
+                         "or http://host:port of an MLflow server")
+
+
+class Tracker:
+    """Writes one search into MLflow through a single client (no fluent global state)."""
+
+    def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, artifact_location=artifact_root.resolve().as_uri() if artifact_root else None)
+        self.parent_id: str | None = None
+
+    # -- the search ----------------------------------------------------------------------------
+    def start_search(self, study_name: str, params: dict[str, Any]) -> str:
+        """Open the parent run, or reopen the one a resumed study already has."""
+        from mlflow.entities import Param, RunTag
+
+        found = self.client.search_runs([self.experiment_id],
+                                        f"tags.study = '{study_name}' and tags.role = 'search'",
+                                        max_results=1)
+        if found:
+            self.parent_id = found[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            return self.parent_id
+        run = self.client.create_run(self.experiment_id, run_name=study_name,
+                                     tags={"study": study_name, "role": "search"})
+        self.parent_id = run.info.run_id
+        self.client.log_batch(self.parent_id, params=[Param(k, str(v)) for k, v in params.items()],
+                              tags=[RunTag("mlflow.note.content",
+                                           f"initsearch study {study_name}: " + ", ".join(
+                                               f"{k}={v}" for k, v in params.items()))])
+        return self.parent_id
+
+    def end_search(self, metrics: dict[str, float], texts: dict[str, str], status: str) -> None:
+        from mlflow.entities import Metric
+
+        now = _ms()
+        self.client.log_batch(self.parent_id, metrics=[Metric(k, float(v), now, 0)
+                                                       for k, v in metrics.items()])
+        for name, text in texts.items():
+            self.client.log_text(self.parent_id, text, name)
+        self.client.set_terminated(self.parent_id, status)
+
+    # -- the trials ----------------------------------------------------------------------------
+    def start_trial(self, number: int, recipe, baseline: str | None, params: dict[str, Any],
+                    plan: list[dict]) -> str:
+        from mlflow.entities import Param, RunTag
+
+        run = self.client.create_run(
+            self.experiment_id, run_name=baseline or f"trial-{number:03d}",
+            tags={PARENT_TAG: self.parent_id, "trial": str(number), "baseline": baseline or ""})
+        run_id = run.info.run_id
+        self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()],
+                              tags=[RunTag("recipe", recipe.summary()[:5000])])
+        self.client.log_dict(run_id, {"recipe": recipe.to_dict(), "layers": plan}, "recipe.json")
+        return run_id
+
+    def log_epoch(self, run_id: str, metrics: dict[str, Any], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = _ms()
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, step)
+                                               for k, v in metrics.items() if k != "epoch"])
+
+    def end_trial(self, run_id: str, status: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, status)
+
+
+def _param(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _ms() -> int:
+    return int(time.time() * 1000)

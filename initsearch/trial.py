@@ -1,0 +1,151 @@
+"""Trial: train one recipe under one protocol and yield per-epoch metrics.
+
+This is the only training loop; both search backends run it (Ray inside a worker, the local
+backend in-process). The trial is a generator: after each epoch it yields
+``{epoch, train_loss, val_loss, val_acc, train_seconds, eval_seconds}`` (plus ``test_acc``
+after the last epoch) and the caller decides whether to go on -- that is where pruning happens.
+
+Data stays on the training device as one tensor; every epoch is augmented in one batched call
+and sliced into minibatches (no DataLoader). With several seeds the replicas train in lockstep
+and the metrics are their means.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from initsearch.data import Splits, augment, standardize
+from initsearch.protocol import Protocol
+from initsearch.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything a worker needs to run one trial (plain data, so Ray can ship it)."""
+
+    number: int
+    recipe: dict
+    protocol: dict
+
+    def to_dict(self) -> dict:
+        return {"number": self.number, "recipe": self.recipe, "protocol": self.protocol}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialConfig":
+        return cls(d["number"], d["recipe"], d["protocol"])
+
+
+def deep_supervision_loss(out, y: torch.Tensor, aux_weight: float,
+                          label_smoothing: float = 0.0) -> torch.Tensor:
+    """``CE(main) + aux_weight * sum_k CE(aux_k)``; a plain CE when the model has one head."""
+    main, aux = out if isinstance(out, tuple) else (out, ())
+    loss = F.cross_entropy(main, y, label_smoothing=label_smoothing)
+    for logits in aux:
+        loss = loss + aux_weight * F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    return loss
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine / linear decay to 0, or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return {"cosine": 0.5 * (1 + math.cos(math.pi * t)), "linear": 1 - t, "constant": 1.0}[schedule]
+
+
+@dataclass
+class _Replica:
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    gen: torch.Generator
+
+
+def run_trial(config: TrialConfig, splits: Splits,
+              model_fn: Callable[[], nn.Module]) -> Iterator[dict]:
+    """Train ``config.recipe`` under ``config.protocol``; yield metrics after every epoch."""
+    p = Protocol(**{**config.protocol, "seeds": tuple(config.protocol["seeds"])})
+    recipe = Recipe.from_dict(config.recipe)
+    device = resolve_device(p.device)
+    fmt = torch.channels_last if p.channels_last else torch.contiguous_format
+    to_dev = lambda s: (standardize(s.x.to(device), channels_last=p.channels_last), s.y.to(device))
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = map(to_dev, (splits.train, splits.val,
+                                                                        splits.test))
+    steps_per_epoch = len(train_y) // p.batch_size  # drop the ragged last batch: keeps BN sane
+    total_steps = p.epochs * steps_per_epoch
+    warmup = round(p.warmup_epochs * steps_per_epoch)
+
+    replicas = []
+    for seed in p.seeds:
+        torch.manual_seed(seed)
+        model = model_fn().to(device, memory_format=fmt)
+        recipe.apply(model, data=train_x[:p.batch_size], seed=seed)
+        decay = [q for q in model.parameters() if q.ndim > 1]  # no weight decay on BN and biases
+        rest = [q for q in model.parameters() if q.ndim <= 1]
+        opt = torch.optim.SGD([{"params": decay, "weight_decay": p.optimizer.get("weight_decay", 0)},
+                               {"params": rest, "weight_decay": 0.0}],
+                              lr=p.optimizer["lr"], momentum=p.optimizer.get("momentum", 0.9),
+                              nesterov=p.optimizer.get("nesterov", True))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, total_steps, warmup, p.lr_schedule))
+        replicas.append(_Replica(model, opt, sched, torch.Generator(device).manual_seed(seed)))
+
+    for epoch in range(1, p.epochs + 1):
+        t0 = _now(device)
+        train_loss = sum(_train_epoch(r, train_x, train_y, p) for r in replicas) / len(replicas)
+        t1 = _now(device)
+        val = [_evaluate(r.model, val_x, val_y, p.eval_batch_size) for r in replicas]
+        metrics = {"epoch": epoch, "train_loss": train_loss,
+                   "val_loss": sum(v[0] for v in val) / len(val),
+                   "val_acc": sum(v[1] for v in val) / len(val),
+                   "train_seconds": t1 - t0}
+        if epoch == p.epochs:  # the test split is only for the final report, never for decisions
+            test = [_evaluate(r.model, test_x, test_y, p.eval_batch_size) for r in replicas]
+            metrics["test_acc"] = sum(t[1] for t in test) / len(test)
+        metrics["eval_seconds"] = _now(device) - t1
+        yield metrics
+
+
+def _train_epoch(r: _Replica, x: torch.Tensor, y: torch.Tensor, p: Protocol) -> float:
+    r.model.train()
+    x = augment(x, pad=p.crop_padding, flip=p.flip, generator=r.gen)
+    order = torch.randperm(len(y), device=y.device, generator=r.gen)
+    total, steps = torch.zeros((), device=y.device), len(y) // p.batch_size
+    for i in range(steps):
+        idx = order[i * p.batch_size:(i + 1) * p.batch_size]
+        loss = deep_supervision_loss(r.model(x[idx]), y[idx], p.aux_loss_weight, p.label_smoothing)
+        r.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        r.opt.step()
+        r.sched.step()
+        total += loss.detach()  # no .item() per step: it would sync the GPU
+    return float(total) / steps
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
+    model.eval()
+    loss, correct = torch.zeros((), device=y.device), torch.zeros((), device=y.device)
+    for i in range(0, len(y), batch):
+        logits = model(x[i:i + batch])
+        loss += F.cross_entropy(logits, y[i:i + batch], reduction="sum")
+        correct += (logits.argmax(1) == y[i:i + batch]).sum()
+    return float(loss) / len(y), float(correct) / len(y)
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
