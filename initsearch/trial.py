@@ -25,6 +25,10 @@ from initsearch.protocol import Protocol
 from initsearch.recipe import Recipe
 
 
+#: The keys a trial yields each epoch (``test_acc`` only after the last one).
+METRICS = ("epoch", "train_loss", "val_loss", "val_acc", "test_acc", "train_seconds", "eval_seconds")
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything a worker needs to run one trial (plain data, so Ray can ship it)."""

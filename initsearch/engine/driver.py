@@ -23,7 +23,7 @@ from initsearch.protocol import Protocol
 from initsearch.recipe import Recipe
 from initsearch.space import Space
 from initsearch.tracking import Tracker
-from initsearch.trial import TrialConfig
+from initsearch.trial import METRICS, TrialConfig
 
 BASELINE_ATTR = "baseline"
 RECIPE_ATTR = "recipe"
@@ -96,6 +96,7 @@ class StudyDriver:
     def report(self, number: int, metrics: dict[str, Any]) -> bool:
         """Record one epoch; True means the pruner stopped this trial."""
         live = self._live[number]
+        metrics = {k: metrics[k] for k in METRICS if k in metrics}  # Ray adds its own keys
         epoch = int(metrics["epoch"])
         if epoch <= live.last.get("epoch", 0):
             return False  # a restarted worker re-sent an epoch the study already has
