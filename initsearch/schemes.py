@@ -38,8 +38,10 @@ WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
 @torch.no_grad()
 def default_(module: nn.Module) -> None:
-    """PyTorch's default init for the module's type (its own ``reset_parameters``)."""
-    module.reset_parameters()
+    """PyTorch's default init for the module's type (its own ``reset_parameters``); a module
+    without one keeps the values it was constructed with, which are its default."""
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
 
 
 @torch.no_grad()

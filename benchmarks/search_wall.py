@@ -1,0 +1,76 @@
+"""Benchmark: wall-clock of a whole `initsearch run` and the share spent outside training steps.
+
+Runs the CLI as a subprocess (so process start, imports, Ray start-up, Optuna and MLflow are all
+inside the measured wall), then reads from the MLflow store the seconds every trial spent inside
+training and evaluation steps. The outside share is ``1 - compute / (wall * slots)`` where slots
+is the number of trials that can run at once (idle slots count as overhead).
+
+    python benchmarks/search_wall.py --budget 50 --data ../shared/data/cifar10 [--backend ray]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores, {model}, {gpu}, torch {torch.__version__}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--budget", type=int, default=50)
+    ap.add_argument("--arch", default="resnet_ds")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--backend", default="ray")
+    ap.add_argument("--home", default=None, help="keep the store here (default: a temp dir)")
+    args = ap.parse_args()
+    home = Path(args.home or tempfile.mkdtemp(prefix="initsearch-bench-")).resolve()
+    study = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
+    cmd = [sys.executable, "-m", "initsearch.cli", "run", "--arch", args.arch, "--budget",
+           str(args.budget), "--data", args.data, "--backend", args.backend, "--study", study,
+           "--home", str(home), "--out", str(home / "best.yaml"), "--no-progress"]
+    if args.profile:
+        cmd += ["--profile", args.profile]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    print(proc.stdout)
+    if proc.returncode:
+        sys.exit(proc.stderr[-3000:])
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(f"initsearch-{args.arch}")
+    parent = client.search_runs([exp.experiment_id], f"tags.study = '{study}'")[0]
+    m = parent.data.metrics
+    compute, slots = m["compute_seconds"], m["slots"]
+    rows = [("machine", machine()),
+            ("command", " ".join(["initsearch"] + cmd[3:])),
+            ("wall-clock, whole process", f"{wall:.0f} s ({wall / 60:.1f} min)"),
+            ("trial slots (concurrent trials)", f"{slots:.0f}"),
+            ("time in training + eval steps, all trials", f"{compute:.0f} s"),
+            ("outside training/eval steps", f"{100 * (1 - compute / (wall * slots)):.1f}%"),
+            ("trials complete / pruned / failed",
+             f"{m['n_complete']:.0f} / {m['n_pruned']:.0f} / {m['n_fail']:.0f}"),
+            ("best val_acc", f"{m.get('best_val_acc', float('nan')):.4f}"),
+            ("gain over best baseline", f"{100 * m.get('gain_over_best_baseline', float('nan')):+.2f} pp")]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"| {k.ljust(width)} | {v} |" for k, v in rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Shared fixtures: the real CIFAR-10 copy beside the checkout, a real batch, a scratch home."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from initsearch.data import load_cifar10, standardize
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("INITSEARCH_DATA", REPO.parent / "shared" / "data" / "cifar10"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    assert (DATA / "train").is_dir(), f"CIFAR-10 not found at {DATA}; set INITSEARCH_DATA"
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def cifar_batch(data_dir) -> tuple[torch.Tensor, torch.Tensor]:
+    """256 real, standardized CIFAR-10 training images and their labels."""
+    train, _ = load_cifar10(data_dir)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:256]
+    return standardize(train.x[idx], channels_last=False), train.y[idx]
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"

@@ -1,0 +1,62 @@
+"""Bad input: one line naming the problem and the fix, exit code 2, no traceback, no store."""
+import subprocess
+import sys
+
+import pytest
+
+from initsearch.cli import main
+
+
+@pytest.fixture
+def bad_space(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("format: initsearch.space\nversion: 1\nroles: {conv: {init: [he], scale: 3}}\n")
+    return str(path)
+
+
+CASES = {
+    "unknown arch": (["--arch", "resnet_nope"], "unknown arch 'resnet_nope'"),
+    "unknown dataset": (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    "unknown profile": (["--profile", "tpu"], "unknown profile 'tpu'"),
+    "unknown space": (["--space", "nope"], "unknown space 'nope'"),
+    "budget zero": (["--budget", "0"], "budget must be a whole number >= 1"),
+    "budget not a number": (["--budget", "many"], "invalid int value"),
+    "missing data": (["--data", "/nonexistent/cifar"], "data directory /nonexistent/cifar does not exist"),
+    "empty data dir": (["--data", "{tmp}"], "holds no CIFAR-10"),
+    "unreachable tracking": (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
+    "resume nothing": (["--resume", "--study", "never"], "no study 'never'"),
+    "gpu share without gpu": (["--gpus-per-trial", "0.5"], "no CUDA GPU"),
+    "bad model factory": (["--model", "no_such_module:make"], "cannot load model factory"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input(case, capsys, tmp_path, home, data_dir):
+    args, message = CASES[case]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--data" not in args:
+        args += ["--data", str(data_dir)]
+    code = main(["run", "--profile", "smoke", "--budget", "2", "--home", str(home),
+                 "--backend", "local", "--no-progress", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("initsearch: error: ") and message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (home / "mlruns").exists()  # nothing written to the store
+
+
+def test_malformed_space_file(capsys, bad_space, home, data_dir):
+    code = main(["run", "--space", bad_space, "--home", str(home), "--data", str(data_dir)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "roles.conv.scale must be [lo, hi]" in err and len(err.splitlines()) == 1
+    assert not (home / "mlruns").exists()
+
+
+def test_console_exit_code_and_listings():
+    bad = subprocess.run([sys.executable, "-m", "initsearch.cli", "run", "--budget", "-3"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "budget" in bad.stderr
+    for command, expected in (("archs", "resnet_ds"), ("spaces", "default"), ("profiles", "smoke")):
+        out = subprocess.run([sys.executable, "-m", "initsearch.cli", command],
+                             capture_output=True, text=True)
+        assert out.returncode == 0 and expected in out.stdout

@@ -1,0 +1,98 @@
+"""Real searches on a small CIFAR-10 subset, through Ray Tune and through the local backend,
+checked against what the Optuna journal and the MLflow store actually hold."""
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from initsearch.archs import build_model
+from initsearch.protocol import load_protocol
+from initsearch.recipe import Recipe
+from initsearch.search import search
+
+EPOCHS = load_protocol("smoke").epochs
+
+
+def _study(home, name):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(home / "mlruns" / "optuna" / f"{name}.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _check_store(home, result, n_trials):
+    client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("initsearch-resnet_ds")
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["budget"] == str(n_trials)
+    assert "best_val_acc" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
+    assert {"comparison.txt", "trials.csv", "best_recipe.yaml"} <= artifacts
+    children = client.search_runs([exp.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert len(children) == n_trials
+    for child in children:
+        assert "stem.init" in child.data.params
+        assert "recipe.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
+        history = client.get_metric_history(child.info.run_id, "val_acc")
+        epochs = int(child.data.tags["epochs"])
+        assert [m.step for m in history] == list(range(1, epochs + 1))  # one point per epoch
+        for key in ("train_loss", "val_loss"):
+            assert len(client.get_metric_history(child.info.run_id, key)) == epochs
+        assert child.data.tags["state"] in ("COMPLETE", "PRUNED")
+        assert (epochs == EPOCHS) == (child.data.tags["state"] == "COMPLETE")
+    return children
+
+
+def _check_study(home, result, n_trials):
+    study = _study(home, result.study_name)
+    trials = study.get_trials()
+    assert len(trials) == n_trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned, "the smoke protocol's successive halving should prune some trials"
+    for t in pruned:  # recorded as PRUNED, never as COMPLETE with a partial score
+        assert t.value is None and len(t.intermediate_values) < EPOCHS
+    for t in complete:
+        assert len(t.intermediate_values) == EPOCHS and t.value == t.intermediate_values[EPOCHS]
+    baselines = {t.user_attrs.get("baseline") for t in complete}
+    assert {"pytorch_default", "he", "lion_dg"} <= baselines  # never pruned
+    assert [t.user_attrs.get("baseline") for t in trials[:3]] == ["pytorch_default", "he", "lion_dg"]
+    return study
+
+
+@pytest.mark.parametrize("backend", ["ray", "local"])
+def test_real_search(backend, data_dir, home, tmp_path):
+    n = 8
+    result = search("resnet_ds", data_dir=data_dir, budget=n, profile="smoke", backend=backend,
+                    seed=1, study=f"t-{backend}", home=home)
+    _check_store(home, result, n)
+    study = _check_study(home, result, n)
+    best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert result.best.meta["trial"] == best.number
+    assert {r["trial"] for r in result.table} == {t.number for t in study.trials}
+
+    # the recommended recipe round-trips through its file and applies identically
+    path = result.best.save(tmp_path / "best.yaml")
+    a, b = build_model("resnet_ds", options={"depth": 8}), build_model("resnet_ds", options={"depth": 8})
+    Recipe.load(path).apply(a, seed=3)
+    result.best.apply(b, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_resume_continues_the_study(data_dir, home):
+    first = search("resnet_ds", data_dir=data_dir, budget=4, profile="smoke", backend="local",
+                   study="r", home=home)
+    assert len(first.table) == 4
+    again = search("resnet_ds", data_dir=data_dir, budget=6, profile="smoke", backend="local",
+                   study="r", resume=True, home=home)
+    assert again.parent_run_id == first.parent_run_id  # one parent run per search
+    numbers = [t.number for t in _study(home, "r").trials]
+    assert numbers == list(range(6))
+    client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("initsearch-resnet_ds")
+    assert len(client.search_runs([exp.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{first.parent_run_id}'")) == 6
