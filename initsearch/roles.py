@@ -79,11 +79,14 @@ def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None)
     modules = parameterized_modules(model)
     rules = _override_rules(model, overrides, modules)
     roles: dict[str, str] = {}
+    fixed = set()  # overridden paths: the order and structure rules below leave them alone
     for path, module in modules.items():
         role = next((r for pattern, r in rules if fnmatch.fnmatchcase(path, pattern)), None)
+        if role:
+            fixed.add(path)
         roles[path] = role or _role_by_type_and_name(path, module)
-    _assign_by_order(modules, roles)
-    _assign_branch_last(model, roles)
+    _assign_by_order(modules, roles, fixed)
+    _assign_branch_last(model, roles, fixed)
     unlabelled = [f"{p} ({type(modules[p]).__name__})" for p, r in roles.items() if r is None]
     if unlabelled:
         raise UsageError(f"cannot label {', '.join(unlabelled)}: give each a role in the space file "
@@ -118,9 +121,9 @@ def _role_by_type_and_name(path: str, module: nn.Module) -> str | None:
     return "conv" if isinstance(module, _CONV_TYPES) else "linear"
 
 
-def _assign_by_order(modules: dict[str, nn.Module], roles: dict[str, str]) -> None:
+def _assign_by_order(modules: dict[str, nn.Module], roles: dict[str, str], fixed: set[str]) -> None:
     """First conv/linear is the stem; last hidden linear is the classifier (unless overridden)."""
-    free = [p for p, r in roles.items() if r in ("conv", "linear")]
+    free = [p for p, r in roles.items() if r in ("conv", "linear") and p not in fixed]
     if free:
         roles[free[0]] = "stem"
     linears = [p for p in free[1:] if isinstance(modules[p], nn.Linear)]
@@ -128,14 +131,15 @@ def _assign_by_order(modules: dict[str, nn.Module], roles: dict[str, str]) -> No
         roles[linears[-1]] = "classifier"
 
 
-def _assign_branch_last(model: nn.Module, roles: dict[str, str]) -> None:
+def _assign_branch_last(model: nn.Module, roles: dict[str, str], fixed: set[str]) -> None:
     """In each innermost residual block, the last conv outside the shortcut is ``branch_last``."""
     blocks = [path for path, m in model.named_modules() if _looks_like_block(m)]
     for path in blocks:
         prefix = f"{path}." if path else ""
         if any(other != path and other.startswith(prefix) for other in blocks):
             continue  # a container of blocks (a stage, the whole net) is not itself a branch
-        convs = [p for p, r in roles.items() if p.startswith(prefix) and r == "conv"]
+        convs = [p for p, r in roles.items()
+                 if p.startswith(prefix) and r == "conv" and p not in fixed]
         if convs:
             roles[convs[-1]] = "branch_last"
 

@@ -63,7 +63,10 @@ def xavier_(module: nn.Module, distribution: str = "normal") -> None:
 @torch.no_grad()
 def orthogonal_(module: nn.Module, gain: str = "relu") -> None:
     """(Semi-)orthogonal flattened weight times ``gain`` (Saxe et al., ICLR 2014), bias 0."""
-    nn.init.orthogonal_(module.weight, gain=nn.init.calculate_gain(gain))
+    # Drawn into a contiguous tensor: torch's orthogonal_ views the weight as a matrix, which
+    # fails on a channels_last conv weight.
+    w = torch.empty(module.weight.shape, dtype=module.weight.dtype, device=module.weight.device)
+    module.weight.copy_(nn.init.orthogonal_(w, gain=nn.init.calculate_gain(gain)))
     _zero_bias(module)
 
 

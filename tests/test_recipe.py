@@ -114,3 +114,10 @@ def test_bad_recipe_files(tmp_path):
         Recipe.load(bad)
     with pytest.raises(UsageError, match="does not apply to role 'norm'"):
         Recipe({"norm": RoleInit("he")})
+
+
+def test_schemes_work_on_channels_last_weights():
+    model = build_model("resnet_ds", options={"depth": 8}).to(memory_format=torch.channels_last)
+    Recipe({r: RoleInit("orthogonal") for r in ("stem", "conv", "branch_last", "shortcut")}).apply(model)
+    w = model.stages[0][0].conv1.weight.reshape(16, -1)
+    torch.testing.assert_close(w @ w.T, 2 * torch.eye(16), atol=1e-4, rtol=0)  # gain sqrt(2)

@@ -54,8 +54,8 @@ def _check_study(home, result, n_trials):
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert pruned, "the smoke protocol's successive halving should prune some trials"
-    for t in pruned:  # recorded as PRUNED, never as COMPLETE with a partial score
-        assert t.value is None and len(t.intermediate_values) < EPOCHS
+    for t in pruned:  # recorded as PRUNED (Optuna keeps its last intermediate value), stopped early
+        assert len(t.intermediate_values) < EPOCHS
     for t in complete:
         assert len(t.intermediate_values) == EPOCHS and t.value == t.intermediate_values[EPOCHS]
     baselines = {t.user_attrs.get("baseline") for t in complete}
@@ -96,3 +96,29 @@ def test_resume_continues_the_study(data_dir, home):
     exp = client.get_experiment_by_name("initsearch-resnet_ds")
     assert len(client.search_runs([exp.experiment_id],
                                   f"tags.mlflow.parentRunId = '{first.parent_run_id}'")) == 6
+
+
+class _Broken(torch.nn.Module):
+    """Builds fine (so validation passes) but raises in training: every trial must FAIL."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 4, 3)
+        self.classifier = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        raise ValueError("boom in forward")
+
+
+@pytest.mark.parametrize("backend", ["ray", "local"])
+def test_failing_trials_are_recorded_as_fail(backend, data_dir, home):
+    result = search(model_fn=_Broken, data_dir=data_dir, budget=2, profile="smoke",
+                    backend=backend, study="broken", home=home)
+    ran = [t for t in _study(home, "broken").trials if t.state != TrialState.WAITING]
+    assert [t.state for t in ran] == [TrialState.FAIL] * 2  # the third baseline stays queued
+    assert all("boom in forward" in t.user_attrs["error"] for t in ran)
+    assert result.best is None
+    client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    children = client.search_runs([client.get_experiment_by_name("initsearch-_Broken").experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert sorted(c.info.status for c in children) == ["FAILED", "FAILED"]

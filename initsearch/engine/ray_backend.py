@@ -3,9 +3,10 @@
 Two thin adapters plug the driver into Tune's extension points:
 
 * :class:`DriverSearcher` (a Tune ``Searcher``): ``suggest`` asks the driver for the next
-  recipe; ``on_trial_complete`` tells the driver how the trial ended.
+  recipe; ``on_trial_complete`` tells the driver that a trial ended (finished or stopped).
 * :class:`DriverPruningScheduler` (a Tune ``FIFOScheduler``): every epoch report goes to the
-  driver, which feeds the Optuna pruner; a prune decision becomes Tune's ``STOP``.
+  driver, which feeds the Optuna pruner; a prune decision becomes Tune's ``STOP``. A trial that
+  raised is reported from here too, because only the scheduler is handed the error.
 
 Trials are function trainables reporting with ``ray.tune.report``; ``reuse_actors=True`` keeps
 worker processes (and their imported torch) alive across trials; the data split is put in the
@@ -52,9 +53,8 @@ class DriverSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         number = self._numbers.pop(trial_id, None)
-        if number is not None:
-            self.driver.finish(number, "trial raised in its Ray worker (see the Ray trial log)"
-                               if error else None)
+        if number is not None and not error:  # errors: DriverPruningScheduler.on_trial_error
+            self.driver.finish(number)
 
 
 class DriverPruningScheduler(FIFOScheduler):
@@ -66,6 +66,12 @@ class DriverPruningScheduler(FIFOScheduler):
         stop = self.driver.report(trial.config["trial"]["number"], result)
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
+    def on_trial_error(self, tune_controller, trial) -> None:
+        path = trial.error_file  # written locally before this call; storage sync comes later
+        lines = Path(path).read_text().strip().splitlines() if path and Path(path).exists() else []
+        text = lines[-1] if lines else "trial raised in its Ray worker"
+        self.driver.finish(trial.config["trial"]["number"], text)
+
 
 def _ray_trial(config: dict, splits: Splits, model_fn: Callable[[], nn.Module], threads: int) -> None:
     import torch
@@ -73,6 +79,10 @@ def _ray_trial(config: dict, splits: Splits, model_fn: Callable[[], nn.Module], 
     torch.set_num_threads(threads)
     for metrics in run_trial(TrialConfig.from_dict(config["trial"]), splits, model_fn):
         tune.report(metrics)
+
+
+def _trial_name(trial) -> str:
+    return f"trial-{trial.config['trial']['number']:04d}"
 
 
 def run_ray(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Module], *,
@@ -86,7 +96,9 @@ def run_ray(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Modul
         path = os.pathsep.join([os.getcwd(), *sys.path])
         ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_AIR_NEW_OUTPUT": "0"}})
-    logging.getLogger("ray.tune").setLevel(logging.ERROR)
+    # Trial errors are recorded (study FAIL, MLflow FAILED, the progress bar); Tune's own
+    # traceback dump of them would only bury the bar.
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         gpus = ray.cluster_resources().get("GPU", 0)
@@ -102,7 +114,9 @@ def run_ray(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Modul
                                         scheduler=DriverPruningScheduler(driver),
                                         metric="val_acc", mode="max",
                                         num_samples=driver.remaining,
-                                        max_concurrent_trials=concurrency, reuse_actors=True),
+                                        max_concurrent_trials=concurrency, reuse_actors=True,
+                                        trial_name_creator=_trial_name,
+                                        trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=0))
         try:
             tuner.fit()
