@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="initsearch", description="Search weight initializations like hyperparameters.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="search init recipes for an architecture")
-    run.add_argument("--arch", default="resnet_ds", help="built-in architecture (initsearch archs)")
+    run.add_argument("--arch", help="built-in architecture (initsearch archs); default resnet_ds")
     run.add_argument("--model", metavar="MODULE:FUNCTION",
                      help="your own model factory instead of --arch")
     run.add_argument("--budget", type=int, default=50, help="trials in the study, baselines included")
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from initsearch.search import search
 
-    if args.model and args.arch != "resnet_ds":
+    if args.model and args.arch:
         raise UsageError("pass either --arch or --model, not both")
-    result = search(args.model or args.arch, dataset=args.dataset, data_dir=args.data,
+    result = search(args.model or args.arch or "resnet_ds", dataset=args.dataset, data_dir=args.data,
                     budget=args.budget, profile=args.profile, space=args.space,
                     backend=args.backend, seed=args.seed, study=args.study, resume=args.resume,
                     tracking_uri=args.tracking_uri, gpus_per_trial=args.gpus_per_trial,
@@ -114,9 +114,10 @@ def _profiles(_: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from initsearch.search import resolve_home
     from initsearch.tracking import default_tracking_uri
 
-    home = Path(args.home or os.environ.get("INITSEARCH_HOME") or Path.cwd()).resolve()
+    home = resolve_home(args.home)
     if not (home / "mlruns" / "mlflow.db").exists():
         raise UsageError(f"no MLflow store in {home / 'mlruns'}; run a search first or pass --home")
     # One worker and no job runner: ~0.5 GB instead of ~3 GB, and nothing left in /dev/shm.

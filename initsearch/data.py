@@ -76,17 +76,24 @@ def load_cifar10(data_dir: str | os.PathLike | None = None) -> tuple[ImageSet, I
                          f"(or set {DATA_ENV}) pointing at CIFAR-10")
     cache = _cache_path(root)
     if cache.exists():
-        train, test = torch.load(cache, weights_only=True)
-        return ImageSet(*train), ImageSet(*test)
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        train, test = _read_image_folder(root / "train"), _read_image_folder(root / "test")
-    elif (root / "cifar-10-batches-py").is_dir() or (root / "data_batch_1").exists():
-        train, test = _read_python_batches(root)
-    else:
-        raise UsageError(f"{root} holds no CIFAR-10: expected train/<class>/*.jpg and "
-                         f"test/<class>/*.jpg, or cifar-10-batches-py/; fix --data or {DATA_ENV}")
+        try:
+            train, test = torch.load(cache, weights_only=True)
+            return ImageSet(*train), ImageSet(*test)
+        except Exception:  # a truncated or stale cache is rebuilt, not fatal
+            cache.unlink(missing_ok=True)
+    try:
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            train, test = _read_image_folder(root / "train"), _read_image_folder(root / "test")
+        elif (root / "cifar-10-batches-py").is_dir() or (root / "data_batch_1").exists():
+            train, test = _read_python_batches(root)
+        else:
+            raise UsageError(f"{root} holds no CIFAR-10: expected train/<class>/*.jpg and "
+                             f"test/<class>/*.jpg, or cifar-10-batches-py/; fix --data or {DATA_ENV}")
+    except (OSError, RuntimeError, ValueError) as exc:  # unreadable, not an image, not 32x32
+        raise UsageError(f"cannot read CIFAR-10 from {root} ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200]}); fix or replace the files") from None
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
     torch.save(((train.x, train.y), (test.x, test.y)), tmp)
     tmp.replace(cache)  # atomic: a concurrent reader never sees half a file
     return train, test
@@ -173,6 +180,7 @@ def _read_image_folder(folder: Path) -> ImageSet:
 def _read_python_batches(root: Path) -> tuple[ImageSet, ImageSet]:
     from torchvision.datasets import CIFAR10
 
+    # torchvision wants the folder that holds cifar-10-batches-py/
     parent = root if (root / "cifar-10-batches-py").is_dir() else root.parent
     return tuple(_from_torchvision(CIFAR10(str(parent), train=t, download=False))
                  for t in (True, False))

@@ -19,6 +19,8 @@ from initsearch.errors import UsageError
 FORMAT, VERSION = "initsearch.protocol", 1
 TRIALS_DIR = Path(__file__).resolve().parent.parent / "trials"
 PRUNERS = ("successive_halving", "hyperband", "median", "none")
+_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict,
+          "tuple": (list, tuple)}
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,23 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
     if unknown:
         raise UsageError(f"protocol {where}: unknown key(s) {sorted(unknown)}; "
                          f"allowed: {', '.join(k for k in known if k != 'name')}")
+    for key, value in body.items():  # check each value against the field's annotation
+        annotation = known[key].type
+        base = annotation.split("[")[0].split("|")[0].strip()
+        ok = (value is None and "None" in annotation) or (
+            isinstance(value, _TYPES[base]) and (base == "bool" or not isinstance(value, bool)))
+        if not ok:
+            raise UsageError(f"protocol {where}: {key} must be {annotation}, not {value!r}")
     if "seeds" in body:
         body["seeds"] = tuple(body["seeds"])
     protocol = Protocol(name=name, **body)
+    try:
+        protocol.make_pruner()
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"protocol {where}: pruner {protocol.pruner}: {exc}") from None
     checks = [
+        (protocol.train_size is None or protocol.train_size >= protocol.batch_size,
+         "train_size must be at least batch_size"),
         (protocol.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
         (isinstance(protocol.epochs, int) and protocol.epochs >= 1, "epochs must be an integer >= 1"),
         (protocol.pruner.get("name", "successive_halving") in PRUNERS,

@@ -43,12 +43,16 @@ class SearchResult:
     def baselines(self) -> list[dict[str, Any]]:
         return [r for r in self.table if r["name"] and not r["name"].startswith("trial-")]
 
+    @property
+    def best_baseline_acc(self) -> float | None:
+        return max((r["val_acc"] for r in self.baselines if r["state"] == "COMPLETE"), default=None)
+
     def comparison(self, top: int = 5) -> str:
         """A text table: the ``top`` completed candidates and every baseline, with the gain in
         percentage points over the best baseline."""
         candidates = [r for r in self.table if r["state"] == "COMPLETE" and r not in self.baselines]
         rows = candidates[:top] + self.baselines
-        ref = max((r["val_acc"] for r in self.baselines if r["state"] == "COMPLETE"), default=None)
+        ref = self.best_baseline_acc
         header = ["trial", "name", "val_acc", "vs best baseline", "test_acc", "epochs", "state",
                   "recipe"]
         lines = [header]

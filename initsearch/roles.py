@@ -19,7 +19,7 @@ Discovery reads names and structure, in this order, first match wins:
    ``initsearch_roles()`` if it defines one;
 2. module type: normalization layers are ``norm``;
 3. names: a path segment containing ``aux``/``side``/``deep_sup`` is an ``aux_head``; one named
-   ``shortcut``/``downsample``/``skip``/``proj`` is a ``shortcut``;
+   ``shortcut``/``downsample``/``skip``/``proj`` (optionally ``_suffix``) is a ``shortcut``;
 4. order: the first conv/linear (module registration order) is the ``stem``, the last linear
    outside aux heads is the ``classifier``;
 5. residual blocks: within a module whose class name says Block/Bottleneck/Residual or which
@@ -45,7 +45,7 @@ WEIGHT_ROLES = tuple(r for r in ROLES if r != "norm")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 _CONV_TYPES = (nn.modules.conv._ConvNd,)
 _AUX = re.compile(r"aux|side|deep_?sup", re.I)
-_SHORTCUT = re.compile(r"shortcut|downsample|skip|proj", re.I)
+_SHORTCUT = re.compile(r"^(shortcut|downsample|skip|proj|projection)(_\w+)?$", re.I)
 _BLOCK = re.compile(r"block|bottleneck|residual", re.I)
 
 
@@ -104,7 +104,7 @@ def _override_rules(model, overrides, modules) -> list[tuple[str, str]]:
                              f"use one of: {', '.join(ROLES)}")
         if not any(fnmatch.fnmatchcase(p, pattern) for p in modules):
             raise UsageError(f"role override {pattern!r} matches no parameterized module; "
-                             "check the path against `initsearch roles` output")
+                             "check it against the paths in initsearch.discover_roles(model)")
     return rules
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ import optuna
 import torch
 from torch import nn
 
-from initsearch.archs import ARCHS, build_model
+from initsearch.archs import build_model
 from initsearch.data import load_splits
 from initsearch.engine.driver import StudyDriver
 from initsearch.engine.progress import Progress
@@ -74,38 +75,52 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     protocol = dataclasses.replace(protocol, seeds=tuple(s + seed for s in protocol.seeds))
     if gpus_per_trial is not None:
         protocol = dataclasses.replace(protocol, gpus_per_trial=gpus_per_trial)
-    if protocol.gpus_per_trial < 0 or (protocol.gpus_per_trial > 0 and not torch.cuda.is_available()):
+    if protocol.gpus_per_trial < 0:
+        raise UsageError(f"gpus_per_trial must be >= 0, not {protocol.gpus_per_trial}")
+    if protocol.gpus_per_trial > 0 and not torch.cuda.is_available():
         raise UsageError(f"gpus_per_trial={protocol.gpus_per_trial} but no CUDA GPU is visible; "
                          "use --gpus-per-trial 0 or a machine with a GPU")
     label = getattr(model_fn, "__name__", "model") if model_fn else arch.rpartition(":")[2]
     if model_fn is None:
         options = {**protocol.arch_options.get(arch, {}), **(arch_options or {})}
         model_fn = functools.partial(build_model, arch, options=options)
-    space_obj = load_space(space or (arch if arch in available_spaces() else "default"))
+    named_space = arch if model_fn is None and arch in available_spaces() else "default"
+    space_obj = load_space(space or named_space)
     probe = _build_probe(model_fn)
     plan_for = functools.partial(_plan, probe)
     plan_for(space_obj.baselines()["lion_dg"])  # labels every layer now, or fails clearly
     splits = load_splits(dataset, data_dir, train_size=protocol.train_size,
                          val_size=protocol.val_size, test_size=protocol.test_size,
                          split_seed=protocol.split_seed)
-    state = Path(home or os.environ.get("INITSEARCH_HOME") or Path.cwd()).resolve() / "mlruns"
+    state = resolve_home(home) / "mlruns"
     journals = state / "optuna"
     study_name = _study_name(study, resume, journals, label, dataset)
     journal = journals / f"{study_name}.journal"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = {"arch": label, "dataset": dataset, "profile": protocol.name,
+                "space": space_obj.name, "seed": seed}
+    storage = None
+    if resume:  # reading the journal writes nothing; a study must not mix protocols or spaces
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal)))
+        stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs
+        differ = [f"{k} {stored.get(k)!r} (now {v!r})" for k, v in settings.items() if stored.get(k) != v]
+        if differ:
+            raise UsageError(f"study {study_name!r} was run with {', '.join(differ)}; resume it with "
+                             "the same settings or start a new --study")
     tracking_uri = tracking_uri or default_tracking_uri(state.parent)
     check_tracking_uri(tracking_uri)
 
-    # -- 2. open the study and the tracking runs --------------------------------------------------
-    journals.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study_obj = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=seed),
-                                    pruner=protocol.make_pruner(), load_if_exists=resume)
-    settings = {"arch": label, "dataset": dataset, "profile": protocol.name,
-                "space": space_obj.name, "backend": backend, "seed": seed}
+    # -- 2. open the tracking runs and the study ---------------------------------------------------
     tracker = Tracker(tracking_uri, f"initsearch-{label}", state / "artifacts")
-    parent = tracker.start_search(study_name, {**settings, "budget": budget,
+    journals.mkdir(parents=True, exist_ok=True)
+    storage = storage or optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))
+    study_obj = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                    pruner=protocol.make_pruner(), load_if_exists=resume)
+    # A resumed study continues the sampler's stream instead of replaying its first draws.
+    study_obj.sampler = optuna.samplers.TPESampler(seed=seed + len(study_obj.trials))
+    parent = tracker.start_search(study_name, {**settings, "backend": backend, "budget": budget,
                                                "epochs": protocol.epochs,
                                                "gpus_per_trial": protocol.gpus_per_trial})
     bar = Progress(budget, enabled=progress)
@@ -143,7 +158,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
                             "outside_compute_share": 1 - driver.compute_seconds / (wall * slots),
                             **{f"n_{s.lower()}": sum(r["state"] == s for r in table)
                                for s in ("COMPLETE", "PRUNED", "FAIL")}}
-            ref = max((r["val_acc"] for r in result.baselines if r["state"] == "COMPLETE"), default=None)
+            ref = result.best_baseline_acc
             if best is not None:
                 result.stats["best_val_acc"] = best.meta["val_acc"]
                 if ref is not None:
@@ -153,6 +168,11 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
             texts["best_recipe.yaml"] = best.dumps()
         tracker.end_search(result.stats, texts, status)
     return result
+
+
+def resolve_home(home: str | os.PathLike | None) -> Path:
+    """The folder holding ``mlruns/``: the argument, else ``$INITSEARCH_HOME``, else the cwd."""
+    return Path(home or os.environ.get("INITSEARCH_HOME") or Path.cwd()).resolve()
 
 
 def _build_probe(model_fn: Callable[[], nn.Module]) -> nn.Module:
@@ -173,6 +193,8 @@ def _plan(probe: nn.Module, recipe) -> list[dict]:
 
 
 def _study_name(study: str | None, resume: bool, journals: Path, label: str, dataset: str) -> str:
+    if study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", study):
+        raise UsageError(f"study name {study!r} may hold only letters, digits, '.', '_' and '-'")
     if resume:
         if study is None:
             found = sorted(journals.glob(f"{label}-{dataset}-*.journal"), key=lambda p: p.stat().st_mtime)

@@ -59,13 +59,21 @@ class Tracker:
     def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
+        from mlflow.exceptions import MlflowException
+
         self.uri = uri
         self.client = MlflowClient(uri)
-        if uri.startswith("sqlite:///"):
+        local = uri.startswith("sqlite:///")
+        if local:
             Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=artifact_root.resolve().as_uri() if artifact_root else None)
+        try:
+            exp = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+                experiment,  # a server keeps its own artifact root; a local store uses ours
+                artifact_location=artifact_root.resolve().as_uri() if local and artifact_root else None)
+        except (MlflowException, OSError) as exc:
+            raise UsageError(f"cannot open the MLflow store {uri} ({str(exc).splitlines()[0][:200]}); "
+                             "check --tracking-uri") from None
         self.parent_id: str | None = None
 
     # -- the search ----------------------------------------------------------------------------

@@ -25,7 +25,9 @@ CASES = {
     "empty data dir": (["--data", "{tmp}"], "holds no CIFAR-10"),
     "unreachable tracking": (["--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
     "resume nothing": (["--resume", "--study", "never"], "no study 'never'"),
-    "gpu share without gpu": (["--gpus-per-trial", "0.5"], "no CUDA GPU"),
+    "negative gpu share": (["--gpus-per-trial", "-1"], "gpus_per_trial must be >= 0"),
+    "bad study name": (["--study", "a/b"], "may hold only letters"),
+    "arch and model": (["--arch", "resnet_ds", "--model", "x:y"], "either --arch or --model"),
     "bad model factory": (["--model", "no_such_module:make"], "cannot load model factory"),
 }
 
@@ -60,3 +62,38 @@ def test_console_exit_code_and_listings():
         out = subprocess.run([sys.executable, "-m", "initsearch.cli", command],
                              capture_output=True, text=True)
         assert out.returncode == 0 and expected in out.stdout
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without GPU")
+def test_gpu_share_without_gpu(capsys, home, data_dir):
+    code = main(["run", "--gpus-per-trial", "0.5", "--home", str(home), "--data", str(data_dir)])
+    assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
+    assert not (home / "mlruns").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("batch_size: x", "batch_size must be int, not"),
+    ("pruner: {name: successive_halving, rungs: 3}", "pruner"),
+    ("train_size: 10\nbatch_size: 64", "train_size must be at least batch_size"),
+    ("epoch: 3", "unknown key(s) ['epoch']"),
+])
+def test_bad_protocol_files(text, message, tmp_path, capsys, home, data_dir):
+    path = tmp_path / "proto.yaml"
+    path.write_text(f"format: initsearch.protocol\nversion: 1\n{text}\n")
+    code = main(["run", "--profile", str(path), "--home", str(home), "--data", str(data_dir)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (home / "mlruns").exists()
+
+
+def test_unreadable_data(tmp_path, capsys, home, monkeypatch):
+    monkeypatch.setenv("INITSEARCH_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        for name in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                     "ship", "truck"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            (tmp_path / "data" / split / name / "0000.jpg").write_text("not a jpeg")
+    code = main(["run", "--profile", "smoke", "--home", str(home), "--data", str(tmp_path / "data")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "cannot read CIFAR-10" in err and len(err.splitlines()) == 1
+    assert not (home / "mlruns").exists()

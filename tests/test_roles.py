@@ -19,7 +19,7 @@ def test_resnet_ds_roles():
     assert all(r == "norm" for p, r in roles.items() if "bn" in p or p.endswith("shortcut.1"))
 
 
-class _Unit(nn.Module):  # a residual unit named neither Block nor with a "shortcut" child
+class _Unit(nn.Module):  # a residual unit whose class name says nothing; its skip is "downsample"
     def __init__(self, c):
         super().__init__()
         self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)

@@ -122,3 +122,44 @@ def test_failing_trials_are_recorded_as_fail(backend, data_dir, home):
     children = client.search_runs([client.get_experiment_by_name("initsearch-_Broken").experiment_id],
                                   f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert sorted(c.info.status for c in children) == ["FAILED", "FAILED"]
+
+
+def test_interrupt_then_resume_loses_nothing(data_dir, home):
+    """Ctrl-C mid-search: exit 130, finished trials kept, the trial in flight re-queued;
+    --resume then completes the budget with new draws (no replay of the first session's)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "initsearch.cli", "run", "--profile", "smoke", "--budget", "9",
+           "--backend", "local", "--study", "intr", "--home", str(home), "--data", str(data_dir),
+           "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = home / "mlruns" / "optuna" / "intr.journal"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if journal.exists():
+            trials = _study(home, "intr").trials
+            if sum("epochs" in t.user_attrs for t in trials) >= 4 and trials[-1].state == TrialState.RUNNING:
+                break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--resume" in err and "Traceback" not in err
+    before = {t.number: (t.state, t.value) for t in _study(home, "intr").trials if "epochs" in t.user_attrs}
+    assert len(before) >= 4
+
+    result = search("resnet_ds", data_dir=data_dir, budget=9, profile="smoke", backend="local",
+                    study="intr", resume=True, home=home)
+    trials = _study(home, "intr").trials
+    settled = [t for t in trials if "epochs" in t.user_attrs]
+    assert len(settled) == 9 and len(result.table) == 9
+    assert {t.number: (t.state, t.value) for t in settled if t.number in before} == before
+    params = [tuple(sorted(t.params.items())) for t in settled]
+    assert len(set(params)) == len(params)  # no recipe evaluated twice
+    client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    children = client.search_runs([client.get_experiment_by_name("initsearch-resnet_ds").experiment_id],
+                                  f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert sorted(c.info.status for c in children).count("KILLED") >= 1  # the cut-off trial
+    assert sum(c.info.status == "FINISHED" for c in children) == 9

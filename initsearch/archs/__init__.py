@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -52,6 +54,8 @@ def build_model(arch: str, *, num_classes: int = 10, options: dict | None = None
 def load_factory(ref: str) -> Callable[..., nn.Module]:
     """Import ``"package.module:function"``; a clear UsageError when it cannot."""
     module_name, _, attr = ref.partition(":")
+    if os.getcwd() not in sys.path:  # the console script does not put the cwd on the path
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

@@ -32,7 +32,6 @@ RECIPE_ATTR = "recipe"
 @dataclass
 class _Live:
     trial: optuna.Trial
-    recipe: Recipe
     run_id: str
     baseline: str | None
     last: dict[str, Any] = field(default_factory=dict)
@@ -89,7 +88,7 @@ class StudyDriver:
         run_id = self.tracker.start_trial(trial.number, recipe, baseline, trial.params,
                                           self.plan_for(recipe))
         trial.set_user_attr("run_id", run_id)
-        self._live[trial.number] = _Live(trial, recipe, run_id, baseline)
+        self._live[trial.number] = _Live(trial, run_id, baseline)
         self._asked += 1
         return TrialConfig(trial.number, recipe.to_dict(), self.protocol.to_dict())
 

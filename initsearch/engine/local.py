@@ -4,7 +4,6 @@ from __future__ import annotations
 import traceback
 from typing import Callable
 
-import torch
 from torch import nn
 
 from initsearch.data import Splits
@@ -12,11 +11,9 @@ from initsearch.engine.driver import StudyDriver
 from initsearch.trial import run_trial
 
 
-def run_local(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Module],
-              threads: int | None = None) -> int:
-    """Run the driver's remaining trials one after another; returns the number of slots (1)."""
-    if threads:
-        torch.set_num_threads(threads)
+def run_local(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Module]) -> int:
+    """Run the driver's remaining trials one after another (torch uses every core); returns the
+    number of slots (1)."""
     while driver.remaining:
         config = driver.ask()
         error = None

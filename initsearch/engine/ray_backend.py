@@ -123,8 +123,9 @@ def run_ray(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Modul
         except KeyboardInterrupt:
             driver.abandon_running()
             raise
-        if driver.in_flight:  # Tune ended (e.g. on SIGINT) with trials in flight
+        if driver.in_flight or driver.remaining:  # Tune caught SIGINT and stopped early
             driver.abandon_running()
+            raise KeyboardInterrupt
         return concurrency
     finally:
         if started:
