@@ -77,7 +77,8 @@ def load_cifar10(data_dir: str | os.PathLike | None = None) -> tuple[ImageSet, I
     cache = _cache_path(root)
     if cache.exists():
         try:
-            train, test = torch.load(cache, weights_only=True)
+            # mmap: only the pages of the images a split takes are read from disk
+            train, test = torch.load(cache, weights_only=True, mmap=True)
             return ImageSet(*train), ImageSet(*test)
         except Exception:  # a truncated or stale cache is rebuilt, not fatal
             cache.unlink(missing_ok=True)

@@ -75,16 +75,19 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     protocol = dataclasses.replace(protocol, seeds=tuple(s + seed for s in protocol.seeds))
     if gpus_per_trial is not None:
         protocol = dataclasses.replace(protocol, gpus_per_trial=gpus_per_trial)
+    if protocol.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"profile {protocol.name!r} trains on CUDA but no GPU is visible; "
+                         "use --profile cpu")
     if protocol.gpus_per_trial < 0:
         raise UsageError(f"gpus_per_trial must be >= 0, not {protocol.gpus_per_trial}")
     if protocol.gpus_per_trial > 0 and not torch.cuda.is_available():
         raise UsageError(f"gpus_per_trial={protocol.gpus_per_trial} but no CUDA GPU is visible; "
                          "use --gpus-per-trial 0 or a machine with a GPU")
     label = getattr(model_fn, "__name__", "model") if model_fn else arch.rpartition(":")[2]
+    named_space = arch if model_fn is None and arch in available_spaces() else "default"
     if model_fn is None:
         options = {**protocol.arch_options.get(arch, {}), **(arch_options or {})}
         model_fn = functools.partial(build_model, arch, options=options)
-    named_space = arch if model_fn is None and arch in available_spaces() else "default"
     space_obj = load_space(space or named_space)
     probe = _build_probe(model_fn)
     plan_for = functools.partial(_plan, probe)

@@ -68,6 +68,8 @@ def test_console_exit_code_and_listings():
 def test_gpu_share_without_gpu(capsys, home, data_dir):
     code = main(["run", "--gpus-per-trial", "0.5", "--home", str(home), "--data", str(data_dir)])
     assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
+    code = main(["run", "--profile", "gpu", "--home", str(home), "--data", str(data_dir)])
+    assert code == 2 and "use --profile cpu" in capsys.readouterr().err
     assert not (home / "mlruns").exists()
 
 

@@ -121,3 +121,14 @@ def test_schemes_work_on_channels_last_weights():
     Recipe({r: RoleInit("orthogonal") for r in ("stem", "conv", "branch_last", "shortcut")}).apply(model)
     w = model.stages[0][0].conv1.weight.reshape(16, -1)
     torch.testing.assert_close(w @ w.T, 2 * torch.eye(16), atol=1e-4, rtol=0)  # gain sqrt(2)
+
+
+@pytest.mark.parametrize("mode", ["fan_in", "fan_out"])
+def test_he_uniform_bound_and_variance(mode):
+    conv = nn.Sequential(nn.Conv2d(64, 128, 3))
+    Recipe({"stem": RoleInit("he", {"distribution": "uniform", "mode": mode})}).apply(conv, seed=0)
+    fan = (64 if mode == "fan_in" else 128) * 9
+    w = conv[0].weight
+    assert float(w.abs().max()) <= (6 / fan) ** 0.5  # U(-sqrt(6/fan), sqrt(6/fan))
+    assert abs(float(w.var()) / (2 / fan) - 1) < 0.05  # variance 2/fan
+    assert torch.count_nonzero(conv[0].bias) == 0

@@ -28,6 +28,7 @@ def _check_store(home, result, n_trials):
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["budget"] == str(n_trials)
+    assert parent.data.params["space"] == "resnet_ds"  # the arch's own space, not the generic one
     assert "best_val_acc" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     assert {"comparison.txt", "trials.csv", "best_recipe.yaml"} <= artifacts

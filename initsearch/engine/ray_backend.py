@@ -11,6 +11,9 @@ Two thin adapters plug the driver into Tune's extension points:
 Trials are function trainables reporting with ``ray.tune.report``; ``reuse_actors=True`` keeps
 worker processes (and their imported torch) alive across trials; the data split is put in the
 object store once via ``tune.with_parameters``; resources per trial include fractional GPUs.
+
+When the budget is spent and one trial is left running, the other slots would idle until it
+ends; a flag file tells that trial to take every CPU thread from its next epoch on.
 """
 from __future__ import annotations
 
@@ -34,10 +37,16 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 
+def _finish(driver: StudyDriver, number: int, solo_flag: Path, error: str | None = None) -> None:
+    driver.finish(number, error)
+    if not driver.remaining and driver.in_flight == 1:
+        solo_flag.touch()
+
+
 class DriverSearcher(Searcher):
-    def __init__(self, driver: StudyDriver) -> None:
+    def __init__(self, driver: StudyDriver, solo_flag: Path) -> None:
         super().__init__(metric="val_acc", mode="max")
-        self.driver = driver
+        self.driver, self.solo_flag = driver, solo_flag
         self._numbers: dict[str, int] = {}
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -54,13 +63,13 @@ class DriverSearcher(Searcher):
                           error: bool = False) -> None:
         number = self._numbers.pop(trial_id, None)
         if number is not None and not error:  # errors: DriverPruningScheduler.on_trial_error
-            self.driver.finish(number)
+            _finish(self.driver, number, self.solo_flag)
 
 
 class DriverPruningScheduler(FIFOScheduler):
-    def __init__(self, driver: StudyDriver) -> None:
+    def __init__(self, driver: StudyDriver, solo_flag: Path) -> None:
         super().__init__()
-        self.driver = driver
+        self.driver, self.solo_flag = driver, solo_flag
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         stop = self.driver.report(trial.config["trial"]["number"], result)
@@ -70,15 +79,18 @@ class DriverPruningScheduler(FIFOScheduler):
         path = trial.error_file  # written locally before this call; storage sync comes later
         lines = Path(path).read_text().strip().splitlines() if path and Path(path).exists() else []
         text = lines[-1] if lines else "trial raised in its Ray worker"
-        self.driver.finish(trial.config["trial"]["number"], text)
+        _finish(self.driver, trial.config["trial"]["number"], self.solo_flag, text)
 
 
-def _ray_trial(config: dict, splits: Splits, model_fn: Callable[[], nn.Module], threads: int) -> None:
+def _ray_trial(config: dict, splits: Splits, model_fn: Callable[[], nn.Module], threads: int,
+               solo_flag: Path, all_threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
     for metrics in run_trial(TrialConfig.from_dict(config["trial"]), splits, model_fn):
         tune.report(metrics)
+        if solo_flag.exists():  # the last trial runs alone: use the threads the others freed
+            torch.set_num_threads(all_threads)
 
 
 def _trial_name(trial) -> str:
@@ -105,13 +117,17 @@ def run_ray(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Modul
         concurrency = max(1, cpus // threads)
         if gpus_per_trial:
             concurrency = min(concurrency, max(1, int(gpus / gpus_per_trial)))
+        solo_flag = storage.resolve() / f"{name}.solo"
+        solo_flag.parent.mkdir(parents=True, exist_ok=True)
+        solo_flag.unlink(missing_ok=True)  # left by an earlier session of a resumed study
         trainable = tune.with_resources(
-            tune.with_parameters(_ray_trial, splits=splits, model_fn=model_fn, threads=threads),
+            tune.with_parameters(_ray_trial, splits=splits, model_fn=model_fn, threads=threads,
+                                 solo_flag=solo_flag, all_threads=cpus),
             {"cpu": threads, "gpu": gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=DriverSearcher(driver),
-                                        scheduler=DriverPruningScheduler(driver),
+            tune_config=tune.TuneConfig(search_alg=DriverSearcher(driver, solo_flag),
+                                        scheduler=DriverPruningScheduler(driver, solo_flag),
                                         metric="val_acc", mode="max",
                                         num_samples=driver.remaining,
                                         max_concurrent_trials=concurrency, reuse_actors=True,
