@@ -58,12 +58,20 @@ def main() -> None:
     parent = client.search_runs([exp.experiment_id], f"tags.study = '{study}'")[0]
     m = parent.data.metrics
     compute, slots = m["compute_seconds"], m["slots"]
+    outside = wall * slots - compute
+    parts = {  # slot-seconds; each wall-clock phase costs every slot
+        "process start, imports and exit (outside search())": (wall - m["wall_seconds"]) * slots,
+        "search set-up: validation, data, MLflow store, study": m["setup_seconds"] * slots,
+        "driver bookkeeping: Optuna + MLflow calls": m["bookkeeping_seconds"],
+    }
+    parts["the rest: Ray start/scheduling, worker start, trial prep, idle slots"] = outside - sum(parts.values())
     rows = [("machine", machine()),
             ("command", " ".join(["initsearch"] + cmd[3:])),
             ("wall-clock, whole process", f"{wall:.0f} s ({wall / 60:.1f} min)"),
             ("trial slots (concurrent trials)", f"{slots:.0f}"),
             ("time in training + eval steps, all trials", f"{compute:.0f} s"),
-            ("outside training/eval steps", f"{100 * (1 - compute / (wall * slots)):.1f}%"),
+            ("outside training/eval steps", f"{100 * outside / (wall * slots):.1f}%"),
+            *((f"  {k}", f"{v:.0f} slot-s ({100 * v / (wall * slots):.1f}%)") for k, v in parts.items()),
             ("trials complete / pruned / failed",
              f"{m['n_complete']:.0f} / {m['n_pruned']:.0f} / {m['n_fail']:.0f}"),
             ("best val_acc", f"{m.get('best_val_acc', float('nan')):.4f}"),

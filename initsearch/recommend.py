@@ -30,7 +30,11 @@ class SearchResult:
             state`` -- sorted by validation accuracy (pass it to ``pandas.DataFrame`` if you like).
         study_name: the Optuna study (``--study`` to resume it).
         parent_run_id: the MLflow run holding this search.
-        stats: search-level figures (wall seconds, time in training, counts).
+        stats: search-level figures: ``wall_seconds`` of ``search()``; ``setup_seconds`` before
+            the first trial (validation, data, store, study); ``compute_seconds`` inside training
+            and evaluation steps, summed over trials; ``bookkeeping_seconds`` in the driver's
+            Optuna and MLflow calls; ``slots`` (trials at once); ``outside_compute_share``;
+            trial counts; ``best_val_acc`` and ``gain_over_best_baseline``.
     """
 
     best: Recipe | None

@@ -137,6 +137,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
 
     # -- 3. run, then recommend ---------------------------------------------------------------------
     status = "KILLED"
+    setup = time.perf_counter() - t_start
     try:
         if backend == "ray":
             from initsearch.engine.ray_backend import run_ray
@@ -156,8 +157,9 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         wall = time.perf_counter() - t_start
         result = SearchResult(best, table, study_name, parent)
         if status == "FINISHED":
-            result.stats = {"wall_seconds": wall, "compute_seconds": driver.compute_seconds,
-                            "slots": slots,
+            result.stats = {"wall_seconds": wall, "setup_seconds": setup,
+                            "compute_seconds": driver.compute_seconds,
+                            "bookkeeping_seconds": driver.bookkeeping_seconds, "slots": slots,
                             "outside_compute_share": 1 - driver.compute_seconds / (wall * slots),
                             **{f"n_{s.lower()}": sum(r["state"] == s for r in table)
                                for s in ("COMPLETE", "PRUNED", "FAIL")}}

@@ -12,8 +12,10 @@ same protocol and seeds as the candidates and always reach the final table.
 """
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -38,6 +40,18 @@ class _Live:
     pruned: bool = False
 
 
+def _timed(method: Callable) -> Callable:
+    """Add the call's duration to ``bookkeeping_seconds`` (Optuna + MLflow work per trial)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.bookkeeping_seconds += time.perf_counter() - t0
+    return wrapper
+
+
 class StudyDriver:
     """Owns one Optuna study for one search; thread-compatible with Tune's single event loop."""
 
@@ -49,6 +63,7 @@ class StudyDriver:
         self.progress = progress or Progress(budget, enabled=False)
         self._live: dict[int, _Live] = {}
         self.compute_seconds = 0.0  # time inside training and evaluation steps, all trials
+        self.bookkeeping_seconds = 0.0  # time in ask/report/finish: Optuna and MLflow
         self._asked = len(self._settled_trials())
         self.progress.restore(self._settled_trials())
 
@@ -79,6 +94,7 @@ class StudyDriver:
     def in_flight(self) -> int:
         return len(self._live)
 
+    @_timed
     def ask(self) -> TrialConfig:
         trial = self.study.ask()
         baseline = trial.user_attrs.get(BASELINE_ATTR)
@@ -92,6 +108,7 @@ class StudyDriver:
         self._asked += 1
         return TrialConfig(trial.number, recipe.to_dict(), self.protocol.to_dict())
 
+    @_timed
     def report(self, number: int, metrics: dict[str, Any]) -> bool:
         """Record one epoch; True means the pruner stopped this trial."""
         live = self._live[number]
@@ -107,6 +124,7 @@ class StudyDriver:
             live.pruned = True
         return live.pruned
 
+    @_timed
     def finish(self, number: int, error: str | None = None) -> None:
         live = self._live.pop(number)
         epochs = int(live.last.get("epoch", 0))
