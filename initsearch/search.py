@@ -139,7 +139,9 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     status = "KILLED"
     setup = time.perf_counter() - t_start
     try:
-        if backend == "ray":
+        if not driver.remaining:  # a resumed study that already has its budget
+            slots = 1
+        elif backend == "ray":
             from initsearch.engine.ray_backend import run_ray
 
             slots = run_ray(driver, splits, model_fn, threads=protocol.threads_per_trial,

@@ -88,8 +88,8 @@ def test_resume_continues_the_study(data_dir, home):
     first = search("resnet_ds", data_dir=data_dir, budget=4, profile="smoke", backend="local",
                    study="r", home=home)
     assert len(first.table) == 4
-    again = search("resnet_ds", data_dir=data_dir, budget=6, profile="smoke", backend="local",
-                   study="r", resume=True, home=home)
+    again = search("resnet_ds", data_dir=data_dir, budget=6, profile="smoke", backend="ray",
+                   study="r", resume=True, home=home)  # a study may change backend on resume
     assert again.parent_run_id == first.parent_run_id  # one parent run per search
     numbers = [t.number for t in _study(home, "r").trials]
     assert numbers == list(range(6))
@@ -97,6 +97,9 @@ def test_resume_continues_the_study(data_dir, home):
     exp = client.get_experiment_by_name("initsearch-resnet_ds")
     assert len(client.search_runs([exp.experiment_id],
                                   f"tags.mlflow.parentRunId = '{first.parent_run_id}'")) == 6
+    done = search("resnet_ds", data_dir=data_dir, budget=6, profile="smoke", backend="ray",
+                  study="r", resume=True, home=home)  # budget already reached: runs nothing
+    assert len(done.table) == 6 and done.best == again.best
 
 
 class _Broken(torch.nn.Module):
