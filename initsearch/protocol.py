@@ -62,6 +62,11 @@ class Protocol:
             return optuna.pruners.MedianPruner(**opts)
         return optuna.pruners.NopPruner()
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Protocol":
+        """Inverse of :meth:`to_dict` (for a protocol that travelled to a worker as plain data)."""
+        return cls(**{**d, "seeds": tuple(d["seeds"])})
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["seeds"] = list(self.seeds)

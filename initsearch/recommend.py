@@ -15,6 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from initsearch.engine.driver import Attr
 from initsearch.recipe import Recipe
 
 COLUMNS = ("trial", "name", "recipe", "val_acc", "test_acc", "epochs", "state")
@@ -80,26 +81,26 @@ def build_table(study: optuna.Study) -> list[dict[str, Any]]:
     """One row per trial that ran (COMPLETE, PRUNED or FAIL), best validation accuracy first."""
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if "epochs" not in t.user_attrs or "recipe" not in t.user_attrs:
+        if Attr.EPOCHS not in t.user_attrs or Attr.RECIPE not in t.user_attrs:
             continue  # never started, or cut off by an interrupt (and queued again)
-        recipe = Recipe.from_dict(t.user_attrs["recipe"])
+        recipe = Recipe.from_dict(t.user_attrs[Attr.RECIPE])
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         rows.append({"trial": t.number, "name": recipe.name, "recipe": recipe.summary(),
                      "val_acc": t.value if t.state == TrialState.COMPLETE else last,
-                     "test_acc": t.user_attrs.get("test_acc"), "epochs": t.user_attrs["epochs"],
+                     "test_acc": t.user_attrs.get(Attr.TEST_ACC), "epochs": t.user_attrs[Attr.EPOCHS],
                      "state": t.state.name})
     return sorted(rows, key=lambda r: (r["state"] != "COMPLETE", -(r["val_acc"] or 0.0)))
 
 
 def best_recipe(study: optuna.Study) -> Recipe | None:
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if "recipe" in t.user_attrs]
+                if Attr.RECIPE in t.user_attrs]
     if not complete:
         return None
     t = max(complete, key=lambda t: t.value)
-    recipe = Recipe.from_dict(t.user_attrs["recipe"])
+    recipe = Recipe.from_dict(t.user_attrs[Attr.RECIPE])
     meta = {"study": study.study_name, "trial": t.number, "val_acc": t.value,
-            "test_acc": t.user_attrs.get("test_acc"), **study.user_attrs}
+            "test_acc": t.user_attrs.get(Attr.TEST_ACC), **study.user_attrs}
     return Recipe(recipe.roles, recipe.name, recipe.role_overrides, meta)
 
 

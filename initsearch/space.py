@@ -51,8 +51,9 @@ class Space:
     description: str = ""
     role_overrides: Mapping[str, str] = field(default_factory=dict)
 
-    def sample(self, trial: optuna.Trial) -> Recipe:
-        """Draw a recipe from the space (define-by-run, so enqueued params are honoured)."""
+    def sample(self, trial: optuna.Trial, name: str | None = None) -> Recipe:
+        """Draw a recipe from the space (define-by-run, so enqueued params are honoured);
+        it is called ``name``, or ``trial-<number>``."""
         roles = {}
         for role, rs in self.roles.items():
             init = RoleInit.from_label(trial.suggest_categorical(f"{role}.init", rs.labels))
@@ -60,7 +61,7 @@ class Space:
                 init = RoleInit(init.scheme, init.options,
                                 trial.suggest_float(f"{role}.scale", *rs.scale, log=True))
             roles[role] = init
-        return Recipe(roles, f"trial-{trial.number}", self.role_overrides)
+        return Recipe(roles, name or f"trial-{trial.number}", self.role_overrides)
 
     def params_for(self, recipe: Recipe) -> dict[str, Any]:
         """The Optuna params under which :meth:`sample` reproduces ``recipe`` (for enqueueing)."""

@@ -80,7 +80,7 @@ class _Replica:
 def run_trial(config: TrialConfig, splits: Splits,
               model_fn: Callable[[], nn.Module]) -> Iterator[dict]:
     """Train ``config.recipe`` under ``config.protocol``; yield metrics after every epoch."""
-    p = Protocol(**{**config.protocol, "seeds": tuple(config.protocol["seeds"])})
+    p = Protocol.from_dict(config.protocol)
     recipe = Recipe.from_dict(config.recipe)
     device = resolve_device(p.device)
     fmt = torch.channels_last if p.channels_last else torch.contiguous_format

@@ -22,13 +22,21 @@ from optuna.trial import TrialState
 
 from initsearch.engine.progress import Progress
 from initsearch.protocol import Protocol
-from initsearch.recipe import Recipe
 from initsearch.space import Space
 from initsearch.tracking import Tracker
 from initsearch.trial import METRICS, TrialConfig
 
-BASELINE_ATTR = "baseline"
-RECIPE_ATTR = "recipe"
+
+
+class Attr:
+    """Names of the user attributes the driver writes on each Optuna trial (read by recommend)."""
+
+    BASELINE = "baseline"  # the baseline's name, on enqueued baseline trials
+    RECIPE = "recipe"      # the recipe as a dict
+    RUN_ID = "run_id"      # the trial's MLflow child run
+    EPOCHS = "epochs"      # epochs trained; set when the trial ends (absent: cut off mid-trial)
+    TEST_ACC = "test_acc"  # final test accuracy, completed trials only
+    ERROR = "error"        # why a FAIL failed
 
 
 @dataclass
@@ -64,24 +72,26 @@ class StudyDriver:
         self._live: dict[int, _Live] = {}
         self.compute_seconds = 0.0  # time inside training and evaluation steps, all trials
         self.bookkeeping_seconds = 0.0  # time in ask/report/finish: Optuna and MLflow
-        self._asked = len(self._settled_trials())
-        self.progress.restore(self._settled_trials())
+        settled = self._settled_trials()
+        self._asked = len(settled)
+        self.progress.restore(settled)
 
     # -- setup ---------------------------------------------------------------------------------
     def enqueue_baselines(self) -> None:
         for name, recipe in self.space.baselines().items():
             self.study.enqueue_trial(self.space.params_for(recipe),
-                                     user_attrs={BASELINE_ATTR: name}, skip_if_exists=True)
+                                     user_attrs={Attr.BASELINE: name}, skip_if_exists=True)
 
     def recover_interrupted(self) -> int:
         """Trials left RUNNING by a killed search: mark them FAIL and queue their params again."""
         stale = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
         for t in stale:
             self.study.tell(t.number, state=TrialState.FAIL)
-            self.study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items()
-                                                           if k == BASELINE_ATTR})
-            if t.user_attrs.get("run_id"):
-                self.tracker.end_trial(t.user_attrs["run_id"], "KILLED", {"state": "INTERRUPTED"})
+            baseline = t.user_attrs.get(Attr.BASELINE)
+            self.study.enqueue_trial(t.params,
+                                     user_attrs={Attr.BASELINE: baseline} if baseline else None)
+            if t.user_attrs.get(Attr.RUN_ID):
+                self.tracker.end_trial(t.user_attrs[Attr.RUN_ID], "KILLED", {"state": "INTERRUPTED"})
         self._asked = len(self._settled_trials())
         return len(stale)
 
@@ -97,13 +107,12 @@ class StudyDriver:
     @_timed
     def ask(self) -> TrialConfig:
         trial = self.study.ask()
-        baseline = trial.user_attrs.get(BASELINE_ATTR)
-        recipe = self.space.sample(trial)
-        recipe = Recipe(recipe.roles, baseline or recipe.name, recipe.role_overrides)
-        trial.set_user_attr(RECIPE_ATTR, recipe.to_dict())
+        baseline = trial.user_attrs.get(Attr.BASELINE)
+        recipe = self.space.sample(trial, name=baseline)
+        trial.set_user_attr(Attr.RECIPE, recipe.to_dict())
         run_id = self.tracker.start_trial(trial.number, recipe, baseline, trial.params,
                                           self.plan_for(recipe))
-        trial.set_user_attr("run_id", run_id)
+        trial.set_user_attr(Attr.RUN_ID, run_id)
         self._live[trial.number] = _Live(trial, run_id, baseline)
         self._asked += 1
         return TrialConfig(trial.number, recipe.to_dict(), self.protocol.to_dict())
@@ -128,9 +137,9 @@ class StudyDriver:
     def finish(self, number: int, error: str | None = None) -> None:
         live = self._live.pop(number)
         epochs = int(live.last.get("epoch", 0))
-        live.trial.set_user_attr("epochs", epochs)
+        live.trial.set_user_attr(Attr.EPOCHS, epochs)
         if "test_acc" in live.last:
-            live.trial.set_user_attr("test_acc", float(live.last["test_acc"]))
+            live.trial.set_user_attr(Attr.TEST_ACC, float(live.last["test_acc"]))
         if error is None and live.pruned:
             state = TrialState.PRUNED
             self.study.tell(live.trial, state=state)
@@ -139,7 +148,7 @@ class StudyDriver:
             self.study.tell(live.trial, float(live.last["val_acc"]))
         else:
             state = TrialState.FAIL
-            live.trial.set_user_attr("error", error or f"stopped after {epochs} epochs")
+            live.trial.set_user_attr(Attr.ERROR, error or f"stopped after {epochs} epochs")
             self.study.tell(live.trial, state=state)
         self.tracker.end_trial(live.run_id, "FAILED" if state == TrialState.FAIL else "FINISHED",
                                {"state": state.name, "epochs": str(epochs)})
@@ -155,8 +164,8 @@ class StudyDriver:
     # -- helpers -------------------------------------------------------------------------------
     def _settled_trials(self) -> list[optuna.trial.FrozenTrial]:
         done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        # "epochs" is set by finish(): trials cut off by an interrupt lack it and do not count
-        return [t for t in self.study.get_trials(deepcopy=False, states=done) if "epochs" in t.user_attrs]
+        # Attr.EPOCHS is set by finish(): trials cut off by an interrupt lack it and do not count
+        return [t for t in self.study.get_trials(deepcopy=False, states=done) if Attr.EPOCHS in t.user_attrs]
 
     def _best_value(self) -> float | None:
         values = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]

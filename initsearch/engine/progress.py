@@ -20,7 +20,7 @@ class Progress:
         for t in trials:
             self.counts[t.state] += 1
             if t.state == TrialState.COMPLETE:
-                self.best = max(self.best or t.value, t.value)
+                self.best = t.value if self.best is None else max(self.best, t.value)
         self._bar.initial = self._bar.n = len(trials)
         self._refresh()
 
