@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--arch", help="built-in architecture (initsearch archs); default resnet_ds")
     run.add_argument("--model", metavar="MODULE:FUNCTION",
                      help="your own model factory instead of --arch")
+    run.add_argument("--arch-opt", action="append", default=[], metavar="KEY=VALUE",
+                     help="architecture option, repeatable (e.g. depth=14, norm=none)")
     run.add_argument("--budget", type=int, default=50, help="trials in the study, baselines included")
     run.add_argument("--dataset", default="cifar10")
     run.add_argument("--data", metavar="DIR", help="dataset directory (env INITSEARCH_DATA)")
@@ -40,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     sub.add_parser("archs", help="list built-in architectures")
     sub.add_parser("spaces", help="list search spaces")
+    schemes = sub.add_parser("schemes", help="list init schemes and steps (and measure their cost)")
+    schemes.add_argument("--measure", action="store_true",
+                         help="time each data-dependent step on a profile's model and real data")
+    schemes.add_argument("--data", metavar="DIR", help="dataset directory (env INITSEARCH_DATA)")
+    schemes.add_argument("--profile", help="trial protocol to measure on; default gpu or cpu")
     sub.add_parser("profiles", help="list trial protocols")
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 on the project's store")
     ui.add_argument("--port", type=int, default=5000)
@@ -50,8 +57,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return {"run": _run, "archs": _archs, "spaces": _spaces, "profiles": _profiles,
-                "ui": _ui}[args.command](args)
+        return {"run": _run, "archs": _archs, "spaces": _spaces, "schemes": _schemes,
+                "profiles": _profiles, "ui": _ui}[args.command](args)
     except UsageError as exc:
         print(f"initsearch: error: {exc}", file=sys.stderr)
         return 2
@@ -68,6 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("pass either --arch or --model, not both")
     result = search(args.model or args.arch or "resnet_ds", dataset=args.dataset, data_dir=args.data,
                     budget=args.budget, profile=args.profile, space=args.space,
+                    arch_options=_key_values(args.arch_opt, "--arch-opt"),
                     backend=args.backend, seed=args.seed, study=args.study, resume=args.resume,
                     tracking_uri=args.tracking_uri, gpus_per_trial=args.gpus_per_trial,
                     home=args.home, progress=not args.no_progress)
@@ -82,6 +90,40 @@ def _run(args: argparse.Namespace) -> int:
     if result.best is not None:
         print(f"best recipe (trial {result.best.meta['trial']}) written to {out}")
     print(f"review: initsearch ui  (MLflow run {result.parent_run_id})")
+    return 0
+
+
+def _key_values(pairs: list[str], flag: str) -> dict:
+    """``["depth=14", "norm=none"]`` -> ``{"depth": 14, "norm": "none"}`` (values read as YAML)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise UsageError(f"{flag} {pair!r} must be KEY=VALUE, e.g. {flag} depth=14")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _schemes(args: argparse.Namespace) -> int:
+    from initsearch.schemes import SCHEMES, STEPS
+
+    print("layer schemes (chosen per role):")
+    for s in SCHEMES.values():
+        opts = " ".join(f"{k}={'|'.join(v)}" for k, v in s.options.items())
+        where = "conv/linear" if s.weight_layers_only else "any layer"
+        print(f"  {s.name:12s} {where:12s} {opts}")
+    print("steps (after the layer schemes; static first, then data-dependent):")
+    for st in STEPS.values():
+        kind = "data" if st.needs_data else "static"
+        opts = " ".join(f"{k}={v}" for k, v in st.defaults.items())
+        print(f"  {st.name:12s} {kind:7s} {st.summary}\n  {'':12s} {'':7s} defaults: {opts or '-'}")
+    if args.measure:
+        from initsearch.costs import format_costs, measure_costs
+
+        print()
+        print(format_costs(measure_costs(profile=args.profile, data_dir=args.data)))
     return 0
 
 

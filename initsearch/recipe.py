@@ -1,21 +1,29 @@
-"""Recipe: which scheme (with options) and which scale each layer role gets; applies to any model.
+"""Recipe: the scheme and scale of each layer role, per-layer scales, then network-level steps.
 
 A recipe file is YAML (or JSON, by extension), versioned, and never pickled::
 
     format: initsearch.recipe
     version: 1
-    name: lion_dg
+    name: lsuv_lion_dg
     roles:
-      stem:     {scheme: he, options: {mode: fan_in}, scale: 1.0}
+      stem:     {scheme: orthogonal, scale: 1.0}
       aux_head: {scheme: zero}
+    layer_scales: {stages.0.0.conv1: 1.3}   # optional per-layer multipliers (module path: factor)
+    steps:                                  # optional network-level steps, run in this order
+      - {name: lsuv, options: {tol: 0.1}}
     role_overrides: {}      # optional {module-path glob: role}, passed to role discovery
     meta: {}                # free-form provenance (study, trial, val_acc, ...)
 
-Roles the recipe does not name keep PyTorch's default init.
+:meth:`Recipe.apply` runs, in this order: (1) each role's layer scheme; (2) the static steps
+(Fixup, emergence, RISOTTO: they read the network's structure); (3) the role scale times the
+layer scale, as weight multipliers; (4) the data-dependent steps (LSUV, GradInit), which must
+come last so they see -- and correct -- the final static init. Roles the recipe does not name
+keep PyTorch's default init.
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,7 +34,7 @@ from torch import nn
 
 from initsearch.errors import UsageError
 from initsearch.roles import ROLES, WEIGHT_ROLES, discover_roles, parameterized_modules
-from initsearch.schemes import SCHEMES, scale_
+from initsearch.schemes import SCHEMES, STEPS, InitData, fixup, scale_
 
 FORMAT, VERSION = "initsearch.recipe", 1
 
@@ -70,6 +78,60 @@ class RoleInit:
 
 
 @dataclass(frozen=True)
+class StepInit:
+    """One network-level step of a recipe: ``STEPS[name](model, roles, data, **options)``."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in STEPS:
+            raise UsageError(f"unknown init step {self.name!r}; use one of: {', '.join(STEPS)}")
+        problem = STEPS[self.name].check_options(dict(self.options))
+        if problem:
+            raise UsageError(problem)
+
+    @property
+    def needs_data(self) -> bool:
+        return STEPS[self.name].needs_data
+
+    @property
+    def label(self) -> str:
+        """``lsuv`` or ``gradinit:preset=search`` (a search-space value)."""
+        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        return f"{self.name}:{opts}" if opts else self.name
+
+    @classmethod
+    def from_label(cls, label: str, **extra: Any) -> "StepInit":
+        name, _, opts = label.partition(":")
+        options = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in opts.split(",") if kv)}
+        return cls(name, {**options, **extra})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **({"options": dict(self.options)} if self.options else {})}
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What :meth:`Recipe.apply` did: the per-layer plan, each step's report, the wall time."""
+
+    plan: list[dict[str, Any]]
+    steps: dict[str, dict[str, Any]]
+    seconds: float
+
+    @property
+    def forward_passes(self) -> int:
+        return sum(r.get("forward_passes", 0) for r in self.steps.values())
+
+    @property
+    def backward_passes(self) -> int:
+        return sum(r.get("backward_passes", 0) for r in self.steps.values())
+
+
+_SCALAR_ROLES = tuple(r for r in ROLES if r not in WEIGHT_ROLES)  # norm affines and scalars
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A per-role init recipe.
 
@@ -85,44 +147,75 @@ class Recipe:
     name: str = ""
     role_overrides: Mapping[str, str] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    steps: tuple[StepInit, ...] = ()
+    layer_scales: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.roles) - set(ROLES)
         if unknown:
             raise UsageError(f"unknown role(s) {sorted(unknown)} in recipe; roles: {', '.join(ROLES)}")
-        norm = self.roles.get("norm")
-        if norm and SCHEMES[norm.scheme].weight_layers_only:
-            raise UsageError(f"scheme {norm.scheme!r} does not apply to role 'norm'; "
-                             "use default or zero")
+        for role in _SCALAR_ROLES:
+            init = self.roles.get(role)
+            if init and SCHEMES[init.scheme].weight_layers_only:
+                raise UsageError(f"scheme {init.scheme!r} does not apply to role {role!r}; "
+                                 "use default or zero")
+        names = [s.name for s in self.steps]
+        if len(set(names)) != len(names):
+            raise UsageError(f"recipe lists an init step twice ({', '.join(names)}); list each once")
+        kinds = [s.needs_data for s in self.steps]
+        if kinds != sorted(kinds):
+            raise UsageError(f"recipe steps {names}: data-dependent steps (lsuv, gradinit) must come "
+                             "after the static ones (fixup, emergence, risotto); reorder them")
+        bad = {p: v for p, v in self.layer_scales.items()
+               if not (isinstance(v, (int, float)) and v > 0)}
+        if bad:
+            raise UsageError(f"layer_scales must be positive numbers, not {bad}")
 
     def plan(self, model: nn.Module) -> list[dict[str, Any]]:
-        """Per-layer details: path, type, shape, role, scheme, options, scale -- without applying."""
+        """Per-layer details: path, type, shape, role, scheme, options, scale (role x layer) --
+        without applying. Steps are not part of the plan: they act on the whole network."""
         roles = discover_roles(model, self.role_overrides)
+        missing = sorted(set(self.layer_scales) - set(roles))
+        if missing:
+            raise UsageError(f"recipe {self.name!r} scales layer(s) {', '.join(missing)} that the model "
+                             "lacks; the recipe was made for another architecture")
         modules = parameterized_modules(model)
         rows = []
         for path, role in roles.items():
             module, init = modules[path], self.roles.get(role, RoleInit())
-            rows.append({"path": path, "type": type(module).__name__,
-                         "shape": list(getattr(module, "weight", next(module.parameters())).shape),
-                         "role": role, **init.to_dict()})
+            row = {"path": path, "type": type(module).__name__,
+                   "shape": list(getattr(module, "weight", next(module.parameters())).shape),
+                   "role": role, **init.to_dict()}
+            if path in self.layer_scales:
+                row["scale"] = init.scale * self.layer_scales[path]
+            rows.append(row)
         return rows
 
-    def apply(self, model: nn.Module, data: torch.Tensor | None = None,
-              seed: int | None = None) -> list[dict[str, Any]]:
-        """Initialize ``model`` in place; return the per-layer plan that was applied.
+    def apply(self, model: nn.Module, data: InitData | None = None,
+              seed: int | None = None) -> InitReport:
+        """Initialize ``model`` in place (see the module docstring for the order of operations).
 
         Args:
             model: any ``nn.Module``; its layers are labelled by :func:`discover_roles`.
-            data: a batch of standardized inputs, for data-dependent schemes. The schemes
-                available now are all static and ignore it.
+            data: training data for the data-dependent steps (LSUV, GradInit); required when
+                the recipe has one, ignored otherwise.
             seed: if given, the init draws from a private RNG stream seeded with it, so the
                 same recipe, model and seed give bit-identical weights (the global RNG is
                 left as it was).
+
+        Returns:
+            An :class:`InitReport`: the per-layer plan, each step's report, the seconds taken.
         """
-        del data  # no data-dependent scheme yet
+        t0 = time.perf_counter()
         plan = self.plan(model)
+        roles = {row["path"]: row["role"] for row in plan}
+        needs_data = [s.name for s in self.steps if s.needs_data]
+        if needs_data and data is None:
+            raise UsageError(f"recipe {self.name!r} runs {', '.join(needs_data)}, which need data: "
+                             "pass data=InitData(x, y) to Recipe.apply")
         modules = parameterized_modules(model)
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        reports: dict[str, dict[str, Any]] = {}
+        with torch.random.fork_rng(devices=_devices(model), enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             for row in plan:
@@ -131,18 +224,30 @@ class Recipe:
                     raise UsageError(f"scheme {init.scheme!r} cannot initialize {row['path']} "
                                      f"({row['type']}, role {row['role']}); choose another scheme")
                 SCHEMES[init.scheme].fn(module, **init.options)
-                scale_(module, init.scale)
-        return plan
+            for step in self.steps:
+                if not step.needs_data:
+                    reports[step.name] = STEPS[step.name](model, roles, None, **step.options)
+            for row in plan:
+                scale_(modules[row["path"]], row.get("scale", 1.0))
+            for step in self.steps:
+                if step.needs_data:
+                    reports[step.name] = STEPS[step.name](model, roles, data, **step.options)
+        return InitReport(plan, reports, time.perf_counter() - t0)
 
     def summary(self) -> str:
         """One line: ``stem=he x1.3 conv=orthogonal ...`` (roles left at default are omitted)."""
         parts = [f"{role}={init.label}" + (f"x{init.scale:.2g}" if init.scale != 1.0 else "")
                  for role, init in self.roles.items() if init != RoleInit()]
+        if self.layer_scales:
+            parts.append(f"+{len(self.layer_scales)} layer scales")
+        parts += [f"then {s.label}" for s in self.steps]
         return " ".join(parts) or "all default"
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "name": self.name,
                 "roles": {r: i.to_dict() for r, i in self.roles.items()},
+                "layer_scales": {p: float(v) for p, v in self.layer_scales.items()},
+                "steps": [s.to_dict() for s in self.steps],
                 "role_overrides": dict(self.role_overrides), "meta": dict(self.meta)}
 
     @classmethod
@@ -157,7 +262,15 @@ class Recipe:
                      for r, i in (d.get("roles") or {}).items()}
         except (AttributeError, TypeError):
             raise UsageError(f"{where}: each role must map to {{scheme, options, scale}}") from None
-        return cls(roles, d.get("name", ""), d.get("role_overrides") or {}, d.get("meta") or {})
+        try:
+            steps = tuple(StepInit(st["name"], st.get("options") or {}) for st in d.get("steps") or ())
+        except (KeyError, AttributeError, TypeError):
+            raise UsageError(f"{where}: each step must be {{name: ..., options: {{...}}}}") from None
+        layer_scales = d.get("layer_scales") or {}
+        if not isinstance(layer_scales, Mapping):
+            raise UsageError(f"{where}: layer_scales must map module paths to numbers")
+        return cls(roles, d.get("name", ""), d.get("role_overrides") or {}, d.get("meta") or {},
+                   steps, layer_scales)
 
     def dumps(self, fmt: str = "yaml") -> str:
         """The recipe file's text, ``"yaml"`` or ``"json"``."""
@@ -181,11 +294,26 @@ class Recipe:
         return cls.from_dict(d, where=str(path))
 
 
+def _devices(model: nn.Module) -> list[int]:
+    """CUDA devices the model lives on, so a seeded init is private on them too."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
 def _he_everywhere(**extra: RoleInit) -> dict[str, RoleInit]:
     return {**{r: RoleInit("he") for r in WEIGHT_ROLES}, **extra}
 
 
-#: Named baselines that every search evaluates first, on the same protocol and seeds.
+def _roles(table: Mapping[str, tuple[str, Mapping[str, str]]]) -> dict[str, RoleInit]:
+    return {role: RoleInit(scheme, options) for role, (scheme, options) in table.items()}
+
+
+_ORTHO = {r: RoleInit("orthogonal") for r in WEIGHT_ROLES}  # LSUV's orthonormal pre-init
+_ZERO_ROLES = {"stem": RoleInit("identity"), "conv": RoleInit("identity"),
+               "shortcut": RoleInit("identity"), "branch_last": RoleInit("zero"),
+               "aux_head": RoleInit("zero"), "classifier": RoleInit("zero")}
+
+#: Published schemes that every search evaluates first, on the same protocol and seeds (those
+#: the space can express and whose roles the model has; see :func:`applicable`).
 #:
 #: * ``pytorch_default`` -- every layer keeps PyTorch's ``reset_parameters``.
 #: * ``he`` -- He-normal, fan_in, biases 0 on every conv/linear, BN gamma=1/beta=0.
@@ -194,8 +322,41 @@ def _he_everywhere(**extra: RoleInit) -> dict[str, RoleInit]:
 #:   sends into the backbone is ``W^T dL/dy = 0`` at step 0, while its own gradient
 #:   ``(softmax(y) - onehot) h^T`` is non-zero, so the auxiliary signal phases in as ``W`` grows.
 #:   Only the auxiliary heads differ from ``he``, so the pair isolates the method.
-BASELINES: dict[str, Recipe] = {
-    "pytorch_default": Recipe({}, "pytorch_default"),
-    "he": Recipe(_he_everywhere(), "he"),
-    "lion_dg": Recipe(_he_everywhere(aux_head=RoleInit("zero")), "lion_dg"),
-}
+#: * ``lsuv`` -- LSUV (Mishkin & Matas 2016): orthonormal pre-init, then layer-sequential unit
+#:   variance on one batch (:mod:`initsearch.schemes.lsuv`).
+#: * ``lsuv_lion_dg`` -- LION-DG's hybrid: orthonormal pre-init with zero auxiliary heads, then
+#:   LSUV on the backbone; LSUV skips all-zero layers, so the heads stay zero -- the same result
+#:   as the paper's "LSUV first, then zero the heads".
+#: * ``gradinit`` -- GradInit (Zhu et al. 2021) from its paper's starting point (He-normal
+#:   fan_out convs, PyTorch-default linears), cheap ``search`` preset.
+#: * ``emergence`` -- He, then the emergence-promoting alpha^n depth profile (Li et al. 2024).
+#: * ``zerO`` -- ZerO (Zhao et al. 2022): identity/Hadamard convs, zero last conv of every
+#:   branch, zero classifier and heads.
+#: * ``risotto`` -- RISOTTO (Gadhikar & Burkholz 2022): looks-linear orthogonal ResNet.
+#: * ``fixup`` / ``skipinit`` -- Fixup (Zhang et al. 2019) and SkipInit (De & Smith 2020) for
+#:   normalization-free ResNets (:mod:`initsearch.schemes.fixup`).
+BASELINES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe({}, "pytorch_default"),
+    Recipe(_he_everywhere(), "he"),
+    Recipe(_he_everywhere(aux_head=RoleInit("zero")), "lion_dg"),
+    Recipe(_ORTHO, "lsuv", steps=(StepInit("lsuv"),)),
+    Recipe({**_ORTHO, "aux_head": RoleInit("zero")}, "lsuv_lion_dg", steps=(StepInit("lsuv"),)),
+    Recipe({r: RoleInit("he", {"mode": "fan_out"}) for r in ("stem", "conv", "branch_last", "shortcut")},
+           "gradinit", steps=(StepInit("gradinit", {"preset": "search"} if "preset" in STEPS["gradinit"].defaults else {}),)),  # TEMP
+    Recipe(_he_everywhere(), "emergence", steps=(StepInit("emergence"),)),
+    Recipe(_ZERO_ROLES, "zerO"),
+    Recipe(_he_everywhere(), "risotto", steps=(StepInit("risotto"),)),
+    Recipe(_roles(fixup.FIXUP_ROLES), "fixup", steps=(StepInit("fixup"),)),
+    Recipe(_roles(fixup.SKIPINIT_ROLES), "skipinit"),
+)}
+
+#: Roles a baseline needs in the model to mean anything (else it is skipped, not run).
+_REQUIRES = {"lion_dg": {"aux_head"}, "lsuv_lion_dg": {"aux_head"}, "risotto": {"branch_last"},
+             "zerO": {"branch_last"}, "fixup": {"branch_last", "branch_scale", "scalar_bias"},
+             "skipinit": {"branch_last", "branch_scale"}}
+
+
+def applicable(baseline: str, present_roles: set[str] | frozenset[str]) -> bool:
+    """Whether the baseline applies to a model with these roles (LION-DG needs auxiliary heads,
+    Fixup and SkipInit a normalization-free ResNet with branch scalars, ...)."""
+    return _REQUIRES.get(baseline, set()) <= set(present_roles)

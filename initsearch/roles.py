@@ -11,13 +11,16 @@ Roles:
 ``linear``      a hidden linear layer that is neither head nor classifier
 ``aux_head``    an auxiliary (deep-supervision) classifier head
 ``classifier``  the main output layer
+``branch_scale`` a learnable scalar multiplying a residual branch (Fixup's scale, SkipInit's alpha)
+``scalar_bias`` a learnable scalar bias (Fixup's biases before convs and activations)
 ==============  ===========================================================================
 
 Discovery reads names and structure, in this order, first match wins:
 
 1. explicit overrides (``{glob over the module path: role}``) -- a user's, then the model's own
    ``initsearch_roles()`` if it defines one;
-2. module type: normalization layers are ``norm``;
+2. module type: normalization layers are ``norm``; :class:`~initsearch.archs.scalars.Scale` and
+   :class:`~initsearch.archs.scalars.Bias` are ``branch_scale`` and ``scalar_bias``;
 3. names: a path segment containing ``aux``/``side``/``deep_sup`` is an ``aux_head``; one named
    ``shortcut``/``downsample``/``skip``/``proj`` (optionally ``_suffix``) is a ``shortcut``;
 4. order: the first conv/linear (module registration order) is the ``stem``, the last linear
@@ -37,10 +40,13 @@ from typing import Mapping
 
 from torch import nn
 
+from initsearch.archs.scalars import Bias, Scale
 from initsearch.errors import UsageError
 
-ROLES = ("stem", "conv", "branch_last", "shortcut", "norm", "linear", "aux_head", "classifier")
-WEIGHT_ROLES = tuple(r for r in ROLES if r != "norm")
+ROLES = ("stem", "conv", "branch_last", "shortcut", "norm", "linear", "aux_head", "classifier",
+         "branch_scale", "scalar_bias")
+#: Roles whose modules are conv/linear layers (the others hold norm affines or scalars).
+WEIGHT_ROLES = ("stem", "conv", "branch_last", "shortcut", "linear", "aux_head", "classifier")
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 _CONV_TYPES = (nn.modules.conv._ConvNd,)
@@ -111,6 +117,8 @@ def _override_rules(model, overrides, modules) -> list[tuple[str, str]]:
 def _role_by_type_and_name(path: str, module: nn.Module) -> str | None:
     if isinstance(module, _NORM_TYPES):
         return "norm"
+    if isinstance(module, (Scale, Bias)):
+        return "branch_scale" if isinstance(module, Scale) else "scalar_bias"
     if not isinstance(module, (*_CONV_TYPES, nn.Linear)):
         return None
     segments = path.split(".")

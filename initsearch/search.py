@@ -85,13 +85,13 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
                          "use --gpus-per-trial 0 or a machine with a GPU")
     label = getattr(model_fn, "__name__", "model") if model_fn else arch.rpartition(":")[2]
     named_space = arch if model_fn is None and arch in available_spaces() else "default"
+    arch_opts = {}
     if model_fn is None:
-        options = {**protocol.arch_options.get(arch, {}), **(arch_options or {})}
-        model_fn = functools.partial(build_model, arch, options=options)
-    space_obj = load_space(space or named_space)
+        arch_opts = {**protocol.arch_options.get(arch, {}), **(arch_options or {})}
+        model_fn = functools.partial(build_model, arch, options=arch_opts)
     probe = _build_probe(model_fn)
+    space_obj = load_space(space or named_space).bind(probe)  # labels every layer, or fails clearly
     plan_for = functools.partial(_plan, probe)
-    plan_for(space_obj.baselines()["lion_dg"])  # labels every layer now, or fails clearly
     splits = load_splits(dataset, data_dir, train_size=protocol.train_size,
                          val_size=protocol.val_size, test_size=protocol.test_size,
                          split_seed=protocol.split_seed)
@@ -101,7 +101,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     journal = journals / f"{study_name}.journal"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = {"arch": label, "dataset": dataset, "profile": protocol.name,
-                "space": space_obj.name, "seed": seed}
+                "space": space_obj.name, "seed": seed, "arch_options": arch_opts}
     storage = None
     if resume:  # reading the journal writes nothing; a study must not mix protocols or spaces
         storage = optuna.storages.JournalStorage(

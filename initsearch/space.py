@@ -1,6 +1,6 @@
-"""Search spaces: per role, the init choices and the log-uniform scale range (files in ``spaces/``).
+"""Search spaces: per role, the init choices and a scale range; per-layer scales; init steps.
 
-A space file::
+A space file (``spaces/*.yaml``)::
 
     format: initsearch.space
     version: 1
@@ -10,28 +10,43 @@ A space file::
         init: [default, he, {scheme: he, mode: fan_out}, orthogonal]
         scale: [0.25, 4.0]     # log-uniform multiplier; omit to keep 1
       norm:
-        init: [default, zero]
+        init: [default]
+    layer_scales:              # optional: one log-uniform multiplier per layer whose path matches
+      "stages.*.conv1": [0.5, 2.0]
+    steps:                     # optional: slots of network-level steps, run in slot order
+      static: [none, fixup, {step: emergence, alpha: [1.0, 1.5]}]   # [lo, hi]: searched
+      data: [none, lsuv, {step: gradinit, preset: search}]
     role_overrides: {}         # {module-path glob: role} for models discovery cannot read
 
-Sampling is define-by-run: for each role, an Optuna categorical ``<role>.init`` over the
-choices, then -- only when the choice is not ``zero``, where a scale means nothing -- a
-log-uniform ``<role>.scale``. Roles the space does not list keep PyTorch's default init.
+Sampling is define-by-run: for each role an Optuna categorical ``<role>.init``, then -- unless
+the choice is ``zero``, where a scale means nothing -- a log-uniform ``<role>.scale``; for each
+layer matched by ``layer_scales`` a log-uniform ``layer.<path>.scale``; for each step slot a
+categorical ``steps.<slot>`` and, for a chosen step with searched options, one log-uniform
+``steps.<slot>.<step>.<option>`` each. Static step slots must come before data-dependent ones.
+
+A space is *bound* to a model (:meth:`Space.bind`) before sampling: that drops the roles the
+model lacks, expands ``layer_scales`` globs to the model's layers, and picks the baselines
+that apply to it. Roles the space does not list keep PyTorch's default init.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import fnmatch
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
 import yaml
+from torch import nn
 
 from initsearch.errors import UsageError
-from initsearch.recipe import BASELINES, Recipe, RoleInit
-from initsearch.roles import ROLES
+from initsearch.recipe import BASELINES, Recipe, RoleInit, StepInit, applicable
+from initsearch.roles import ROLES, discover_roles
+from initsearch.schemes import STEPS
 
 FORMAT, VERSION = "initsearch.space", 1
 SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
+_KEYS = ("description", "roles", "layer_scales", "steps", "role_overrides")
 
 
 @dataclass(frozen=True)
@@ -45,11 +60,41 @@ class RoleSpace:
 
 
 @dataclass(frozen=True)
+class StepChoice:
+    """A step with its fixed options, plus ``{option: (lo, hi)}`` searched log-uniformly."""
+
+    step: StepInit
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.step.label
+
+
+@dataclass(frozen=True)
 class Space:
     name: str
     roles: Mapping[str, RoleSpace]
     description: str = ""
     role_overrides: Mapping[str, str] = field(default_factory=dict)
+    layer_scales: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    steps: Mapping[str, tuple[StepChoice | None, ...]] = field(default_factory=dict)
+    present_roles: frozenset[str] | None = None  # set by bind(): the roles the model has
+
+    def bind(self, model: nn.Module) -> "Space":
+        """This space for ``model``: only the roles it has, ``layer_scales`` globs expanded to
+        its layer paths (each must match a layer), and the baselines that apply to it."""
+        roles = discover_roles(model, self.role_overrides)
+        layers = {}
+        for pattern, bounds in self.layer_scales.items():
+            matched = [p for p in roles if fnmatch.fnmatchcase(p, pattern)]
+            if not matched:
+                raise UsageError(f"space {self.name!r}: layer_scales pattern {pattern!r} matches no "
+                                 "layer of the model; check it against `initsearch roles`")
+            layers.update(dict.fromkeys(matched, bounds))
+        present = frozenset(roles.values())
+        return replace(self, roles={r: rs for r, rs in self.roles.items() if r in present},
+                       layer_scales=layers, present_roles=present)
 
     def sample(self, trial: optuna.Trial, name: str | None = None) -> Recipe:
         """Draw a recipe from the space (define-by-run, so enqueued params are honoured);
@@ -61,10 +106,26 @@ class Space:
                 init = RoleInit(init.scheme, init.options,
                                 trial.suggest_float(f"{role}.scale", *rs.scale, log=True))
             roles[role] = init
-        return Recipe(roles, name or f"trial-{trial.number}", self.role_overrides)
+        layer_scales = {path: trial.suggest_float(f"layer.{path}.scale", *bounds, log=True)
+                        for path, bounds in self.layer_scales.items()}
+        steps = []
+        for slot, choices in self.steps.items():
+            label = trial.suggest_categorical(f"steps.{slot}", _labels(choices))
+            choice = next((c for c in choices if c and c.label == label), None)
+            if choice is not None:
+                searched = {opt: trial.suggest_float(f"steps.{slot}.{choice.step.name}.{opt}", lo, hi,
+                                                     log=True)
+                            for opt, (lo, hi) in choice.ranges.items()}
+                steps.append(StepInit(choice.step.name, {**choice.step.options, **searched}))
+        return Recipe(roles, name or f"trial-{trial.number}", self.role_overrides,
+                      steps=tuple(steps), layer_scales=layer_scales)
 
     def params_for(self, recipe: Recipe) -> dict[str, Any]:
-        """The Optuna params under which :meth:`sample` reproduces ``recipe`` (for enqueueing)."""
+        """The Optuna params under which :meth:`sample` reproduces ``recipe`` (for enqueueing).
+
+        Raises:
+            UsageError: the space cannot express the recipe (it says what to add).
+        """
         params: dict[str, Any] = {}
         for role, rs in self.roles.items():
             init = recipe.roles.get(role, RoleInit())
@@ -73,14 +134,71 @@ class Space:
                                  f"{role!r} lacks {init.label!r}; add it to roles.{role}.init")
             params[f"{role}.init"] = init.label
             if rs.scale and init.scheme != "zero":
-                params[f"{role}.scale"] = init.scale
+                params[f"{role}.scale"] = _inside(init.scale, rs.scale, f"{role}.scale", recipe)
+        for path, bounds in self.layer_scales.items():
+            value = recipe.layer_scales.get(path, 1.0)
+            params[f"layer.{path}.scale"] = _inside(value, bounds, f"layer {path}", recipe)
+        wanted = list(recipe.steps)
+        for slot, choices in self.steps.items():
+            params[f"steps.{slot}"] = "none"
+            for choice in filter(None, choices):
+                step = next((s for s in wanted if _fits(s, choice)), None)
+                if step is not None:
+                    wanted.remove(step)
+                    params[f"steps.{slot}"] = choice.label
+                    for opt, bounds in choice.ranges.items():
+                        value = step.options.get(opt, _default(step, opt))
+                        params[f"steps.{slot}.{step.name}.{opt}"] = _inside(value, bounds, opt, recipe)
+                    break
+            if params[f"steps.{slot}"] == "none" and None not in choices:
+                raise UsageError(f"space {self.name!r} cannot express recipe {recipe.name!r}: step "
+                                 f"slot {slot!r} has no 'none'; add none to steps.{slot}")
+        if wanted:
+            raise UsageError(f"space {self.name!r} cannot express recipe {recipe.name!r}: no step "
+                             f"slot offers {', '.join(s.label for s in wanted)}; add it under steps")
         return params
 
     def baselines(self) -> dict[str, Recipe]:
-        """The named baselines restricted to this space's roles (other roles stay default)."""
-        return {name: Recipe({r: i for r, i in b.roles.items() if r in self.roles}, name,
-                             self.role_overrides)
-                for name, b in BASELINES.items()}
+        """The published schemes (:data:`initsearch.recipe.BASELINES`) this space can express,
+        restricted to its roles -- and, once bound, only those that apply to the model."""
+        out = {}
+        for name, b in BASELINES.items():
+            if self.present_roles is not None and not applicable(name, self.present_roles):
+                continue
+            # a role the space does not search must stay default -- unless the model lacks it
+            unsearched = {r for r, i in b.roles.items() if r not in self.roles and i != RoleInit()
+                          and (self.present_roles is None or r in self.present_roles)}
+            if unsearched:
+                continue
+            recipe = replace(b, roles={r: i for r, i in b.roles.items() if r in self.roles},
+                             role_overrides=self.role_overrides)
+            try:
+                self.params_for(recipe)
+            except UsageError:
+                continue
+            out[name] = recipe
+        return out
+
+
+def _labels(choices) -> list[str]:
+    return [c.label if c else "none" for c in choices]
+
+
+def _fits(step: StepInit, choice: StepChoice) -> bool:
+    """``step`` is ``choice`` with its searched options set to anything."""
+    fixed = {k: v for k, v in step.options.items() if k not in choice.ranges}
+    return step.name == choice.step.name and fixed == dict(choice.step.options)
+
+
+def _default(step: StepInit, option: str) -> Any:
+    return STEPS[step.name].defaults[option]
+
+
+def _inside(value: float, bounds: tuple[float, float], what: str, recipe: Recipe) -> float:
+    if not bounds[0] <= value <= bounds[1]:
+        raise UsageError(f"recipe {recipe.name!r}: {what} = {value} is outside the space's "
+                         f"range {list(bounds)}")
+    return value
 
 
 def available_spaces() -> dict[str, Path]:
@@ -114,9 +232,9 @@ def parse_space(raw: Any, name: str, where: str) -> Space:
         raise bad(f"missing 'format: {FORMAT}' at the top")
     if raw.get("version") != VERSION:
         raise bad(f"version {raw.get('version')!r} is not supported; use version: {VERSION}")
-    extra = set(raw) - {"format", "version", "description", "roles", "role_overrides"}
+    extra = set(raw) - {"format", "version", *_KEYS}
     if extra:
-        raise bad(f"unknown key(s) {sorted(extra)}; allowed: description, roles, role_overrides")
+        raise bad(f"unknown key(s) {sorted(extra)}; allowed: {', '.join(_KEYS)}")
     if not isinstance(raw.get("roles"), dict) or not raw["roles"]:
         raise bad("'roles' must map at least one role to {init: [...], scale: [lo, hi]}")
     roles = {}
@@ -138,21 +256,75 @@ def parse_space(raw: Any, name: str, where: str) -> Space:
             except UsageError as exc:
                 raise bad(f"roles.{role}.init: {exc}") from None
         scale = spec.get("scale")
-        if scale is not None:
-            if (not isinstance(scale, list) or len(scale) != 2
-                    or not all(isinstance(v, (int, float)) for v in scale)
-                    or not 0 < scale[0] <= 1.0 <= scale[1]):
-                raise bad(f"roles.{role}.scale must be [lo, hi] with 0 < lo <= 1 <= hi "
-                          f"(1 must be inside so the baselines can run), not {scale!r}")
-            scale = (float(scale[0]), float(scale[1]))
-        roles[role] = RoleSpace(tuple(choices), scale)
+        roles[role] = RoleSpace(tuple(choices), None if scale is None else
+                                _bounds(scale, f"roles.{role}.scale", bad))
+    layer_scales = raw.get("layer_scales") or {}
+    if not isinstance(layer_scales, dict):
+        raise bad("layer_scales must map module-path globs to [lo, hi]")
+    layer_scales = {str(g): _bounds(b, f"layer_scales[{g!r}]", bad) for g, b in layer_scales.items()}
+    steps = _parse_steps(raw.get("steps") or {}, bad)
     overrides = raw.get("role_overrides") or {}
     if not isinstance(overrides, dict) or not all(v in ROLES for v in overrides.values()):
         raise bad(f"role_overrides must map module-path globs to roles ({', '.join(ROLES)})")
-    space = Space(name, roles, raw.get("description", ""), overrides)
-    for baseline in space.baselines().values():
-        try:
-            space.params_for(baseline)
-        except UsageError as exc:
-            raise bad(str(exc)) from None
+    space = Space(name, roles, raw.get("description", ""), overrides, layer_scales, steps)
+    if not space.baselines():
+        raise bad("the space can express none of the baselines "
+                  f"({', '.join(BASELINES)}); add 'default' to each role's init")
     return space
+
+
+def _bounds(value: Any, what: str, bad) -> tuple[float, float]:
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            or not 0 < value[0] <= 1.0 <= value[1]):
+        raise bad(f"{what} must be [lo, hi] with 0 < lo <= 1 <= hi "
+                  f"(1 must be inside so the baselines can run), not {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def _parse_steps(raw: Any, bad) -> dict[str, tuple[StepChoice | None, ...]]:
+    if not isinstance(raw, dict):
+        raise bad("steps must map slot names to lists of steps, e.g. {data: [none, lsuv]}")
+    slots, kinds = {}, []
+    for slot, choices in raw.items():
+        if not isinstance(choices, list) or not choices:
+            raise bad(f"steps.{slot} must be a list of steps (none, a name, or {{step: name, ...}})")
+        parsed = []
+        for c in choices:
+            if c in ("none", None):
+                parsed.append(None)
+                continue
+            spec = {"step": c} if isinstance(c, str) else c
+            if not isinstance(spec, dict) or "step" not in spec:
+                raise bad(f"steps.{slot}: {c!r} must be a step name or {{step: name, option: value}}")
+            opts = {k: v for k, v in spec.items() if k != "step"}
+            ranges = {k: _bounds_any(v, f"steps.{slot}.{spec['step']}.{k}", bad)
+                      for k, v in opts.items() if isinstance(v, list)}
+            for k in ranges:
+                default = STEPS[spec["step"]].defaults.get(k) if spec["step"] in STEPS else None
+                if default is not None and not isinstance(default, float):
+                    raise bad(f"steps.{slot}.{spec['step']}.{k}: only real-valued options can be "
+                              f"searched with [lo, hi]; give one value")
+            try:
+                step = StepInit(spec["step"], {k: v for k, v in opts.items() if k not in ranges})
+                for k, (lo, hi) in ranges.items():  # both ends must be valid values of the option
+                    StepInit(step.name, {**step.options, k: lo}), StepInit(step.name, {**step.options, k: hi})
+            except UsageError as exc:
+                raise bad(f"steps.{slot}: {exc}") from None
+            parsed.append(StepChoice(step, ranges))
+        slot_kinds = {c.step.needs_data for c in parsed if c}
+        if len(slot_kinds) > 1:
+            raise bad(f"steps.{slot} mixes static and data-dependent steps; give each kind its slot")
+        kinds += list(slot_kinds)
+        slots[str(slot)] = tuple(parsed)
+    if kinds != sorted(kinds):
+        raise bad("a data-dependent step slot (lsuv, gradinit) comes before a static one; "
+                  "list the static slots first")
+    return slots
+
+
+def _bounds_any(value: Any, what: str, bad) -> tuple[float, float]:
+    if (len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            or not 0 < value[0] <= value[1]):
+        raise bad(f"{what} must be [lo, hi] with 0 < lo <= hi (searched log-uniformly), not {value!r}")
+    return float(value[0]), float(value[1])

@@ -2,8 +2,8 @@
 
 This is the only training loop; both search backends run it (Ray inside a worker, the local
 backend in-process). The trial is a generator: after each epoch it yields
-``{epoch, train_loss, val_loss, val_acc, train_seconds, eval_seconds}`` (plus ``test_acc``
-after the last epoch) and the caller decides whether to go on -- that is where pruning happens.
+``{epoch, train_loss, val_loss, val_acc, train_seconds, eval_seconds}`` (plus ``init_seconds``
+and ``init_passes`` -- the init's cost -- after the first, ``test_acc`` after the last epoch) and the caller decides whether to go on -- that is where pruning happens.
 
 Data stays on the training device as one tensor; every epoch is augmented in one batched call
 and sliced into minibatches (no DataLoader). With several seeds the replicas train in lockstep
@@ -11,6 +11,7 @@ and the metrics are their means.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -23,10 +24,12 @@ from torch.nn import functional as F
 from initsearch.data import Splits, augment, standardize
 from initsearch.protocol import Protocol
 from initsearch.recipe import Recipe
+from initsearch.schemes import InitData
 
 
 #: The keys a trial yields each epoch (``test_acc`` only after the last one).
-METRICS = ("epoch", "train_loss", "val_loss", "val_acc", "test_acc", "train_seconds", "eval_seconds")
+METRICS = ("epoch", "train_loss", "val_loss", "val_acc", "test_acc", "train_seconds", "eval_seconds",
+           "init_seconds", "init_passes")
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,16 @@ def run_trial(config: TrialConfig, splits: Splits,
     total_steps = p.epochs * steps_per_epoch
     warmup = round(p.warmup_epochs * steps_per_epoch)
 
-    replicas = []
+    replicas, init_seconds, init_passes = [], 0.0, 0
     for seed in p.seeds:
         torch.manual_seed(seed)
         model = model_fn().to(device, memory_format=fmt)
-        recipe.apply(model, data=train_x[:p.batch_size], seed=seed)
+        t_init = _now(device)
+        init_data = InitData(train_x, train_y, seed=seed, loss=functools.partial(
+            deep_supervision_loss, aux_weight=p.aux_loss_weight, label_smoothing=p.label_smoothing))
+        report = recipe.apply(model, data=init_data, seed=seed)
+        init_seconds += _now(device) - t_init
+        init_passes += report.forward_passes + report.backward_passes
         decay = [q for q in model.parameters() if q.ndim > 1]  # no weight decay on BN and biases
         rest = [q for q in model.parameters() if q.ndim <= 1]
         opt = torch.optim.SGD([{"params": decay, "weight_decay": p.optimizer.get("weight_decay", 0)},
@@ -115,6 +123,8 @@ def run_trial(config: TrialConfig, splits: Splits,
                    "val_loss": sum(v[0] for v in val) / len(val),
                    "val_acc": sum(v[1] for v in val) / len(val),
                    "train_seconds": t1 - t0}
+        if epoch == 1:  # the init's cost (data-dependent steps), once per trial, all seeds
+            metrics.update(init_seconds=init_seconds, init_passes=init_passes)
         if epoch == p.epochs:  # the test split is only for the final report, never for decisions
             test = [_evaluate(r.model, test_x, test_y, p.eval_batch_size) for r in replicas]
             metrics["test_acc"] = sum(t[1] for t in test) / len(test)

@@ -1,6 +1,7 @@
 import optuna
 import pytest
 
+from initsearch.archs import build_model
 from initsearch.errors import UsageError
 from initsearch.protocol import load_protocol
 from initsearch.recipe import BASELINES, RoleInit
@@ -13,6 +14,31 @@ def test_shipped_spaces_and_profiles_load():
         assert set(space.baselines()) == set(BASELINES)
     for name in ("cpu", "gpu", "smoke"):
         assert load_protocol(name).epochs >= 1
+
+
+@pytest.mark.parametrize("norm, absent", [("batch", {"fixup", "skipinit"}), ("none", set())])
+def test_bound_space_runs_the_baselines_that_apply(norm, absent):
+    space = load_space("resnet_ds").bind(build_model("resnet_ds", options={"depth": 8, "norm": norm}))
+    assert set(space.baselines()) == set(BASELINES) - absent
+    assert ("norm" in space.roles) == (norm == "batch")  # roles the model lacks are not searched
+    plain = load_space("resnet_ds").bind(build_model("resnet_ds", options={"depth": 8, "aux_stages": ()}))
+    assert "lion_dg" not in plain.baselines() and "aux_head" not in plain.roles
+
+
+def test_layer_scales_and_steps_are_sampled_and_enqueued():
+    model = build_model("resnet_ds", options={"depth": 8})
+    space = load_space("resnet_ds_layerwise").bind(model)
+    assert "layer.stages.0.0.conv1.scale" in space.params_for(BASELINES["he"])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(20):
+        recipe = space.sample(study.ask())
+        paths = [row["path"] for row in recipe.plan(model)]
+        expected = {p for p in paths if p in ("stem", "classifier") or ".conv" in p
+                    or p.endswith("shortcut.0")}
+        assert set(recipe.layer_scales) == expected
+        seen |= {s.name for s in recipe.steps}
+    assert seen == {"lsuv", "gradinit"}
 
 
 def test_enqueued_baselines_are_sampled_exactly():
@@ -48,7 +74,13 @@ def test_sampling_is_conditional_on_zero():
     ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [hee]}}", "unknown init scheme"),
     ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [he], scale: [2, 4]}}",
      "1 must be inside"),
-    ("format: initsearch.space\nversion: 1\nroles: {aux_head: {init: [default, he]}}", "lacks 'zero'"),
+    ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [he]}}", "none of the baselines"),
+    ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [default]}}\nsteps: {a: [lsuv], b: [fixup]}",
+     "list the static slots first"),
+    ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [default]}}\nsteps: {a: [lsuvv]}",
+     "unknown init step 'lsuvv'"),
+    ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [default]}}\nlayer_scales: {conv: 2}",
+     "layer_scales"),
     ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [he]}}\nextra: 1", "unknown key"),
     ("format: initsearch.space\nversion: 1\nroles: [oops", "not valid YAML"),
 ])

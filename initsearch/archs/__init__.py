@@ -25,7 +25,7 @@ class Arch:
 ARCHS: dict[str, Arch] = {
     "resnet_ds": Arch("resnet_ds", ResNetDS,
                       "CIFAR ResNet (6n+2) with side-tap auxiliary heads after stages 1 and 2",
-                      {"depth": 20, "width": 16, "aux_stages": (1, 2)}),
+                      {"depth": 20, "width": 16, "aux_stages": (1, 2), "norm": "batch"}),
 }
 
 

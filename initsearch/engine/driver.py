@@ -126,7 +126,8 @@ class StudyDriver:
         if epoch <= live.last.get("epoch", 0):
             return False  # a restarted worker re-sent an epoch the study already has
         live.last = dict(metrics)
-        self.compute_seconds += float(metrics["train_seconds"]) + float(metrics["eval_seconds"])
+        self.compute_seconds += sum(float(metrics.get(k, 0.0))
+                                    for k in ("init_seconds", "train_seconds", "eval_seconds"))
         self.tracker.log_epoch(live.run_id, metrics, epoch)
         live.trial.report(float(metrics["val_acc"]), step=epoch)
         if live.baseline is None and epoch < self.protocol.epochs and live.trial.should_prune():

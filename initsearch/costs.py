@@ -1,0 +1,71 @@
+"""What each init step costs on a trial protocol: seconds, forward/backward passes, and that time
+as a fraction of one training epoch of the same protocol (so a trial's init can be sized
+against its training). Used by ``initsearch schemes --measure`` and ``benchmarks/scheme_cost.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import platform
+
+import torch
+
+from initsearch.archs import build_model
+from initsearch.data import load_splits
+from initsearch.protocol import default_profile, load_protocol
+from initsearch.recipe import Recipe, RoleInit, StepInit
+from initsearch.schemes import STEPS
+from initsearch.trial import TrialConfig, run_trial
+
+#: The step settings measured: every step at its defaults, plus GradInit's paper setting.
+MEASURED = tuple(StepInit(name) for name in STEPS) + (StepInit("gradinit", {"preset": "paper"}),)
+
+
+def measure_costs(profile: str | None = None, data_dir: str | None = None, arch: str = "resnet_ds",
+                  arch_options: dict | None = None, steps: tuple[StepInit, ...] = MEASURED,
+                  seed: int = 0) -> dict:
+    """Apply He + each step once to the profile's model on its real training split, with the
+    profile's threads and device; time one training epoch of plain He for reference."""
+    protocol = load_protocol(profile or default_profile())
+    protocol = dataclasses.replace(protocol, epochs=1, seeds=(seed,))
+    options = {**protocol.arch_options.get(arch, {}), **(arch_options or {})}
+    model_fn = functools.partial(build_model, arch, options=options)
+    splits = load_splits("cifar10", data_dir, train_size=protocol.train_size,
+                         val_size=protocol.val_size, test_size=protocol.test_size,
+                         split_seed=protocol.split_seed)
+    torch.set_num_threads(protocol.threads_per_trial)
+    he = {r: RoleInit("he") for r in ("stem", "conv", "branch_last", "shortcut", "classifier")}
+    rows = []
+    for step in steps:
+        recipe = Recipe(he, step.label, steps=(step,))
+        config = TrialConfig(0, recipe.to_dict(), protocol.to_dict())
+        first = next(run_trial(config, splits, model_fn))  # applies the recipe, trains one epoch
+        rows.append({"step": step.label, "data": step.needs_data,
+                     "seconds": first["init_seconds"], "passes": first["init_passes"],
+                     "epoch_seconds": first["train_seconds"]})
+    epoch = sorted(r["epoch_seconds"] for r in rows)[len(rows) // 2]  # median over the runs
+    for r in rows:
+        r["epochs"] = r["seconds"] / epoch
+    return {"profile": protocol.name, "arch": arch, "arch_options": options,
+            "device": protocol.device, "threads": protocol.threads_per_trial,
+            "train_size": protocol.train_size, "batch_size": protocol.batch_size,
+            "epoch_seconds": epoch, "machine": _machine(), "rows": rows}
+
+
+def format_costs(costs: dict) -> str:
+    head = (f"init cost on profile {costs['profile']} ({costs['arch']} {costs['arch_options']}, "
+            f"{costs['train_size']} images, {costs['threads']} thread(s), {costs['machine']}); "
+            f"one training epoch = {costs['epoch_seconds']:.2f} s")
+    lines = [head, f"{'step':26s} {'kind':6s} {'seconds':>8s} {'passes':>7s} {'x epoch':>8s}"]
+    for r in costs["rows"]:
+        lines.append(f"{r['step']:26s} {'data' if r['data'] else 'static':6s} {r['seconds']:8.2f} "
+                     f"{r['passes']:7d} {r['epochs']:8.3f}")
+    lines.append("passes = forward + backward passes over a batch (double backward counts once)")
+    return "\n".join(lines)
+
+
+def _machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores"

@@ -1,0 +1,199 @@
+"""LSUV: layer-sequential unit-variance init (Mishkin & Matas, "All you need is a good init",
+ICLR 2016, arXiv 1511.06422).
+
+Rule. Visit the conv/linear layers ``L`` in forward-execution order on one fixed minibatch and
+rescale each one's weight until its output has unit variance::
+
+    B_L = W_L * x_L (+ b_L)              # the layer's own output: pre-activation, pre-norm
+    while |Var(B_L) - 1| >= tol and i < max_iter:
+        W_L <- W_L / sqrt(Var(B_L));  i += 1;  recompute B_L
+    (move on to the next layer, converged or not)
+
+``Var`` is the population variance over *all* elements of the output (batch, channels, space),
+not per channel, and ``tol`` bounds the variance (as in the paper's Algorithm 1; the PyTorch
+ports test the std instead). Biases are not shifted (the paper rescales weights only; the old
+PyTorch port's mean shift is not part of the method). For a bias-free layer the output is linear
+in ``W``, so one correction gives variance 1 up to rounding; more are needed only when a
+nonzero bias adds variance that rescaling ``W`` does not touch (and if the bias alone has
+variance above ``1 + tol`` the layer cannot converge: the cap is hit and the report says so).
+
+Orthonormal pre-init. The paper's first step (orthonormal weights, zero biases) is *not* done
+here: a recipe chooses the ``orthogonal`` layer scheme (:func:`initsearch.schemes.layer.
+orthogonal_`) for the roles it wants, and this step only rescales what the layer schemes drew.
+
+Layers touched. The conv/linear modules whose role (or path glob) is in ``include`` -- by
+default every weight role, auxiliary heads and classifier included. Two kinds are skipped and
+reported: a layer whose weight is all zero (its output variance cannot be set by rescaling, and
+dividing by a zero variance would blow it up) and a layer the forward pass never runs (e.g. a
+head used only in some mode). A layer that runs more than once per forward (weight sharing) is
+measured at its first call.
+
+LSUV + LION-DG hybrid. A recipe zeroes the auxiliary heads with the ``zero`` layer scheme (a
+layer scheme, so it runs first) and lists ``lsuv`` as a step (data steps run last). LSUV then
+skips the zero heads, so they stay exactly zero and the auxiliary losses send exactly zero
+gradient into the backbone at step 0, while every backbone layer gets unit variance. This is
+the same result as the abstract's order (LSUV on the backbone, then zero the heads): the side
+taps feed nothing back, so a head's value changes no backbone variance.
+
+Data dependence and BatchNorm. One minibatch of ``batch_size`` from :meth:`InitData.batch`,
+forwarded in :func:`~initsearch.schemes.base.init_forward_mode`: train-mode forward, so every
+auxiliary head runs and BatchNorm normalizes with batch statistics, while running statistics,
+dropout and every module's train/eval mode are left as they were.
+
+Order. The order is recorded with forward hooks on one full forward pass -- not module
+registration order, which the reference PyTorch ports use and which differs from execution
+order whenever a model registers layers out of order.
+
+Cost. No backward passes. Forward passes: 1 full pass to record the order, then for each visited
+layer ``1 + iterations`` partial passes, each stopped (by an exception raised from a hook, caught
+here) right after that layer. Bias-free layers need one correction, so a bias-free network of
+``n`` layers costs about ``2n`` partial passes, i.e. about ``n`` full-forward equivalents on a
+network of evenly spread cost. ``forward_passes`` in the report counts full and partial passes
+alike.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from initsearch.errors import UsageError
+from initsearch.roles import ROLES, WEIGHT_ROLES
+from initsearch.schemes.base import WEIGHT_LAYERS, InitData, Step, init_forward_mode, select
+
+
+class _Stop(Exception):
+    """Raised from a forward hook to end a partial forward pass right after the layer measured."""
+
+
+def lsuv_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = None,
+          tol: float = 0.1, max_iter: int = 10, batch_size: int = 256,
+          include: Sequence[str] | str = WEIGHT_ROLES) -> dict[str, Any]:
+    """Rescale each selected conv/linear weight, in forward order, to unit output variance.
+
+    Args:
+        model: the network, already initialized by the layer schemes (in place).
+        roles: :func:`initsearch.roles.discover_roles` of ``model``.
+        data: the init data; one minibatch of ``batch_size`` is drawn from it.
+        tol: stop correcting a layer once ``|Var(output) - 1| < tol`` (variance, as the paper).
+        max_iter: the most corrections per layer; a layer still off after them is reported as
+            not converged and LSUV moves on.
+        batch_size: size of the one fixed minibatch (all of the data if there is less).
+        include: roles and/or globs over module paths (a list or tuple, or one string); only
+            the conv/linear modules among them are touched.
+
+    Returns:
+        ``{"layers": [row, ...], "forward_passes", "backward_passes", "seconds",
+        "converged_all", "batch_size"}``. One row per selected layer, visited ones in execution
+        order then the ones never run: ``path``, ``role``, ``initial_variance``, ``variance``
+        (final), ``iterations`` (corrections made), ``converged`` (None where not applicable)
+        and ``skipped`` (None, or why the layer was left alone). ``converged_all`` is True when
+        every layer LSUV adjusted ended within ``tol``.
+
+    Raises:
+        UsageError: no data, or an ``include`` entry that is neither a role nor matches a path.
+    """
+    t0 = time.perf_counter()
+    if data is None:
+        raise UsageError("lsuv needs data: pass data=InitData(x, y)")
+    include = (include,) if isinstance(include, str) else tuple(include)
+    unknown = [g for g in include if g not in ROLES and not select(roles, (g,))]
+    if unknown:
+        raise UsageError(f"lsuv include {unknown}: neither a role ({', '.join(ROLES)}) nor a glob "
+                         "matching a module path")
+    named = dict(model.named_modules())
+    layers = {p: named[p] for p in select(roles, include) if isinstance(named[p], WEIGHT_LAYERS)}
+    x, _ = data.batch(batch_size)
+
+    rows: list[dict[str, Any]] = []
+    with init_forward_mode(model), torch.no_grad():
+        order = _execution_order(model, x, layers)
+        passes = 1
+        for path in order:
+            row, n = _unit_variance_(model, x, path, layers[path], roles[path], tol, max_iter)
+            rows.append(row)
+            passes += n
+    rows += [_row(p, roles[p], skipped="not run by the forward pass") for p in layers
+             if p not in order]
+    return {
+        "layers": rows,
+        "forward_passes": passes,
+        "backward_passes": 0,
+        "seconds": time.perf_counter() - t0,
+        "converged_all": all(r["converged"] for r in rows if r["converged"] is not None),
+        "batch_size": len(x),
+    }
+
+
+def _execution_order(model: nn.Module, x: torch.Tensor, layers: Mapping[str, nn.Module]) -> list[str]:
+    """Paths of ``layers`` in the order one forward pass first calls them."""
+    order: list[str] = []
+
+    def record(path: str):
+        def hook(module, inputs, output):
+            if path not in order:
+                order.append(path)
+        return hook
+
+    handles = [m.register_forward_hook(record(p)) for p, m in layers.items()]
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _output_variance(model: nn.Module, x: torch.Tensor, layer: nn.Module) -> float:
+    """Variance over all elements of ``layer``'s output, forwarding only as far as ``layer``."""
+    seen: list[float] = []
+
+    def hook(module, inputs, output):
+        seen.append(torch.var(output.detach().double(), correction=0).item())
+        raise _Stop
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _unit_variance_(model: nn.Module, x: torch.Tensor, path: str, layer: nn.Module, role: str,
+                    tol: float, max_iter: int) -> tuple[dict[str, Any], int]:
+    """LSUV's inner loop on one layer; returns its report row and the forward passes used."""
+    if not layer.weight.any():
+        return _row(path, role, skipped="zero weight"), 0
+    var = first = _output_variance(model, x, layer)
+    passes, iterations = 1, 0
+    while abs(var - 1) >= tol and iterations < max_iter:
+        if not (math.isfinite(var) and var > 0):  # nothing to divide by: report, leave alone
+            return _row(path, role, first, var, iterations, False,
+                        skipped=f"output variance {var} cannot be rescaled to 1"), passes
+        layer.weight.div_(math.sqrt(var))
+        iterations += 1
+        var = _output_variance(model, x, layer)
+        passes += 1
+    return _row(path, role, first, var, iterations, abs(var - 1) < tol), passes
+
+
+def _row(path: str, role: str, initial: float | None = None, variance: float | None = None,
+         iterations: int = 0, converged: bool | None = None, skipped: str | None = None) -> dict:
+    return {"path": path, "role": role, "initial_variance": initial, "variance": variance,
+            "iterations": iterations, "converged": converged, "skipped": skipped}
+
+
+STEP = Step(
+    "lsuv", lsuv_,
+    defaults={"tol": 0.1, "max_iter": 10, "batch_size": 256, "include": WEIGHT_ROLES},
+    bounds={"tol": (1e-6, 1.0), "max_iter": (1, 100), "batch_size": (2, 65536)},
+    needs_data=True,
+    summary="LSUV (Mishkin & Matas 2016): rescale each conv/linear weight, in forward order, to "
+            "unit output variance on one minibatch",
+)
