@@ -34,7 +34,7 @@ from torch import nn
 
 from initsearch.errors import UsageError
 from initsearch.roles import ROLES, WEIGHT_ROLES, discover_roles, parameterized_modules
-from initsearch.schemes import SCHEMES, STEPS, InitData, fixup, scale_
+from initsearch.schemes import SCHEMES, STEPS, InitData, fixup, identity, scale_
 
 FORMAT, VERSION = "initsearch.recipe", 1
 
@@ -308,9 +308,7 @@ def _roles(table: Mapping[str, tuple[str, Mapping[str, str]]]) -> dict[str, Role
 
 
 _ORTHO = {r: RoleInit("orthogonal") for r in WEIGHT_ROLES}  # LSUV's orthonormal pre-init
-_ZERO_ROLES = {"stem": RoleInit("identity"), "conv": RoleInit("identity"),
-               "shortcut": RoleInit("identity"), "branch_last": RoleInit("zero"),
-               "aux_head": RoleInit("zero"), "classifier": RoleInit("zero")}
+
 
 #: Published schemes that every search evaluates first, on the same protocol and seeds (those
 #: the space can express and whose roles the model has; see :func:`applicable`).
@@ -342,9 +340,9 @@ BASELINES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(_ORTHO, "lsuv", steps=(StepInit("lsuv"),)),
     Recipe({**_ORTHO, "aux_head": RoleInit("zero")}, "lsuv_lion_dg", steps=(StepInit("lsuv"),)),
     Recipe({r: RoleInit("he", {"mode": "fan_out"}) for r in ("stem", "conv", "branch_last", "shortcut")},
-           "gradinit", steps=(StepInit("gradinit", {"preset": "search"} if "preset" in STEPS["gradinit"].defaults else {}),)),  # TEMP
+           "gradinit", steps=(StepInit("gradinit", {"preset": "search"}),)),
     Recipe(_he_everywhere(), "emergence", steps=(StepInit("emergence"),)),
-    Recipe(_ZERO_ROLES, "zerO"),
+    Recipe(_roles(identity.ZERO_ROLES), "zerO"),
     Recipe(_he_everywhere(), "risotto", steps=(StepInit("risotto"),)),
     Recipe(_roles(fixup.FIXUP_ROLES), "fixup", steps=(StepInit("fixup"),)),
     Recipe(_roles(fixup.SKIPINIT_ROLES), "skipinit"),

@@ -165,9 +165,9 @@ class Space:
         for name, b in BASELINES.items():
             if self.present_roles is not None and not applicable(name, self.present_roles):
                 continue
-            # a role the space does not search must stay default -- unless the model lacks it
+            # once bound, a role the model has but the space does not search must stay default
             unsearched = {r for r, i in b.roles.items() if r not in self.roles and i != RoleInit()
-                          and (self.present_roles is None or r in self.present_roles)}
+                          and self.present_roles is not None and r in self.present_roles}
             if unsearched:
                 continue
             recipe = replace(b, roles={r: i for r, i in b.roles.items() if r in self.roles},

@@ -29,6 +29,9 @@ CASES = {
     "bad study name": (["--study", "a/b"], "may hold only letters"),
     "arch and model": (["--arch", "resnet_ds", "--model", "x:y"], "either --arch or --model"),
     "bad model factory": (["--model", "no_such_module:make"], "cannot load model factory"),
+    "arch option not key=value": (["--arch-opt", "depth"], "must be KEY=VALUE"),
+    "bad arch option value": (["--arch-opt", "norm=layer"], "norm must be 'batch' or 'none'"),
+    "unknown arch option": (["--arch-opt", "wdith=8"], "wdith"),
 }
 
 
@@ -58,7 +61,8 @@ def test_console_exit_code_and_listings():
     bad = subprocess.run([sys.executable, "-m", "initsearch.cli", "run", "--budget", "-3"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "budget" in bad.stderr
-    for command, expected in (("archs", "resnet_ds"), ("spaces", "default"), ("profiles", "smoke")):
+    for command, expected in (("archs", "resnet_ds"), ("spaces", "default"), ("profiles", "smoke"),
+                              ("schemes", "gradinit")):
         out = subprocess.run([sys.executable, "-m", "initsearch.cli", command],
                              capture_output=True, text=True)
         assert out.returncode == 0 and expected in out.stdout

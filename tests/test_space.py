@@ -74,7 +74,7 @@ def test_sampling_is_conditional_on_zero():
     ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [hee]}}", "unknown init scheme"),
     ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [he], scale: [2, 4]}}",
      "1 must be inside"),
-    ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [he]}}", "none of the baselines"),
+    ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [xavier]}}", "none of the baselines"),
     ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [default]}}\nsteps: {a: [lsuv], b: [fixup]}",
      "list the static slots first"),
     ("format: initsearch.space\nversion: 1\nroles: {conv: {init: [default]}}\nsteps: {a: [lsuvv]}",

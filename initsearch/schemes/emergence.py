@@ -1,9 +1,102 @@
-"""STUB: being written (issue 3)."""
-from initsearch.schemes.base import Step
+"""Emergence-promoting scaling: shrink early layers, amplify late ones, geometrically in depth.
+
+Paper: Johnny Jingze Li, Vivek Kurien George, Gabriel A. Silva, "Advancing Neural Network
+Performance through Emergence-Promoting Initialization Scheme", arXiv 2407.19044 (2024).
+
+Rule, after a conventional init (He or Xavier, from the layer schemes): number the ``L``
+counted layers ``i = 0 .. L-1`` in order and multiply the weight of layer ``i`` by::
+
+    alpha^(i - c),   alpha > 1,   c = (L - 1) / 2    (centre="middle", the default)
+
+so a layer ``n`` places before the middle is divided by ``alpha^n`` and one ``n`` places after
+it multiplied by ``alpha^n``. The paper fixes the turning point at the middle of the network;
+how it centres an even count is not known (init-methods.md section 2, UNVERIFIED):
+
+* ``centre="middle"``: ``c = (L-1)/2``; for even ``L`` the exponents are half-integers
+  (``-1.5, -0.5, 0.5, 1.5``). The profile is exactly symmetric, the factors multiply to 1, so a
+  bias-free ReLU network without normalization computes the same function (positive
+  homogeneity); only the gradients' distribution over depth changes.
+* ``centre="layer"``: ``c = floor(L/2)``, the pivot layer is left unscaled (a third-party
+  implementation's choice); for even ``L`` the product of the factors is ``alpha^(-1)``.
+
+Which layers are counted is not known either (UNVERIFIED: shortcuts, classifier, norms).
+Default ``include``: the conv/linear layers on the main path -- roles ``stem``, ``conv``,
+``branch_last``, ``linear``, ``classifier`` -- in registration order (the forward order for
+the built-in models; reorder with role overrides or select with globs otherwise). Not counted
+and not scaled: ``shortcut`` convs (they run beside a branch, not after it: counting them
+would make a block two layers deep on one path and one on the other), ``aux_head`` layers (off
+the main path), normalization layers and the scalars (only conv/linear weights are scaled, as
+the paper's "weights"), and every bias (so with non-zero biases the function does change).
+``include`` takes roles and/or globs over module paths to count other layers.
+
+With BN after a conv, scaling that conv changes only its effective learning rate (~1/factor^2);
+the paper reports that BN "enables larger scaling factors".
+
+Data: none. Cost: one multiply per counted weight.
+"""
+from __future__ import annotations
+
+import fnmatch
+import time
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from initsearch.errors import UsageError
+from initsearch.roles import ROLES, WEIGHT_ROLES
+from initsearch.schemes.base import WEIGHT_LAYERS, InitData, Step, modules_by_path, select
+
+MAIN_PATH = ("stem", "conv", "branch_last", "linear", "classifier")
 
 
-def emergence_(model, roles, data=None, **options) -> dict:
-    raise NotImplementedError("emergence")
+@torch.no_grad()
+def emergence_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = None,
+               alpha: float = 1.2, centre: str = "middle",
+               include: Sequence[str] = MAIN_PATH) -> dict:
+    """Scale the weight of counted layer ``i`` by ``alpha^(i - c)`` (see the module docstring).
+
+    Args:
+        model: the initialized network; weights are scaled in place.
+        roles: :func:`initsearch.roles.discover_roles` of ``model``.
+        data: unused (static step).
+        alpha: the per-layer ratio, ``>= 1``.
+        centre: ``"middle"`` (``c = (L-1)/2``) or ``"layer"`` (``c = floor(L/2)``).
+        include: roles and/or globs over module paths of the counted layers.
+
+    Returns:
+        ``{"layers": [{"path", "exponent", "factor"}, ...], "alpha", "centre",
+        "forward_passes": 0, "backward_passes": 0, "seconds"}``.
+
+    Raises:
+        UsageError: ``include`` names a role without conv/linear weights or a glob that matches
+            nothing, or no conv/linear layer is counted.
+    """
+    start = time.perf_counter()
+    include = tuple(include)
+    for item in include:
+        if item in ROLES and item not in WEIGHT_ROLES:
+            raise UsageError(f"emergence scales conv/linear weights only: include roles among "
+                             f"{', '.join(WEIGHT_ROLES)}, not {item!r}")
+        if item not in ROLES and not any(fnmatch.fnmatchcase(p, item) for p in roles):
+            raise UsageError(f"emergence include {item!r} is neither a role nor a glob matching a "
+                             "module path; see initsearch.discover_roles(model)")
+    modules = modules_by_path(model, select(roles, include))
+    counted = [p for p, m in modules.items() if isinstance(m, WEIGHT_LAYERS)]
+    if not counted:
+        raise UsageError(f"emergence counts no conv/linear layer with include={include}; "
+                         "name roles or module globs that have weights")
+    n = len(counted)
+    c = (n - 1) / 2 if centre == "middle" else float(n // 2)
+    layers = []
+    for i, path in enumerate(counted):
+        factor = alpha ** (i - c)
+        modules[path].weight.mul_(factor)
+        layers.append({"path": path, "exponent": i - c, "factor": factor})
+    return {"layers": layers, "alpha": alpha, "centre": c, "forward_passes": 0,
+            "backward_passes": 0, "seconds": time.perf_counter() - start}
 
 
-STEP = Step("emergence", emergence_, {}, summary="(stub)")
+STEP = Step("emergence", emergence_, {"alpha": 1.2, "centre": "middle", "include": MAIN_PATH},
+            choices={"centre": ("middle", "layer")}, bounds={"alpha": (1.0, 2.0)},
+            summary="emergence-promoting (2024): counted layer i x alpha^(i - centre)")

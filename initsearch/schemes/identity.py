@@ -34,16 +34,16 @@ Biases are 0. No randomness: every seed gives bit-identical weights.
 Layers: the ``identity`` scheme re-initializes one conv/linear layer. The ZerO recipe for a
 ResNet (:data:`ZERO_ROLES`, which the recipe module assembles into a baseline) maps roles as::
 
-    stem, conv, shortcut, linear, aux_head   identity   (Algorithm 2 for convs, 1 for linears)
+    stem, conv, shortcut, linear             identity   (Algorithm 2 for convs, 1 for linears)
     branch_last                              zero       (each residual block is the identity)
-    classifier                               zero       (UNVERIFIED, see below)
+    classifier, aux_head                     zero       (UNVERIFIED, see below)
     norm                                     default    (gamma 1, beta 0)
     branch_scale, scalar_bias                default    (1 and 0, as the no-BN runs' scalars)
 
 The classifier is UNVERIFIED: the authors' older (ICLR-2022 submission) code sets it to 0, a
 third-party reproduction of the arXiv version uses Algorithm 1 (a partial identity ``10 x d``).
 Both are expressible: ``classifier: zero`` or ``classifier: identity``. The paper has no
-auxiliary heads; here they follow ZerO's rule for any linear layer.
+auxiliary heads; here they are classifiers and zero like the main one.
 
 Pitfall, ReLU at exactly 0: many pre-activations are exactly 0 at init (zero branches, zero
 classifier), and PyTorch's ReLU has derivative 0 at 0. The authors' old code used a ReLU with
@@ -68,7 +68,7 @@ ZERO_ROLES: dict[str, tuple[str, dict]] = {
     "conv": ("identity", {}),
     "shortcut": ("identity", {}),
     "linear": ("identity", {}),
-    "aux_head": ("identity", {}),
+    "aux_head": ("zero", {}),  # an auxiliary head is a classifier: zero like the main one
     "branch_last": ("zero", {}),
     "classifier": ("zero", {}),
     "norm": ("default", {}),
@@ -115,7 +115,8 @@ def identity_(module: nn.Module, c: str = "code") -> None:
         kernel = w.shape[2:]
         if any(k % 2 == 0 for k in kernel):
             raise UsageError(f"ZerO (identity) needs odd kernel sizes for a centre tap; "
-                             f"{type(module).__name__} has kernel {tuple(kernel)}: use another scheme")
+                             f"{type(module).__name__} has kernel {tuple(kernel)}: "
+                             "use another scheme")
         groups = module.groups
         # A conv weight is (out, in/groups, ...); a transposed conv's is (in, out/groups, ...).
         rows, cols = w.shape[:2]

@@ -128,7 +128,8 @@ def lsuv_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = No
     }
 
 
-def _execution_order(model: nn.Module, x: torch.Tensor, layers: Mapping[str, nn.Module]) -> list[str]:
+def _execution_order(model: nn.Module, x: torch.Tensor,
+                     layers: Mapping[str, nn.Module]) -> list[str]:
     """Paths of ``layers`` in the order one forward pass first calls them."""
     order: list[str] = []
 

@@ -1,0 +1,185 @@
+"""GradInit (:mod:`initsearch.schemes.gradinit`) on a real ResNet-8-DS and real CIFAR-10 images.
+
+The 256 images of ``cifar_batch`` are split: GradInit draws from the first 128, the one-step
+losses are measured on the other 128, which it never saw. The loss is the trial's training loss
+(main CE + 0.3 x each auxiliary CE); the start is the paper's (He-normal fan_out convs).
+"""
+import copy
+import functools
+import json
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from initsearch.archs import build_model
+from initsearch.errors import UsageError
+from initsearch.recipe import Recipe, RoleInit, StepInit
+from initsearch.roles import discover_roles
+from initsearch.schemes.base import InitData, init_forward_mode
+from initsearch.schemes.gradinit import STEP, gradinit_
+from initsearch.schemes.layer import zero_
+from initsearch.trial import deep_supervision_loss
+
+LOSS = functools.partial(deep_supervision_loss, aux_weight=0.3)
+CONVS = ("stem", "conv", "branch_last", "shortcut")
+
+
+def _model(norm: str, seed: int = 0, zero_heads: bool = False):
+    torch.manual_seed(seed)
+    model = build_model("resnet_ds", options={"depth": 8, "width": 8, "norm": norm})
+    recipe = {r: RoleInit("he", {"mode": "fan_out"}) for r in CONVS}
+    if zero_heads:
+        recipe["aux_head"] = RoleInit("zero")  # LION-DG's zero auxiliary heads
+    Recipe(recipe).apply(model, seed=seed)
+    return model, discover_roles(model)
+
+
+def _split(batch):
+    x, y = batch
+    return (x[:128], y[:128]), (x[128:], y[128:])
+
+
+def _grad_norm(model, x, y, p: float = 2.0) -> float:
+    params = [q for q in model.parameters()]
+    with init_forward_mode(model):
+        g = torch.autograd.grad(LOSS(model(x), y), params)
+    return float(torch.cat([gi.flatten() for gi in g]).norm(p))
+
+
+def _mean_grad_norm(model, x, y, size: int = 64, draws: int = 6, p: float = 2.0) -> float:
+    gen = torch.Generator().manual_seed(7)
+    idx = [torch.randperm(len(y), generator=gen)[:size] for _ in range(draws)]
+    return sum(_grad_norm(model, x[i], y[i], p) for i in idx) / draws
+
+
+def _one_step_losses(model, x, y, eta=0.1, lr=0.05, half=32, draws=8):
+    """Per held-out draw: the loss after GradInit's own step (normalized SGD, ``eta``; gradient
+    on ``A u B``, loss on ``A u C``) and after one plain SGD step of the trial's lr (0.05)."""
+    gen = torch.Generator().manual_seed(123)
+    names, params = zip(*model.named_parameters())
+    normalized, plain = [], []
+    with init_forward_mode(model):
+        for _ in range(draws):
+            idx = torch.randperm(len(y), generator=gen)[:3 * half]
+            s, t = idx[:2 * half], torch.cat([idx[:half], idx[2 * half:]])
+            g = torch.autograd.grad(LOSS(model(x[s]), y[s]), params)
+            gnorm = torch.cat([gi.flatten() for gi in g]).norm()
+            with torch.no_grad():
+                step = {n: q - eta * gi / gnorm for n, q, gi in zip(names, params, g)}
+                normalized.append(float(LOSS(functional_call(model, step, (x[t],)), y[t])))
+                step = {n: q - lr * gi for n, q, gi in zip(names, params, g)}
+                plain.append(float(LOSS(functional_call(model, step, (x[s],)), y[s])))
+    return torch.tensor(normalized), torch.tensor(plain)
+
+
+@pytest.fixture(scope="module")
+def bn_run(cifar_batch):
+    """GradInit on a BN ResNet-8-DS, started in mixed train/eval modes."""
+    (x, y), _ = _split(cifar_batch)
+    model, roles = _model("batch")
+    model.train()
+    model.stages[0].eval()  # a mixed state that GradInit must restore
+    before = copy.deepcopy(model)
+    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search",
+                       iters=12, batch_size=64, lr=0.1)
+    return before, model, report
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_one_step_loss_on_held_out_batches_drops(norm, cifar_batch, bn_run):
+    """The defining property: from GradInit's scales, one step of the optimizer it tuned for
+    (and one plain SGD step of the trial's lr) gives a lower loss on unseen batches."""
+    (x, y), (xh, yh) = _split(cifar_batch)
+    if norm == "batch":
+        start, tuned, report = bn_run
+    else:
+        start, _ = _model("none")
+        tuned = copy.deepcopy(start)
+        report = gradinit_(tuned, discover_roles(tuned), InitData(x, y, loss=LOSS, seed=0),
+                           preset="search", iters=12, batch_size=64, lr=0.1)
+    assert report["objective_steps"] > 0
+    base_norm, base_plain = _one_step_losses(start, xh, yh)
+    new_norm, new_plain = _one_step_losses(tuned, xh, yh)
+    for base, new in ((base_norm, new_norm), (base_plain, new_plain)):
+        gain = base - new  # paired: the same held-out draws for both
+        assert gain.mean() > 0.01 and gain.mean() > 3 * gain.std() / len(gain) ** 0.5, gain
+
+
+@pytest.mark.parametrize("alg,p", [("sgd", 2.0), ("adam", 1.0)])
+def test_gradient_norm_constraint_holds_at_the_end(alg, p, cifar_batch):
+    """With gamma at half the starting gradient norm, GradInit brings the norm (L2 for sgd, L1
+    for adam) down to gamma. Slack 15%: the cap is enforced on the batches GradInit drew, one
+    at a time, and an objective step may end just above it; a fresh batch of the same data
+    and size measures a slightly different norm."""
+    (x, y), _ = _split(cifar_batch)
+    model, roles = _model("none")
+    gamma = 0.5 * _mean_grad_norm(model, x, y, p=p)
+    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search",
+                       iters=12, batch_size=64, lr=0.1, gamma=gamma, alg=alg)
+    assert report["constraint_steps"] > 0
+    assert report["initial_grad_norm"] > gamma
+    assert _mean_grad_norm(model, x, y, p=p) <= 1.15 * gamma
+
+
+def test_bn_running_statistics_and_modes_untouched(bn_run):
+    before, after, _ = bn_run
+    for (name, b0), (_, b1) in zip(before.named_buffers(), after.named_buffers()):
+        assert torch.equal(b0, b1), name  # running_mean/var and num_batches_tracked
+    for (name, m0), (_, m1) in zip(before.named_modules(), after.named_modules()):
+        assert m0.training == m1.training, name
+        assert getattr(m0, "track_running_stats", None) == getattr(m1, "track_running_stats", None)
+
+
+def test_zero_tensors_stay_zero_and_others_are_only_rescaled(cifar_batch):
+    (x, y), _ = _split(cifar_batch)
+    model, roles = _model("batch", zero_heads=True)
+    p0 = {n: q.detach().clone() for n, q in model.named_parameters()}
+    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search",
+                       iters=6, lr=0.1)
+    p1 = dict(model.named_parameters())
+    zeros = {n for n, q in p0.items() if not q.any()}
+    assert {"aux_heads.stage1.weight", "aux_heads.stage2.bias", "stem_bn.bias"} <= zeros
+    assert set(report["skipped"]) == zeros and not zeros & set(report["scales"])
+    for n in zeros:
+        assert torch.equal(p1[n], torch.zeros_like(p1[n])), n
+    moved = 0
+    for n, alpha in report["scales"].items():  # one scalar per tensor: W = alpha * W0
+        torch.testing.assert_close(p1[n], alpha * p0[n], rtol=1e-5, atol=1e-7)
+        moved += abs(alpha - 1) > 1e-3
+    assert moved > len(report["scales"]) // 2
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_weight_floor(norm, cifar_batch):
+    """A cap far below any reachable gradient norm makes every step a constraint step, which
+    shrinks many scales: weights stop at min_scale, biases (floor 0) may go below it."""
+    (x, y), _ = _split(cifar_batch)
+    model, roles = _model(norm)
+    before = {n: q.detach().clone() for n, q in model.named_parameters()}
+    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search",
+                       iters=5, batch_size=32, lr=0.3, gamma=1e-6, min_scale=0.5)
+    assert report["constraint_steps"] == 5
+    ratios = {n: float(q.detach().norm() / before[n].norm())
+              for n, q in model.named_parameters() if n in report["scales"]}
+    weights = [r for n, r in ratios.items() if n.endswith("weight")]
+    assert min(weights) >= 0.5 * (1 - 1e-5)
+    assert sum(abs(r - 0.5) < 1e-5 for r in weights) >= 3  # the floor was reached, and held
+    assert min(r for n, r in ratios.items() if n.endswith("bias")) < 0.5
+
+
+def test_recipe_presets_and_report(cifar_batch):
+    (x, y), _ = _split(cifar_batch)
+    model, _ = _model("batch")
+    convs = {r: RoleInit("he", {"mode": "fan_out"}) for r in CONVS}
+    recipe = Recipe(convs, steps=(StepInit("gradinit", {"preset": "search", "iters": 2}),))
+    report = recipe.apply(model, data=InitData(x, y, loss=LOSS), seed=0).steps["gradinit"]
+    json.dumps(report)
+    opts = report["options"]
+    assert (opts["iters"], opts["batch_size"], opts["lr"]) == (2, 32, 0.1)  # explicit iters wins
+    assert report["iterations"] == report["constraint_steps"] + report["objective_steps"] == 2
+    assert report["forward_passes"] >= 2 and report["backward_passes"] >= 2
+    assert STEP.check_options({"preset": "fast"}) and STEP.check_options({"iters": 1.5})
+    assert STEP.check_options({"alg": "adam", "lr": 0.01, "gamma": 2.0}) is None
+    with pytest.raises(UsageError):
+        gradinit_(model, discover_roles(model), InitData(x[:40], y[:40]), batch_size=64)

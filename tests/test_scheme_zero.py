@@ -1,0 +1,179 @@
+"""ZerO (scheme ``identity``): zeros and ones only, deterministic, isometric where it grows, and a
+ResNet so initialized trains on real CIFAR-10 while an all-zero one does not."""
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from initsearch.archs import build_model
+from initsearch.data import load_cifar10, standardize
+from initsearch.errors import UsageError
+from initsearch.roles import discover_roles, parameterized_modules
+from initsearch.schemes import SCHEMES
+from initsearch.schemes.identity import ZERO_ROLES, hadamard, identity_
+
+NORMS = ("batch", "none")
+
+
+def _resnet(norm, width=8, depth=8):
+    return build_model("resnet_ds", options={"depth": depth, "width": width, "norm": norm})
+
+
+def _init(model, table):
+    """Apply ``{role: (scheme, options)}`` to every module by role; roles not named keep theirs."""
+    modules = parameterized_modules(model)
+    for path, role in discover_roles(model).items():
+        if role in table:
+            scheme, opts = table[role]
+            SCHEMES[scheme].fn(modules[path], **opts)
+    return model
+
+
+ALL_ZERO = {**ZERO_ROLES, **{r: ("zero", {}) for r in ("stem", "conv", "shortcut", "aux_head")}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Few cores shared with other jobs: one intra-op thread avoids oversubscription stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stream(data_dir):
+    """A stream of real CIFAR-10 training batches (64 x 200, never repeated)."""
+    train, _ = load_cifar10(data_dir)
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:64 * 200]
+    return standardize(train.x[idx], channels_last=False), train.y[idx]
+
+
+def _train(model, stream, steps, lr, batch=64):
+    x, y = stream
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    model.train()
+    losses = []
+    for i in range(steps):
+        xb, yb = x[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]
+        loss = F.cross_entropy(model(xb)[0], yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+
+
+def test_hadamard_rows_orthogonal():
+    for p in (1, 2, 8, 64):
+        h = hadamard(p, torch.float64)
+        assert set(h.unique().tolist()) <= {-1.0, 1.0}
+        assert torch.equal(h @ h.T, p * torch.eye(p, dtype=torch.float64))
+    with pytest.raises(UsageError, match="power-of-2"):
+        hadamard(12)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_every_tensor_holds_zero_and_one_magnitude(norm):
+    """ZerO's defining property (the authors' own check): every trainable tensor takes at most
+    two values of |w|, 0 and its normalization c."""
+    model = _init(_resnet(norm, width=16), ZERO_ROLES)
+    for name, p in model.named_parameters():
+        mags = p.detach().abs().unique()
+        assert len(mags) <= 2 and (len(mags) == 1 or mags[0] == 0), (name, mags[:5])
+    he = nn.Conv2d(16, 16, 3)
+    SCHEMES["he"].fn(he)
+    assert len(he.weight.abs().unique()) > 2  # the measurement tells a random init apart
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_seed_independent(norm):
+    a, b = _resnet(norm), _resnet(norm)
+    torch.manual_seed(0)
+    _init(a, ZERO_ROLES)
+    torch.manual_seed(1)
+    _init(b, ZERO_ROLES)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_delta_kernel_is_identity_or_isometry_on_real_images(cifar_batch):
+    """Algorithm 2 on real images: a same-width 3x3 conv (depthwise too) passes the input through
+    unchanged, a shrinking one keeps the first channels, a growing one (to a power of 2)
+    preserves each pixel's channel norm with c="code" and multiplies it by sqrt(2) with c="paper"."""
+    x = cifar_batch[0][:32].double()
+    same, shrink = nn.Conv2d(3, 3, 3, padding=1).double(), nn.Conv2d(3, 2, 5, padding=2).double()
+    identity_(same)
+    identity_(shrink)
+    depthwise = nn.Conv2d(3, 3, 3, padding=1, groups=3).double()
+    identity_(depthwise)
+    with torch.no_grad():
+        assert torch.equal(same(x), x) and torch.equal(depthwise(x), x)
+        assert torch.equal(shrink(x), x[:, :2])
+    norms = {}
+    for c in ("code", "paper"):
+        grow = nn.Conv2d(3, 8, 3, padding=1).double()
+        identity_(grow, c=c)
+        with torch.no_grad():
+            norms[c] = grow(x).norm(dim=1) / x.norm(dim=1)
+    assert torch.allclose(norms["code"], torch.ones_like(norms["code"]))
+    assert torch.allclose(norms["paper"], math.sqrt(2) * norms["code"])
+
+
+def test_linear_algorithm_1_and_even_kernel_rejected():
+    grow, shrink = nn.Linear(3, 6), nn.Linear(6, 3)
+    identity_(grow, c="paper")
+    identity_(shrink)
+    # m = 6 > n = 3: p = 8, paper's c = sqrt(2)/sqrt(8) = 1/2
+    assert torch.equal(grow.weight.abs(), torch.full((6, 3), 0.5))
+    assert torch.equal(shrink.weight, torch.eye(3, 6)) and not grow.bias.any()
+    with pytest.raises(UsageError, match="odd kernel"):
+        identity_(nn.Conv2d(4, 4, 2))
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_gradients_reach_every_layer(norm, cifar_batch):
+    """The ReLU-at-zero pitfall: with PyTorch's ReLU (derivative 0 at 0), every weight of the
+    ZerO ResNet still gets a non-zero gradient after two SGD steps; an all-zero net's do not."""
+    x, y = cifar_batch
+    for table, flows in ((ZERO_ROLES, True), (ALL_ZERO, False)):
+        model = _init(_resnet(norm), table)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        model.train()
+        for step in range(3):
+            logits, aux = model(x[64 * step:64 * (step + 1)])
+            loss = sum(F.cross_entropy(o, y[64 * step:64 * (step + 1)]) for o in (logits, *aux))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        dead = [n for n, p in model.named_parameters()
+                if n.endswith("weight") and p.dim() > 1 and not p.grad.any()]
+        assert (dead == []) if flows else ("stem.weight" in dead and len(dead) > 5), dead
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_zero_resnet_trains_on_cifar10(norm, stream):
+    torch.manual_seed(0)
+    first, last = _train(_init(_resnet(norm), ZERO_ROLES), stream, steps=150, lr=0.05)
+    assert last < first - 0.15, (first, last)  # measured: -0.38 (BN), -0.23 (none)
+
+
+def test_all_zero_resnet_does_not_train(stream):
+    """The control: every conv and head zero -- the same training leaves the loss at chance."""
+    torch.manual_seed(0)
+    first, last = _train(_init(_resnet("batch"), ALL_ZERO), stream, steps=150, lr=0.05)
+    assert last > first - 0.05 and last > 2.2, (first, last)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_zero_baseline_recipe_is_seed_independent(norm):
+    """The baseline recipe the lead builds from the same roles: any seed, the same weights."""
+    from initsearch.recipe import BASELINES
+    a, b = _resnet(norm), _resnet(norm)
+    BASELINES["zerO"].apply(a, seed=0)
+    BASELINES["zerO"].apply(b, seed=1)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(len(p.detach().abs().unique()) <= 2 for p in a.parameters())
