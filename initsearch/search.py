@@ -133,7 +133,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     else:
         for key, value in settings.items():
             study_obj.set_user_attr(key, value)
-        driver.enqueue_baselines()
+    driver.enqueue_baselines()
 
     # -- 3. run, then recommend ---------------------------------------------------------------------
     status = "KILLED"

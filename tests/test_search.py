@@ -62,12 +62,13 @@ def _check_study(home, result, n_trials):
     baselines = {t.user_attrs.get("baseline") for t in complete}
     assert {"pytorch_default", "he", "lion_dg"} <= baselines  # never pruned
     assert [t.user_attrs.get("baseline") for t in trials[:3]] == ["pytorch_default", "he", "lion_dg"]
+    assert {"lsuv", "lsuv_lion_dg", "gradinit", "emergence", "zerO", "risotto"} <= baselines
     return study
 
 
 @pytest.mark.parametrize("backend", ["ray", "local"])
 def test_real_search(backend, data_dir, home, tmp_path):
-    n = 8
+    n = 12  # the 9 baselines that apply to resnet_ds with BN, then 3 sampled trials
     result = search("resnet_ds", data_dir=data_dir, budget=n, profile="smoke", backend=backend,
                     seed=1, study=f"t-{backend}", home=home)
     _check_store(home, result, n)
@@ -91,8 +92,11 @@ def test_resume_continues_the_study(data_dir, home):
     again = search("resnet_ds", data_dir=data_dir, budget=6, profile="smoke", backend="ray",
                    study="r", resume=True, home=home)  # a study may change backend on resume
     assert again.parent_run_id == first.parent_run_id  # one parent run per search
-    numbers = [t.number for t in _study(home, "r").trials]
-    assert numbers == list(range(6))
+    trials = _study(home, "r").trials
+    assert [t.number for t in trials] == list(range(6))
+    # the larger budget runs the baselines the first one had no room for
+    assert [t.user_attrs["baseline"] for t in trials] == ["pytorch_default", "he", "lion_dg", "lsuv",
+                                                          "lsuv_lion_dg", "gradinit"]
     client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("initsearch-resnet_ds")
     assert len(client.search_runs([exp.experiment_id],
@@ -119,7 +123,7 @@ def test_failing_trials_are_recorded_as_fail(backend, data_dir, home):
     result = search(model_fn=_Broken, data_dir=data_dir, budget=2, profile="smoke",
                     backend=backend, study="broken", home=home)
     ran = [t for t in _study(home, "broken").trials if t.state != TrialState.WAITING]
-    assert [t.state for t in ran] == [TrialState.FAIL] * 2  # the third baseline stays queued
+    assert [t.state for t in ran] == [TrialState.FAIL] * 2  # only as many baselines as budget
     assert all("boom in forward" in t.user_attrs["error"] for t in ran)
     assert result.best is None
     client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")

@@ -78,9 +78,18 @@ class StudyDriver:
 
     # -- setup ---------------------------------------------------------------------------------
     def enqueue_baselines(self) -> None:
+        """Queue the baselines the study has not run yet, as many as the budget has room for
+        (a resumed study with a larger budget gets the ones a small first budget left out)."""
+        trials = self.study.get_trials(deepcopy=False)
+        seen = {t.user_attrs.get(Attr.BASELINE) for t in trials}
+        room = self.remaining - sum(t.state == TrialState.WAITING for t in trials)
         for name, recipe in self.space.baselines().items():
-            self.study.enqueue_trial(self.space.params_for(recipe),
-                                     user_attrs={Attr.BASELINE: name}, skip_if_exists=True)
+            if room <= 0:
+                break
+            if name not in seen:
+                self.study.enqueue_trial(self.space.params_for(recipe),
+                                         user_attrs={Attr.BASELINE: name})
+                room -= 1
 
     def recover_interrupted(self) -> int:
         """Trials left RUNNING by a killed search: mark them FAIL and queue their params again."""
