@@ -6,17 +6,19 @@ Public API::
     result = initsearch.search(arch="resnet_ds", data_dir="...", budget=50)
     result.best.apply(model)                 # a Recipe, applies to any nn.Module
     result.best.save("recipe.yaml"); initsearch.Recipe.load("recipe.yaml")
+    recipe.apply(model, data=initsearch.InitData(x, y))   # for LSUV/GradInit steps
 
 The pipeline, one module each: data -> archs -> roles -> schemes -> recipe -> space ->
 protocol -> trial -> engine (driver, backends) -> tracking -> recommend; ``search`` ties them.
 """
 from initsearch.errors import UsageError
-from initsearch.recipe import BASELINES, Recipe, RoleInit
+from initsearch.recipe import BASELINES, InitReport, Recipe, RoleInit, StepInit
 from initsearch.roles import ROLES, discover_roles
+from initsearch.schemes import SCHEMES, STEPS, InitData
 
 __version__ = "0.1.0"
-__all__ = ["search", "SearchResult", "Recipe", "RoleInit", "BASELINES", "ROLES",
-           "discover_roles", "UsageError"]
+__all__ = ["search", "SearchResult", "Recipe", "RoleInit", "StepInit", "InitData", "InitReport",
+           "BASELINES", "SCHEMES", "STEPS", "ROLES", "discover_roles", "UsageError"]
 
 
 def __getattr__(name: str):

@@ -117,13 +117,14 @@ def _schemes(args: argparse.Namespace) -> int:
     print("steps (after the layer schemes; static first, then data-dependent):")
     for st in STEPS.values():
         kind = "data" if st.needs_data else "static"
-        opts = " ".join(f"{k}={v}" for k, v in st.defaults.items())
+        opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in st.defaults.items())
         print(f"  {st.name:12s} {kind:7s} {st.summary}\n  {'':12s} {'':7s} defaults: {opts or '-'}")
-    if args.measure:
-        from initsearch.costs import format_costs, measure_costs
+    from initsearch.costs import format_costs, last_costs, measure_costs
 
-        print()
-        print(format_costs(measure_costs(profile=args.profile, data_dir=args.data)))
+    costs = measure_costs(args.profile, args.data) if args.measure else last_costs(args.profile)
+    print("\n" + (format_costs(costs) if costs else "costs: not measured on this machine yet; "
+                 "run `initsearch schemes --measure` (about 3 minutes on 2 CPU cores)"))
     return 0
 
 

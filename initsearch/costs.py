@@ -1,18 +1,22 @@
 """What each init step costs on a trial protocol: seconds, forward/backward passes, and that time
 as a fraction of one training epoch of the same protocol (so a trial's init can be sized
-against its training). Used by ``initsearch schemes --measure`` and ``benchmarks/scheme_cost.py``.
+against its training). ``initsearch schemes --measure`` measures and keeps the figures in the
+cache folder; plain ``initsearch schemes`` shows the last measurement on this machine.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import platform
+import time
+from pathlib import Path
 
 import torch
 
 from initsearch.archs import build_model
-from initsearch.data import load_splits
+from initsearch.data import cache_root, load_splits
 from initsearch.protocol import default_profile, load_protocol
 from initsearch.recipe import Recipe, RoleInit, StepInit
 from initsearch.schemes import STEPS
@@ -47,15 +51,30 @@ def measure_costs(profile: str | None = None, data_dir: str | None = None, arch:
     epoch = sorted(r["epoch_seconds"] for r in rows)[len(rows) // 2]  # median over the runs
     for r in rows:
         r["epochs"] = r["seconds"] / epoch
-    return {"profile": protocol.name, "arch": arch, "arch_options": options,
-            "device": protocol.device, "threads": protocol.threads_per_trial,
-            "train_size": protocol.train_size, "batch_size": protocol.batch_size,
-            "epoch_seconds": epoch, "machine": _machine(), "rows": rows}
+    costs = {"profile": protocol.name, "arch": arch, "arch_options": options,
+             "device": protocol.device, "threads": protocol.threads_per_trial,
+             "train_size": protocol.train_size, "batch_size": protocol.batch_size,
+             "epoch_seconds": epoch, "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
+             "rows": rows}
+    _stored(protocol.name).parent.mkdir(parents=True, exist_ok=True)
+    _stored(protocol.name).write_text(json.dumps(costs, indent=1))
+    return costs
+
+
+def last_costs(profile: str | None = None) -> dict | None:
+    """The last measurement of ``profile`` (default: this machine's) on this machine, if any."""
+    path = _stored(profile or default_profile())
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _stored(profile: str) -> Path:
+    return cache_root() / f"scheme-costs-{profile}.json"
 
 
 def format_costs(costs: dict) -> str:
     head = (f"init cost on profile {costs['profile']} ({costs['arch']} {costs['arch_options']}, "
-            f"{costs['train_size']} images, {costs['threads']} thread(s), {costs['machine']}); "
+            f"{costs['train_size']} images, {costs['threads']} thread(s), {costs['machine']}, "
+            f"{costs['date']}); "
             f"one training epoch = {costs['epoch_seconds']:.2f} s")
     lines = [head, f"{'step':26s} {'kind':6s} {'seconds':>8s} {'passes':>7s} {'x epoch':>8s}"]
     for r in costs["rows"]:

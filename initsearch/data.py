@@ -154,10 +154,14 @@ def augment(x: torch.Tensor, *, pad: int, flip: bool, generator: torch.Generator
     return x
 
 
+def cache_root() -> Path:
+    """Where initsearch keeps derived files: ``$INITSEARCH_CACHE``, else ~/.cache/initsearch."""
+    return Path(os.environ.get("INITSEARCH_CACHE", Path.home() / ".cache" / "initsearch"))
+
+
 def _cache_path(root: Path) -> Path:
-    cache_root = Path(os.environ.get("INITSEARCH_CACHE", Path.home() / ".cache" / "initsearch"))
     key = hashlib.sha1(str(root).encode()).hexdigest()[:12]
-    return cache_root / f"cifar10-{key}.pt"
+    return cache_root() / f"cifar10-{key}.pt"
 
 
 def _read_image_folder(folder: Path) -> ImageSet:
@@ -190,9 +194,8 @@ def _read_python_batches(root: Path) -> tuple[ImageSet, ImageSet]:
 def _download_cifar10() -> tuple[ImageSet, ImageSet]:
     from torchvision.datasets import CIFAR10
 
-    root = Path(os.environ.get("INITSEARCH_CACHE", Path.home() / ".cache" / "initsearch"))
     try:
-        sets = [CIFAR10(str(root / "download"), train=t, download=True) for t in (True, False)]
+        sets = [CIFAR10(str(cache_root() / "download"), train=t, download=True) for t in (True, False)]
     except Exception as exc:  # no network, proxy, disk full: all mean "point us at a copy"
         raise UsageError(f"could not download CIFAR-10 ({type(exc).__name__}); pass --data DIR "
                          f"or set {DATA_ENV} to a local copy") from None

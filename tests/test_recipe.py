@@ -7,7 +7,8 @@ from torch.nn import functional as F
 
 from initsearch.archs import build_model
 from initsearch.errors import UsageError
-from initsearch.recipe import BASELINES, Recipe, RoleInit
+from initsearch.recipe import BASELINES, Recipe, RoleInit, StepInit
+from initsearch.schemes import InitData
 
 
 def _resnet():
@@ -132,3 +133,38 @@ def test_he_uniform_bound_and_variance(mode):
     assert float(w.abs().max()) <= (6 / fan) ** 0.5  # U(-sqrt(6/fan), sqrt(6/fan))
     assert abs(float(w.var()) / (2 / fan) - 1) < 0.05  # variance 2/fan
     assert torch.count_nonzero(conv[0].bias) == 0
+
+
+def test_steps_and_layer_scales_round_trip_and_order(tmp_path, cifar_batch):
+    recipe = Recipe({"stem": RoleInit("he"), "conv": RoleInit("he", scale=2.0)}, "steps",
+                    steps=(StepInit("emergence", {"alpha": 1.3}), StepInit("lsuv", {"tol": 0.05})),
+                    layer_scales={"stages.0.0.conv1": 0.5})
+    loaded = Recipe.load(recipe.save(tmp_path / "r.yaml"))
+    assert loaded == recipe
+    model = _resnet()
+    x, y = cifar_batch
+    report = loaded.apply(model, data=InitData(x, y), seed=0)
+    assert set(report.steps) == {"emergence", "lsuv"} and report.forward_passes > 0
+    # the data step ran last: every layer LSUV rescaled ends at unit variance despite the scales
+    rows = [r for r in report.steps["lsuv"]["layers"] if r["converged"] is not None]
+    assert rows and all(r["converged"] for r in rows)
+    plan = {r["path"]: r["scale"] for r in report.plan if "scale" in r}
+    assert plan["stages.0.0.conv1"] == pytest.approx(1.0) and plan["stages.1.0.conv1"] == 2.0
+    with pytest.raises(UsageError, match="must come after the static ones"):
+        Recipe(steps=(StepInit("lsuv"), StepInit("fixup")))
+    with pytest.raises(UsageError, match="need data"):
+        Recipe(steps=(StepInit("lsuv"),)).apply(_resnet())
+    with pytest.raises(UsageError, match="lacks"):
+        Recipe(layer_scales={"no.such.layer": 2.0}).apply(_resnet())
+    with pytest.raises(UsageError, match="unknown init step"):
+        StepInit("metainit")
+
+
+def test_static_steps_then_scales_is_the_documented_order():
+    """Role/layer scales multiply what the structural steps produced (RISOTTO overwrites the
+    weights it sets, so a scale given with it must still show)."""
+    a, b = (build_model("resnet_ds", options={"depth": 8, "norm": "none"}) for _ in range(2))
+    Recipe({"conv": RoleInit("he")}, steps=(StepInit("risotto"),)).apply(a, seed=0)
+    Recipe({"conv": RoleInit("he", scale=3.0)}, steps=(StepInit("risotto"),)).apply(b, seed=0)
+    ratio = b.stages[0][0].conv1.weight.norm() / a.stages[0][0].conv1.weight.norm()
+    assert float(ratio) == pytest.approx(3.0)

@@ -81,15 +81,15 @@ def bn_run(cifar_batch):
     model.train()
     model.stages[0].eval()  # a mixed state that GradInit must restore
     before = copy.deepcopy(model)
-    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search",
-                       iters=12, batch_size=64, lr=0.1)
+    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search")
     return before, model, report
 
 
 @pytest.mark.parametrize("norm", ["batch", "none"])
 def test_one_step_loss_on_held_out_batches_drops(norm, cifar_batch, bn_run):
-    """The defining property: from GradInit's scales, one step of the optimizer it tuned for
-    (and one plain SGD step of the trial's lr) gives a lower loss on unseen batches."""
+    """The defining property: from GradInit's scales (preset "search", as a search runs it),
+    one step of the optimizer it tuned for (and one plain SGD step of the trial's lr) gives a
+    lower loss on unseen batches; paired over 8 draws, the gain must be > 3 standard errors."""
     (x, y), (xh, yh) = _split(cifar_batch)
     if norm == "batch":
         start, tuned, report = bn_run
@@ -97,7 +97,7 @@ def test_one_step_loss_on_held_out_batches_drops(norm, cifar_batch, bn_run):
         start, _ = _model("none")
         tuned = copy.deepcopy(start)
         report = gradinit_(tuned, discover_roles(tuned), InitData(x, y, loss=LOSS, seed=0),
-                           preset="search", iters=12, batch_size=64, lr=0.1)
+                           preset="search")
     assert report["objective_steps"] > 0
     base_norm, base_plain = _one_step_losses(start, xh, yh)
     new_norm, new_plain = _one_step_losses(tuned, xh, yh)
@@ -106,19 +106,20 @@ def test_one_step_loss_on_held_out_batches_drops(norm, cifar_batch, bn_run):
         assert gain.mean() > 0.01 and gain.mean() > 3 * gain.std() / len(gain) ** 0.5, gain
 
 
-@pytest.mark.parametrize("alg,p", [("sgd", 2.0), ("adam", 1.0)])
-def test_gradient_norm_constraint_holds_at_the_end(alg, p, cifar_batch):
-    """With gamma at half the starting gradient norm, GradInit brings the norm (L2 for sgd, L1
-    for adam) down to gamma. Slack 15%: the cap is enforced on the batches GradInit drew, one
-    at a time, and an objective step may end just above it; a fresh batch of the same data
-    and size measures a slightly different norm."""
+@pytest.mark.parametrize("alg,p,eta", [("sgd", 2.0, 0.1), ("adam", 1.0, 1e-3)])
+def test_gradient_norm_constraint_holds_at_the_end(alg, p, eta, cifar_batch):
+    """On a BN net the objective alone drives the gradient norm up (it shrinks the conv scales
+    in front of BN to enlarge the virtual step: 5-20x in 24 iterations here), so the cap must
+    act. With gamma at 0.7x the starting norm (L2 for sgd, L1 for adam; eta 1e-3 for adam as
+    in the paper's Transformer runs), the norm ends at or below gamma. Slack 15%: the cap is
+    enforced one drawn batch at a time, an objective step may end just above it, and the
+    norm here is averaged over other batches of the same data and size."""
     (x, y), _ = _split(cifar_batch)
-    model, roles = _model("none")
-    gamma = 0.5 * _mean_grad_norm(model, x, y, p=p)
-    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search",
-                       iters=12, batch_size=64, lr=0.1, gamma=gamma, alg=alg)
-    assert report["constraint_steps"] > 0
-    assert report["initial_grad_norm"] > gamma
+    model, roles = _model("batch")
+    gamma = 0.7 * _mean_grad_norm(model, x, y, p=p)
+    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), iters=24,
+                       batch_size=64, lr=0.04, gamma=gamma, alg=alg, eta=eta)
+    assert report["constraint_steps"] > 0 and report["objective_steps"] > 0
     assert _mean_grad_norm(model, x, y, p=p) <= 1.15 * gamma
 
 
@@ -136,7 +137,7 @@ def test_zero_tensors_stay_zero_and_others_are_only_rescaled(cifar_batch):
     model, roles = _model("batch", zero_heads=True)
     p0 = {n: q.detach().clone() for n, q in model.named_parameters()}
     report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search",
-                       iters=6, lr=0.1)
+                       iters=6)
     p1 = dict(model.named_parameters())
     zeros = {n for n, q in p0.items() if not q.any()}
     assert {"aux_heads.stage1.weight", "aux_heads.stage2.bias", "stem_bn.bias"} <= zeros
@@ -176,7 +177,7 @@ def test_recipe_presets_and_report(cifar_batch):
     report = recipe.apply(model, data=InitData(x, y, loss=LOSS), seed=0).steps["gradinit"]
     json.dumps(report)
     opts = report["options"]
-    assert (opts["iters"], opts["batch_size"], opts["lr"]) == (2, 32, 0.1)  # explicit iters wins
+    assert (opts["iters"], opts["batch_size"], opts["lr"]) == (2, 32, 0.04)  # explicit iters wins
     assert report["iterations"] == report["constraint_steps"] + report["objective_steps"] == 2
     assert report["forward_passes"] >= 2 and report["backward_passes"] >= 2
     assert STEP.check_options({"preset": "fast"}) and STEP.check_options({"iters": 1.5})

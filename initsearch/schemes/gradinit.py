@@ -98,7 +98,7 @@ from initsearch.schemes.base import InitData, Step, init_forward_mode
 #: ``{preset: (iters, batch_size, lr with BatchNorm, lr without)}``; see the module docstring.
 PRESETS: dict[str, tuple[int, int, float, float]] = {
     "paper": (390, 128, 1e-3, 5e-2),
-    "search": (10, 32, 0.1, 0.1),
+    "search": (10, 32, 0.04, 0.1),
 }
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
