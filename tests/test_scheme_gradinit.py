@@ -18,11 +18,21 @@ from initsearch.recipe import Recipe, RoleInit, StepInit
 from initsearch.roles import discover_roles
 from initsearch.schemes.base import InitData, init_forward_mode
 from initsearch.schemes.gradinit import STEP, gradinit_
-from initsearch.schemes.layer import zero_
 from initsearch.trial import deep_supervision_loss
 
 LOSS = functools.partial(deep_supervision_loss, aux_weight=0.3)
 CONVS = ("stem", "conv", "branch_last", "shortcut")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """GradInit's double backward is many small ops; with two OpenMP threads on a loaded
+    2-core machine each one waits on a descheduled thread (seen: 1 s -> 40 s). One thread is
+    also what a CPU trial gets."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _model(norm: str, seed: int = 0, zero_heads: bool = False):
@@ -41,7 +51,7 @@ def _split(batch):
 
 
 def _grad_norm(model, x, y, p: float = 2.0) -> float:
-    params = [q for q in model.parameters()]
+    params = list(model.parameters())
     with init_forward_mode(model):
         g = torch.autograd.grad(LOSS(model(x), y), params)
     return float(torch.cat([gi.flatten() for gi in g]).norm(p))
@@ -180,6 +190,9 @@ def test_recipe_presets_and_report(cifar_batch):
     assert (opts["iters"], opts["batch_size"], opts["lr"]) == (2, 32, 0.04)  # explicit iters wins
     assert report["iterations"] == report["constraint_steps"] + report["objective_steps"] == 2
     assert report["forward_passes"] >= 2 and report["backward_passes"] >= 2
+    free, roles = _model("none")  # the paper preset's lr follows normalization: 5e-2 without
+    opts = gradinit_(free, roles, InitData(x, y, loss=LOSS), iters=1, batch_size=64)["options"]
+    assert (opts["iters"], opts["batch_size"], opts["lr"]) == (1, 64, 0.05)
     assert STEP.check_options({"preset": "fast"}) and STEP.check_options({"iters": 1.5})
     assert STEP.check_options({"alg": "adam", "lr": 0.01, "gamma": 2.0}) is None
     with pytest.raises(UsageError):

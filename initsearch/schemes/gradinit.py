@@ -51,10 +51,13 @@ option          default            meaning
 preset          "paper"            "paper": iters 390, batch 128 (2 x 64), lr 1e-3 with
                                    normalization layers, 5e-2 without (the authors'
                                    ResNet-110 +-BN CIFAR-10 runs; 390 iters = 1 epoch).
-                                   "search": iters 10, batch 32, lr 0.1 (our choice:
-                                   about a quarter of a CPU-trial epoch; lr 0.1 gave
-                                   the lowest held-out one-step loss of {0.02, 0.04,
-                                   0.1} at 10 iters, with and without BN)
+                                   "search" (our choice): iters 10, batch 32, lr 0.04
+                                   with normalization (the paper's iters x lr budget,
+                                   390 x 1e-3), 0.1 without; 1/5-1/3 of a CPU-trial
+                                   epoch. With BN, lr 0.1 sometimes drove the stem BN
+                                   scale to the floor and left a heavy-tailed gradient
+                                   norm; without BN, 0.1 gave the lowest held-out
+                                   one-step loss of {0.04, 0.1, 0.2}
 iters           0 (from preset)    scale-optimizer iterations T (constraint steps count)
 batch_size      0 (from preset)    |S| = |S~|; each iteration draws three disjoint
                                    half-batches, so data needs 1.5 x batch_size examples
@@ -77,8 +80,9 @@ step. Measured on the CPU trial setting (ResNet-8-DS width 16, channels_last, th
 deep-supervision loss, 4000 CIFAR-10 images, 1 thread; one training epoch of 31 steps at
 batch 128 took 5.3-6.1 s on the same machine):
 
-* "search", BN: 1.5 s, 16 forwards / 24 backwards (4 constraint + 6 objective steps), 0.27
-  epoch; no BN: 0.9 s (0.18 epoch); worst case, every step a constraint step: 2.5 s (0.44).
+* "search", BN: 1.7 s, 14 forwards / 26 backwards (6 constraint + 4 objective steps), 0.33
+  epoch; no BN: 0.9 s, 18 / 22 (2 + 8), 0.18 epoch; worst case, every step a constraint
+  step: 2.3 s (0.39 epoch).
 * "paper", BN: 145 s, 772 forwards / 788 backwards (8 constraint + 382 objective steps), ~25
   epochs; no BN: 146 s, 741 / 819 (39 constraint steps).
 """
@@ -95,7 +99,7 @@ from torch.func import functional_call
 from initsearch.errors import UsageError
 from initsearch.schemes.base import InitData, Step, init_forward_mode
 
-#: ``{preset: (iters, batch_size, lr with BatchNorm, lr without)}``; see the module docstring.
+#: ``{preset: (iters, batch_size, lr with normalization layers, lr without)}``; see above.
 PRESETS: dict[str, tuple[int, int, float, float]] = {
     "paper": (390, 128, 1e-3, 5e-2),
     "search": (10, 32, 0.04, 0.1),
