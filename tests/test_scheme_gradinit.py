@@ -24,15 +24,7 @@ LOSS = functools.partial(deep_supervision_loss, aux_weight=0.3)
 CONVS = ("stem", "conv", "branch_last", "shortcut")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """GradInit's double backward is many small ops; with two OpenMP threads on a loaded
-    2-core machine each one waits on a descheduled thread (seen: 1 s -> 40 s). One thread is
-    also what a CPU trial gets."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(norm: str, seed: int = 0, zero_heads: bool = False):

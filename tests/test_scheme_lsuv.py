@@ -19,14 +19,7 @@ WEIGHTS = (nn.modules.conv._ConvNd, nn.Linear)
 TOL = 0.1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These small forwards run ~15x slower with 2 intra-op threads when another process holds
-    a core (OpenMP workers spin); one thread keeps the file fast either way."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _resnet(norm="batch", width=8):

@@ -34,21 +34,12 @@ def _init(model, table):
 ALL_ZERO = {**ZERO_ROLES, **{r: ("zero", {}) for r in ("stem", "conv", "shortcut", "aux_head")}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Few cores shared with other jobs: one intra-op thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def stream(data_dir):
-    """A stream of real CIFAR-10 training batches (64 x 200, never repeated)."""
-    train, _ = load_cifar10(data_dir)
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(1))[:64 * 200]
-    return standardize(train.x[idx], channels_last=False), train.y[idx]
+@pytest.fixture
+def stream(cifar_stream):
+    return cifar_stream
 
 
 def _train(model, stream, steps, lr, batch=64):
