@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from initsearch.archs import build_model
+from initsearch.errors import UsageError
 from initsearch.protocol import load_protocol
 from initsearch.recipe import Recipe
 from initsearch.search import search
@@ -171,3 +172,15 @@ def test_interrupt_then_resume_loses_nothing(data_dir, home):
                                   f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
     assert sorted(c.info.status for c in children).count("KILLED") >= 1  # the cut-off trial
     assert sum(c.info.status == "FINISHED" for c in children) == 9
+
+
+def test_arch_options_are_recorded_and_bind_the_space(data_dir, home):
+    search("resnet_ds", data_dir=data_dir, budget=1, profile="smoke", backend="local",
+           arch_options={"norm": "none"}, study="nf", home=home, progress=False)
+    study = _study(home, "nf")
+    assert study.user_attrs["arch_options"]["norm"] == "none"
+    params = study.trials[0].params  # the space bound to the normalization-free model
+    assert "norm.init" not in params and "branch_scale.init" in params
+    with pytest.raises(UsageError, match="arch_options"):  # resume refuses other options
+        search("resnet_ds", data_dir=data_dir, budget=2, profile="smoke", backend="local",
+               study="nf", resume=True, home=home, progress=False)
