@@ -22,8 +22,9 @@ from initsearch.recipe import Recipe, RoleInit, StepInit
 from initsearch.schemes import STEPS
 from initsearch.trial import TrialConfig, run_trial
 
-#: The step settings measured: every step at its defaults, plus GradInit's paper setting.
-MEASURED = tuple(StepInit(name) for name in STEPS) + (StepInit("gradinit", {"preset": "paper"}),)
+#: The step settings measured: every step at its defaults, GradInit at both presets.
+MEASURED = tuple(StepInit(name) for name in STEPS if name != "gradinit") + tuple(
+    StepInit("gradinit", {"preset": preset}) for preset in ("search", "paper"))
 
 
 def measure_costs(profile: str | None = None, data_dir: str | None = None, arch: str = "resnet_ds",
@@ -80,7 +81,7 @@ def format_costs(costs: dict) -> str:
     for r in costs["rows"]:
         lines.append(f"{r['step']:26s} {'data' if r['data'] else 'static':6s} {r['seconds']:8.2f} "
                      f"{r['passes']:7d} {r['epochs']:8.3f}")
-    lines.append("passes = forward + backward passes over a batch (double backward counts once)")
+    lines.append("passes = forward + backward passes over a batch (a double backward counts 2)")
     return "\n".join(lines)
 
 
