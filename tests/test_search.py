@@ -151,7 +151,9 @@ def test_interrupt_then_resume_loses_nothing(data_dir, home):
         time.sleep(0.5)
         if journal.exists():
             trials = _study(home, "intr").trials
-            if sum("epochs" in t.user_attrs for t in trials) >= 4 and trials[-1].state == TrialState.RUNNING:
+            running = [t for t in trials if t.state == TrialState.RUNNING]  # baselines wait queued
+            if sum("epochs" in t.user_attrs for t in trials) >= 4 and running and all(
+                    "run_id" in t.user_attrs for t in running):  # its MLflow run is open
                 break
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
