@@ -13,10 +13,10 @@ import argparse
 import time
 
 import torch
-import yaml
 from common import curves, mean_std
 
 from initsearch.archs import build_model
+from initsearch.cli import key_values
 from initsearch.protocol import load_protocol
 from initsearch.recipe import Recipe
 from initsearch.space import load_space
@@ -32,8 +32,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     args = ap.parse_args()
     protocol = load_protocol(args.profile)
-    opts = {**protocol.arch_options.get(args.arch, {}),
-            **{k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in args.arch_opt)}}
+    opts = {**protocol.arch_options.get(args.arch, {}), **key_values(args.arch_opt, "--arch-opt")}
     best = Recipe.load(args.recipe)
     space = load_space(args.arch).bind(build_model(args.arch, options=opts))
     recipes = {f"best ({best.name})": best, **space.baselines()}

@@ -75,7 +75,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("pass either --arch or --model, not both")
     result = search(args.model or args.arch or "resnet_ds", dataset=args.dataset, data_dir=args.data,
                     budget=args.budget, profile=args.profile, space=args.space,
-                    arch_options=_key_values(args.arch_opt, "--arch-opt"),
+                    arch_options=key_values(args.arch_opt, "--arch-opt"),
                     backend=args.backend, seed=args.seed, study=args.study, resume=args.resume,
                     tracking_uri=args.tracking_uri, gpus_per_trial=args.gpus_per_trial,
                     home=args.home, progress=not args.no_progress)
@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_values(pairs: list[str], flag: str) -> dict:
+def key_values(pairs: list[str], flag: str) -> dict:
     """``["depth=14", "norm=none"]`` -> ``{"depth": 14, "norm": "none"}`` (values read as YAML)."""
     import yaml
 

@@ -39,6 +39,18 @@ from initsearch.schemes import SCHEMES, STEPS, InitData, fixup, identity, scale_
 FORMAT, VERSION = "initsearch.recipe", 1
 
 
+def _label(name: str, options: Mapping[str, Any]) -> str:
+    """``name`` or ``name:key=value,...`` (sorted): a choice as one search-space string."""
+    opts = ",".join(f"{k}={v}" for k, v in sorted(options.items()))
+    return f"{name}:{opts}" if opts else name
+
+
+def _parse_label(label: str) -> tuple[str, dict[str, Any]]:
+    """The inverse of :func:`_label`; values are read as YAML scalars (``0.1`` is a float)."""
+    name, _, opts = label.partition(":")
+    return name, {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in opts.split(",") if kv)}
+
+
 @dataclass(frozen=True)
 class RoleInit:
     """The init of one role: ``scheme(**options)`` then ``weight *= scale``."""
@@ -59,14 +71,11 @@ class RoleInit:
     @property
     def label(self) -> str:
         """``he`` or ``he:mode=fan_out`` -- the choice without its scale (a search-space value)."""
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return f"{self.scheme}:{opts}" if opts else self.scheme
+        return _label(self.scheme, self.options)
 
     @classmethod
     def from_label(cls, label: str, scale: float = 1.0) -> "RoleInit":
-        scheme, _, opts = label.partition(":")
-        options = dict(kv.split("=", 1) for kv in opts.split(",")) if opts else {}
-        return cls(scheme, options, scale)
+        return cls(*_parse_label(label), scale)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scheme": self.scheme}
@@ -98,13 +107,11 @@ class StepInit:
     @property
     def label(self) -> str:
         """``lsuv`` or ``gradinit:preset=search`` (a search-space value)."""
-        opts = ",".join(f"{k}={v}" for k, v in sorted(self.options.items()))
-        return f"{self.name}:{opts}" if opts else self.name
+        return _label(self.name, self.options)
 
     @classmethod
     def from_label(cls, label: str, **extra: Any) -> "StepInit":
-        name, _, opts = label.partition(":")
-        options = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in opts.split(",") if kv)}
+        name, options = _parse_label(label)
         return cls(name, {**options, **extra})
 
     def to_dict(self) -> dict[str, Any]:

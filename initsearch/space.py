@@ -273,12 +273,15 @@ def parse_space(raw: Any, name: str, where: str) -> Space:
     return space
 
 
-def _bounds(value: Any, what: str, bad) -> tuple[float, float]:
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            or not 0 < value[0] <= 1.0 <= value[1]):
+def _bounds(value: Any, what: str, bad, around_one: bool = True) -> tuple[float, float]:
+    """``[lo, hi]`` of a log-uniform range; a scale range must hold 1 (the baselines' value)."""
+    numbers = (isinstance(value, list) and len(value) == 2
+               and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+    if around_one and not (numbers and 0 < value[0] <= 1.0 <= value[1]):
         raise bad(f"{what} must be [lo, hi] with 0 < lo <= 1 <= hi "
                   f"(1 must be inside so the baselines can run), not {value!r}")
+    if not (numbers and 0 < value[0] <= value[1]):
+        raise bad(f"{what} must be [lo, hi] with 0 < lo <= hi (searched log-uniformly), not {value!r}")
     return float(value[0]), float(value[1])
 
 
@@ -298,7 +301,7 @@ def _parse_steps(raw: Any, bad) -> dict[str, tuple[StepChoice | None, ...]]:
             if not isinstance(spec, dict) or "step" not in spec:
                 raise bad(f"steps.{slot}: {c!r} must be a step name or {{step: name, option: value}}")
             opts = {k: v for k, v in spec.items() if k != "step"}
-            ranges = {k: _bounds_any(v, f"steps.{slot}.{spec['step']}.{k}", bad)
+            ranges = {k: _bounds(v, f"steps.{slot}.{spec['step']}.{k}", bad, around_one=False)
                       for k, v in opts.items() if isinstance(v, list)}
             for k in ranges:
                 default = STEPS[spec["step"]].defaults.get(k) if spec["step"] in STEPS else None
@@ -321,10 +324,3 @@ def _parse_steps(raw: Any, bad) -> dict[str, tuple[StepChoice | None, ...]]:
         raise bad("a data-dependent step slot (lsuv, gradinit) comes before a static one; "
                   "list the static slots first")
     return slots
-
-
-def _bounds_any(value: Any, what: str, bad) -> tuple[float, float]:
-    if (len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            or not 0 < value[0] <= value[1]):
-        raise bad(f"{what} must be [lo, hi] with 0 < lo <= hi (searched log-uniformly), not {value!r}")
-    return float(value[0]), float(value[1])

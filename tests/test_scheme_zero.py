@@ -8,7 +8,6 @@ from torch import nn
 from torch.nn import functional as F
 
 from initsearch.archs import build_model
-from initsearch.data import load_cifar10, standardize
 from initsearch.errors import UsageError
 from initsearch.roles import discover_roles, parameterized_modules
 from initsearch.schemes import SCHEMES

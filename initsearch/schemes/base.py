@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from initsearch.errors import UsageError
+from initsearch.roles import ROLES
 
-WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 
 
@@ -119,8 +120,18 @@ def modules_by_path(model: nn.Module, paths) -> dict[str, nn.Module]:
     return {p: named[p] for p in paths}
 
 
-def select(roles: Mapping[str, str], include: tuple[str, ...]) -> list[str]:
-    """Paths whose role is in ``include`` or which match a glob in it, in registration order."""
+def select(roles: Mapping[str, str], include: Sequence[str] | str, step: str) -> list[str]:
+    """Paths whose role is in ``include`` (roles and/or globs over module paths, or one string)
+    or which match a glob in it, in registration order.
+
+    Raises:
+        UsageError: an entry of ``include`` is neither a role nor a glob matching a path.
+    """
+    include = (include,) if isinstance(include, str) else tuple(include)
+    for item in include:
+        if item not in ROLES and not any(fnmatch.fnmatchcase(p, item) for p in roles):
+            raise UsageError(f"{step} include {item!r} is neither a role ({', '.join(ROLES)}) nor "
+                             "a glob matching a module path; see initsearch.discover_roles(model)")
     return [p for p, r in roles.items()
             if r in include or any(fnmatch.fnmatchcase(p, g) for g in include)]
 
@@ -161,7 +172,7 @@ class Step:
 
     def __call__(self, model: nn.Module, roles: Mapping[str, str], data: InitData | None = None,
                  **options: Any) -> dict:
-        if self.needs_data and data is None:
-            raise UsageError(f"init step {self.name!r} needs data: pass data=InitData(x, y) to "
-                             "Recipe.apply")
-        return self.fn(model, roles, data, **{**self.defaults, **options})
+        """Run the step with its defaults under ``options``; the report gains ``seconds``."""
+        start = time.perf_counter()
+        report = self.fn(model, roles, data, **{**self.defaults, **options})
+        return {**report, "seconds": time.perf_counter() - start}

@@ -36,8 +36,6 @@ Data: none. Cost: one multiply per counted weight.
 """
 from __future__ import annotations
 
-import fnmatch
-import time
 from typing import Mapping, Sequence
 
 import torch
@@ -45,7 +43,8 @@ from torch import nn
 
 from initsearch.errors import UsageError
 from initsearch.roles import ROLES, WEIGHT_ROLES
-from initsearch.schemes.base import WEIGHT_LAYERS, InitData, Step, modules_by_path, select
+from initsearch.schemes.base import InitData, Step, modules_by_path, select
+from initsearch.schemes.layer import WEIGHT_LAYERS
 
 MAIN_PATH = ("stem", "conv", "branch_last", "linear", "classifier")
 
@@ -66,22 +65,17 @@ def emergence_(model: nn.Module, roles: Mapping[str, str], data: InitData | None
 
     Returns:
         ``{"layers": [{"path", "exponent", "factor"}, ...], "alpha", "centre",
-        "forward_passes": 0, "backward_passes": 0, "seconds"}``.
+        "forward_passes": 0, "backward_passes": 0}``.
 
     Raises:
         UsageError: ``include`` names a role without conv/linear weights or a glob that matches
             nothing, or no conv/linear layer is counted.
     """
-    start = time.perf_counter()
-    include = tuple(include)
     for item in include:
         if item in ROLES and item not in WEIGHT_ROLES:
             raise UsageError(f"emergence scales conv/linear weights only: include roles among "
                              f"{', '.join(WEIGHT_ROLES)}, not {item!r}")
-        if item not in ROLES and not any(fnmatch.fnmatchcase(p, item) for p in roles):
-            raise UsageError(f"emergence include {item!r} is neither a role nor a glob matching a "
-                             "module path; see initsearch.discover_roles(model)")
-    modules = modules_by_path(model, select(roles, include))
+    modules = modules_by_path(model, select(roles, include, "emergence"))
     counted = [p for p, m in modules.items() if isinstance(m, WEIGHT_LAYERS)]
     if not counted:
         raise UsageError(f"emergence counts no conv/linear layer with include={include}; "
@@ -94,7 +88,7 @@ def emergence_(model: nn.Module, roles: Mapping[str, str], data: InitData | None
         modules[path].weight.mul_(factor)
         layers.append({"path": path, "exponent": i - c, "factor": factor})
     return {"layers": layers, "alpha": alpha, "centre": c, "forward_passes": 0,
-            "backward_passes": 0, "seconds": time.perf_counter() - start}
+            "backward_passes": 0}
 
 
 STEP = Step("emergence", emergence_, {"alpha": 1.2, "centre": "middle", "include": MAIN_PATH},

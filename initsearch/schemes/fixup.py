@@ -38,7 +38,6 @@ alone. Data: none. Cost: one multiply per scaled weight.
 """
 from __future__ import annotations
 
-import time
 from typing import Mapping
 
 import torch
@@ -75,12 +74,11 @@ def fixup_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = N
 
     Returns:
         ``{"layers": [...], "residual_branches": L, "layers_per_branch": m, "factor": ...,
-        "forward_passes": 0, "backward_passes": 0, "seconds": ...}``.
+        "forward_passes": 0, "backward_passes": 0}`` (the Step adds ``seconds``).
 
     Raises:
         UsageError: the model has no residual blocks, or branches of different lengths.
     """
-    start = time.perf_counter()
     blocks = residual_blocks(roles)
     if not blocks:
         raise UsageError("fixup needs residual blocks (a 'branch_last' layer in each), and this "
@@ -97,8 +95,7 @@ def fixup_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = N
     for module in modules_by_path(model, scaled).values():
         module.weight.mul_(factor)
     return {"layers": scaled, "residual_branches": n_branches, "layers_per_branch": m,
-            "factor": factor, "forward_passes": 0, "backward_passes": 0,
-            "seconds": time.perf_counter() - start}
+            "factor": factor, "forward_passes": 0, "backward_passes": 0}
 
 
 STEP = Step("fixup", fixup_, {},

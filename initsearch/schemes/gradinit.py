@@ -89,7 +89,6 @@ batch 128 took 5.3-6.1 s on the same machine):
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Mapping
 
 import torch
@@ -118,13 +117,12 @@ def gradinit_(model: nn.Module, roles: Mapping[str, str], data: InitData | None 
     Returns:
         A JSON-able report: ``iterations``, ``constraint_steps``, ``objective_steps``,
         ``forward_passes``, ``backward_passes`` (a double backward counts 2),
-        ``double_backwards``, ``seconds``, ``initial_grad_norm`` / ``final_grad_norm`` (the
+        ``double_backwards``, ``initial_grad_norm`` / ``final_grad_norm`` (the
         constraint's norm at the first / last iteration, before its update), ``options`` (as
         resolved), ``scales`` (``{"path.param": alpha}``) and ``skipped`` (zero tensors).
     """
     if data is None:
         raise UsageError("gradinit needs data: pass data=InitData(x, y)")
-    t0 = time.perf_counter()
     p_iters, p_batch, lr_norm, lr_free = PRESETS[preset]
     iters, batch_size = iters or p_iters, batch_size or p_batch
     lr = lr or (lr_norm if "norm" in roles.values() else lr_free)
@@ -210,7 +208,6 @@ def gradinit_(model: nn.Module, roles: Mapping[str, str], data: InitData | None 
         "forward_passes": fwd,
         "backward_passes": bwd,
         "double_backwards": double,
-        "seconds": time.perf_counter() - t0,
         "initial_grad_norm": norms[0] if norms else None,
         "final_grad_norm": norms[-1] if norms else None,
         "options": {"preset": preset, "iters": iters, "batch_size": batch_size, "lr": lr,

@@ -54,15 +54,15 @@ alike.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from initsearch.errors import UsageError
-from initsearch.roles import ROLES, WEIGHT_ROLES
-from initsearch.schemes.base import WEIGHT_LAYERS, InitData, Step, init_forward_mode, select
+from initsearch.roles import WEIGHT_ROLES
+from initsearch.schemes.base import InitData, Step, init_forward_mode, select
+from initsearch.schemes.layer import WEIGHT_LAYERS
 
 
 class _Stop(Exception):
@@ -86,7 +86,7 @@ def lsuv_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = No
             the conv/linear modules among them are touched.
 
     Returns:
-        ``{"layers": [row, ...], "forward_passes", "backward_passes", "seconds",
+        ``{"layers": [row, ...], "forward_passes", "backward_passes",
         "converged_all", "batch_size"}``. One row per selected layer, visited ones in execution
         order then the ones never run: ``path``, ``role``, ``initial_variance``, ``variance``
         (final), ``iterations`` (corrections made), ``converged`` (None where not applicable)
@@ -96,16 +96,11 @@ def lsuv_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = No
     Raises:
         UsageError: no data, or an ``include`` entry that is neither a role nor matches a path.
     """
-    t0 = time.perf_counter()
     if data is None:
         raise UsageError("lsuv needs data: pass data=InitData(x, y)")
-    include = (include,) if isinstance(include, str) else tuple(include)
-    unknown = [g for g in include if g not in ROLES and not select(roles, (g,))]
-    if unknown:
-        raise UsageError(f"lsuv include {unknown}: neither a role ({', '.join(ROLES)}) nor a glob "
-                         "matching a module path")
     named = dict(model.named_modules())
-    layers = {p: named[p] for p in select(roles, include) if isinstance(named[p], WEIGHT_LAYERS)}
+    layers = {p: named[p] for p in select(roles, include, "lsuv")
+              if isinstance(named[p], WEIGHT_LAYERS)}
     x, _ = data.batch(batch_size)
 
     rows: list[dict[str, Any]] = []
@@ -122,7 +117,6 @@ def lsuv_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = No
         "layers": rows,
         "forward_passes": passes,
         "backward_passes": 0,
-        "seconds": time.perf_counter() - t0,
         "converged_all": all(r["converged"] for r in rows if r["converged"] is not None),
         "batch_size": len(x),
     }

@@ -96,7 +96,6 @@ and seeds it).
 from __future__ import annotations
 
 import math
-import time
 from typing import Mapping
 
 import torch
@@ -104,6 +103,7 @@ from torch import nn
 
 from initsearch.errors import UsageError
 from initsearch.schemes.base import InitData, ResidualBlock, Step, modules_by_path, residual_blocks
+from initsearch.schemes.layer import default_
 
 _F64 = torch.float64
 
@@ -217,14 +217,13 @@ def risotto_(model: nn.Module, roles: Mapping[str, str], data: InitData | None =
 
     Returns:
         ``{"blocks": {"identity": n, "projection": n}, "layers": layers written,
-        "neutral": scalars and norms reset, "seconds": s}``.
+        "neutral": scalars and norms reset}``.
 
     Raises:
         UsageError: a layer or block does not fit the construction (odd channel count, a branch
             without exactly two convs, a kernel that cannot be centred, a narrowing block, no
             stem or classifier).
     """
-    t0 = time.perf_counter()
     if mix == "balanced" and beta < 0.5:
         raise UsageError(f"risotto: mix='balanced' needs beta >= 0.5 (cos(theta) = 1/(2 beta)), "
                          f"not {beta}")
@@ -267,18 +266,11 @@ def risotto_(model: nn.Module, roles: Mapping[str, str], data: InitData | None =
             counts["projection"] += 1
     for path, matrix in matrices.items():
         _write_(path, layers[path], matrix)
-    neutral = 0
-    with torch.no_grad():
-        for path, role in roles.items():
-            if role not in ("scalar_bias", "branch_scale", "norm"):
-                continue
-            for name, p in layers[path].named_parameters(recurse=False):
-                # Fixup's scale and a norm's gamma are multipliers (1); biases and beta are 0.
-                p.fill_(1.0 if role == "branch_scale" or (role == "norm" and name == "weight")
-                        else 0.0)
-            neutral += 1
-    return {"blocks": counts, "layers": len(matrices), "neutral": neutral,
-            "seconds": time.perf_counter() - t0}
+    # Fixup's scales and norm gammas back to 1, scalar biases and betas to 0: their defaults.
+    neutral = [p for p, r in roles.items() if r in ("scalar_bias", "branch_scale", "norm")]
+    for path in neutral:
+        default_(layers[path])
+    return {"blocks": counts, "layers": len(matrices), "neutral": len(neutral)}
 
 
 STEP = Step("risotto", risotto_, {"beta": 1 / math.sqrt(2), "mix": "balanced"},
