@@ -33,7 +33,7 @@ import yaml
 from torch import nn
 
 from initsearch.errors import UsageError
-from initsearch.roles import ROLES, WEIGHT_ROLES, discover_roles, parameterized_modules
+from initsearch.roles import ROLES, WEIGHT_ROLES, Roles, discover_roles, parameterized_modules
 from initsearch.schemes import SCHEMES, STEPS, InitData, fixup, identity, scale_
 
 FORMAT, VERSION = "initsearch.recipe", 1
@@ -178,10 +178,11 @@ class Recipe:
         if bad:
             raise UsageError(f"layer_scales must be positive numbers, not {bad}")
 
-    def plan(self, model: nn.Module) -> list[dict[str, Any]]:
+    def plan(self, model: nn.Module, roles: Roles | None = None) -> list[dict[str, Any]]:
         """Per-layer details: path, type, shape, role, scheme, options, scale (role x layer) --
-        without applying. Steps are not part of the plan: they act on the whole network."""
-        roles = discover_roles(model, self.role_overrides)
+        without applying. Steps are not part of the plan: they act on the whole network.
+        ``roles`` saves discovering them again."""
+        roles = roles if roles is not None else discover_roles(model, self.role_overrides)
         missing = sorted(set(self.layer_scales) - set(roles))
         if missing:
             raise UsageError(f"recipe {self.name!r} scales layer(s) {', '.join(missing)} that the model "
@@ -214,8 +215,8 @@ class Recipe:
             An :class:`InitReport`: the per-layer plan, each step's report, the seconds taken.
         """
         t0 = time.perf_counter()
-        plan = self.plan(model)
-        roles = {row["path"]: row["role"] for row in plan}
+        roles = discover_roles(model, self.role_overrides)
+        plan = self.plan(model, roles)
         needs_data = [s.name for s in self.steps if s.needs_data]
         if needs_data and data is None:
             raise UsageError(f"recipe {self.name!r} runs {', '.join(needs_data)}, which need data: "

@@ -2,32 +2,45 @@
 
 Roles:
 
-==============  ===========================================================================
-``stem``        the first conv/linear of the network (reads the raw input)
-``conv``        a conv inside a residual branch, or any other hidden conv
-``branch_last`` the last conv of a residual branch (the one whose output is added to the skip)
-``shortcut``    a conv/linear on the skip path (projection shortcut, downsample)
-``norm``        normalization layers (BatchNorm, GroupNorm, LayerNorm, InstanceNorm)
-``linear``      a hidden linear layer that is neither head nor classifier
-``aux_head``    an auxiliary (deep-supervision) classifier head
-``classifier``  the main output layer
-``branch_scale`` a learnable scalar multiplying a residual branch (Fixup's scale, SkipInit's alpha)
-``scalar_bias`` a learnable scalar bias (Fixup's biases before convs and activations)
-==============  ===========================================================================
+================  =========================================================================
+``stem``          the first conv/linear the input meets
+``conv``          a conv inside a residual branch, or any other hidden conv
+``branch_last``   the last conv/linear of a residual branch (its output is added to the skip)
+``shortcut``      a conv/linear on the skip path of a residual addition (projection, downsample)
+``norm``          normalization layers (BatchNorm, GroupNorm, LayerNorm, InstanceNorm)
+``linear``        a hidden linear layer that is neither head nor classifier
+``aux_head``      a layer of an auxiliary (deep-supervision) classifier head
+``classifier``    the layer that produces the main output
+``branch_scale``  a learnable scalar multiplying a residual branch (Fixup's scale, SkipInit's alpha)
+``scalar_bias``   a learnable scalar bias (Fixup's biases before convs and activations)
+================  =========================================================================
 
-Discovery reads names and structure, in this order, first match wins:
+Discovery reads the model's **dataflow graph** when it can: the model is traced symbolically in
+train mode with :mod:`torch.fx` (parameterized modules are leaves, nothing is computed), and
 
-1. explicit overrides (``{glob over the module path: role}``) -- a user's, then the model's own
-   ``initsearch_roles()`` if it defines one;
+1. explicit overrides (``{glob over the module path: role}``) win -- a user's, then the model's
+   own ``initsearch_roles()`` if it defines one;
 2. module type: normalization layers are ``norm``; :class:`~initsearch.archs.scalars.Scale` and
    :class:`~initsearch.archs.scalars.Bias` are ``branch_scale`` and ``scalar_bias``;
-3. names: a path segment containing ``aux``/``side``/``deep_sup`` is an ``aux_head``; one named
-   ``shortcut``/``downsample``/``skip``/``proj`` (optionally ``_suffix``) is a ``shortcut``;
-4. order: the first conv/linear (module registration order) is the ``stem``, the last linear
-   outside aux heads is the ``classifier``;
-5. residual blocks: within a module whose class name says Block/Bottleneck/Residual or which
-   has a shortcut child, the last conv outside the shortcut is ``branch_last``;
-6. everything else: ``conv`` or ``linear`` by type.
+3. the output: the main output is the model's output, or the first element of a returned
+   tuple/list/dict (the ``(logits, [aux_logits, ...])`` convention). Its nearest conv/linear
+   is the ``classifier``; every conv/linear that does *not* feed the main output is an
+   ``aux_head`` (heads under any name, or taps whose result is discarded);
+4. residual additions: for each ``a + b`` whose operands both depend on the input, the
+   conv/linear layers that feed only one operand form that operand's path since the fork. The
+   operand with more of them is the branch: its last layer (in execution order) is
+   ``branch_last``; layers on the other operand are ``shortcut``\\ s;
+5. the first conv/linear in execution order is the ``stem``; the rest are ``conv``/``linear``
+   by type.
+
+This needs no naming convention: a DenseNet (concatenation, no addition) has no residual
+blocks, a residual unit of any class name or nesting does. A model that fx cannot trace (Python
+control flow on tensor values, say) falls back to **names and registration order**: a path
+segment containing ``aux``/``side``/``deep_sup`` is an ``aux_head``, one named
+``shortcut``/``downsample``/``skip``/``proj`` a ``shortcut``; the first conv/linear registered is
+the ``stem``, the last linear the ``classifier``; in a module whose class name says
+Block/Bottleneck/Residual or which has a shortcut child, the last conv is ``branch_last``.
+:attr:`Roles.source` says which reading was used and why.
 
 A module that owns parameters but is none of conv/linear/norm gets no role: discovery raises a
 :class:`~initsearch.errors.UsageError` naming it and showing the override that fixes it.
@@ -35,10 +48,13 @@ A module that owns parameters but is none of conv/linear/norm gets no role: disc
 from __future__ import annotations
 
 import fnmatch
+import operator
 import re
-from typing import Mapping
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
 
-from torch import nn
+import torch
+from torch import fx, nn
 
 from initsearch.archs.scalars import Bias, Scale
 from initsearch.errors import UsageError
@@ -49,10 +65,33 @@ ROLES = ("stem", "conv", "branch_last", "shortcut", "norm", "linear", "aux_head"
 WEIGHT_ROLES = ("stem", "conv", "branch_last", "shortcut", "linear", "aux_head", "classifier")
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-_CONV_TYPES = (nn.modules.conv._ConvNd,)
+_WEIGHT_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 _AUX = re.compile(r"aux|side|deep_?sup", re.I)
 _SHORTCUT = re.compile(r"^(shortcut|downsample|skip|proj|projection)(_\w+)?$", re.I)
 _BLOCK = re.compile(r"block|bottleneck|residual", re.I)
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+@dataclass(frozen=True)
+class ResidualBlock:
+    """One residual addition as the roles see it: the branch's conv/linear layers in execution
+    order (the last is ``branch_last``), its shortcut layer if the skip has one, its branch
+    multiplier if any; ``path`` is the deepest module holding the whole branch."""
+
+    path: str
+    branch: tuple[str, ...]
+    shortcut: str | None = None
+    scale: str | None = None
+
+
+class Roles(dict):
+    """``{module path: role}`` in registration order, plus the residual blocks and the reading
+    that found them (``source``: ``"graph"`` or ``"names (<why the graph was not used>)"``)."""
+
+    def __init__(self, roles: Mapping[str, str], blocks: Iterable[ResidualBlock], source: str):
+        super().__init__(roles)
+        self.blocks: tuple[ResidualBlock, ...] = tuple(blocks)
+        self.source = source
 
 
 def parameterized_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -61,7 +100,7 @@ def parameterized_modules(model: nn.Module) -> dict[str, nn.Module]:
             if next(m.parameters(recurse=False), None) is not None}
 
 
-def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None) -> Roles:
     """Label every parameterized module of ``model`` with a role (see the module docstring).
 
     Args:
@@ -70,7 +109,8 @@ def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None)
             pattern must match at least one module.
 
     Returns:
-        ``{module path: role}`` in registration order.
+        :class:`Roles`: ``{module path: role}`` in registration order, with ``.blocks`` (the
+        residual blocks) and ``.source`` (graph or names).
 
     Raises:
         UsageError: an override names an unknown role or matches nothing, or a module cannot
@@ -79,26 +119,30 @@ def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None)
     Example:
         >>> from initsearch.archs import build_model
         >>> roles = discover_roles(build_model("resnet_ds", options={"depth": 8}))
-        >>> roles["stem"], roles["aux_heads.stage1"], roles["stages.0.0.conv2"]
-        ('stem', 'aux_head', 'branch_last')
+        >>> roles["stem"], roles["aux_heads.stage1"], roles["stages.0.0.conv2"], roles.source
+        ('stem', 'aux_head', 'branch_last', 'graph')
     """
     modules = parameterized_modules(model)
     rules = _override_rules(model, overrides, modules)
-    roles: dict[str, str] = {}
-    fixed = set()  # overridden paths: the order and structure rules below leave them alone
-    for path, module in modules.items():
+    fixed = {}  # overridden paths: no rule below touches them
+    for path in modules:
         role = next((r for pattern, r in rules if fnmatch.fnmatchcase(path, pattern)), None)
         if role:
-            fixed.add(path)
-        roles[path] = role or _role_by_type_and_name(path, module)
-    _assign_by_order(modules, roles, fixed)
-    _assign_branch_last(model, roles, fixed)
+            fixed[path] = role
+    try:
+        graph = _trace(model)
+    except Exception as exc:  # fx refuses data-dependent control flow and more; names still work
+        roles, blocks = _by_names(model, modules, fixed)
+        source = f"names (fx could not trace the model: {type(exc).__name__}: {str(exc)[:120]})"
+    else:
+        roles, blocks = _by_graph(graph, modules, fixed)
+        source = "graph"
     unlabelled = [f"{p} ({type(modules[p]).__name__})" for p, r in roles.items() if r is None]
     if unlabelled:
         raise UsageError(f"cannot label {', '.join(unlabelled)}: give each a role in the space file "
                          f"under role_overrides (e.g. '{unlabelled[0].split(' ')[0]}: linear'); "
                          f"roles: {', '.join(ROLES)}")
-    return roles
+    return Roles(roles, blocks, source)
 
 
 def _override_rules(model, overrides, modules) -> list[tuple[str, str]]:
@@ -110,46 +154,151 @@ def _override_rules(model, overrides, modules) -> list[tuple[str, str]]:
                              f"use one of: {', '.join(ROLES)}")
         if not any(fnmatch.fnmatchcase(p, pattern) for p in modules):
             raise UsageError(f"role override {pattern!r} matches no parameterized module; "
-                             "check it against the paths in initsearch.discover_roles(model)")
+                             "check it against `initsearch roles` or initsearch.discover_roles(model)")
     return rules
 
 
-def _role_by_type_and_name(path: str, module: nn.Module) -> str | None:
+def _role_by_type(module: nn.Module) -> str | None:
     if isinstance(module, _NORM_TYPES):
         return "norm"
     if isinstance(module, (Scale, Bias)):
         return "branch_scale" if isinstance(module, Scale) else "scalar_bias"
-    if not isinstance(module, (*_CONV_TYPES, nn.Linear)):
-        return None
-    segments = path.split(".")
-    if any(_AUX.search(s) for s in segments):
-        return "aux_head"
-    if any(_SHORTCUT.search(s) for s in segments):
-        return "shortcut"
-    return "conv" if isinstance(module, _CONV_TYPES) else "linear"
+    if isinstance(module, _WEIGHT_TYPES):
+        return "linear" if isinstance(module, nn.Linear) else "conv"
+    return None
 
 
-def _assign_by_order(modules: dict[str, nn.Module], roles: dict[str, str], fixed: set[str]) -> None:
-    """First conv/linear is the stem; last hidden linear is the classifier (unless overridden)."""
+# -- the graph reading ------------------------------------------------------------------------------
+
+class _LayerTracer(fx.Tracer):
+    """Keeps every module that owns parameters as one node, so nodes map to labelled layers."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return next(m.parameters(recurse=False), None) is not None or super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module) -> fx.Graph:
+    modes = {m: m.training for m in model.modules()}
+    model.train()  # auxiliary heads run only in training
+    try:
+        return _LayerTracer().trace(model)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _by_graph(graph: fx.Graph, modules: Mapping[str, nn.Module], fixed: Mapping[str, str]):
+    nodes = list(graph.nodes)  # topological: execution order
+    layer = {n: n.target for n in nodes if n.op == "call_module" and n.target in modules}
+    upstream: dict[fx.Node, frozenset[str]] = {}  # labelled layers feeding each node (itself too)
+    live: dict[fx.Node, bool] = {}  # depends on the model's input
+    for n in nodes:
+        ins = n.all_input_nodes
+        upstream[n] = frozenset().union(*(upstream[i] for i in ins), [layer[n]] if n in layer else [])
+        live[n] = n.op == "placeholder" or any(live[i] for i in ins)
+    order = list(dict.fromkeys(layer[n] for n in nodes if n in layer))  # first call of each layer
+    weights = [p for p in order if isinstance(modules[p], _WEIGHT_TYPES)]
+    rank = {p: i for i, p in enumerate(order)}
+
+    roles = {p: fixed.get(p) or _role_by_type(m) for p, m in modules.items()}
+    free = lambda p: p not in fixed and isinstance(modules[p], _WEIGHT_TYPES)
+
+    blocks = {}
+    for n in nodes:
+        if not _is_add(n) or not all(isinstance(a, fx.Node) and live[a] for a in n.args[:2]):
+            continue
+        a, b = (upstream[x] for x in n.args[:2])
+        sides = sorted(([p for p in order if p in a - b], [p for p in order if p in b - a]),
+                       key=lambda side: -sum(p in weights for p in side))
+        branch, skip = ([p for p in side if p in weights] for side in sides)
+        if len(branch) <= len(skip):  # no branch (x + x) or no telling branch from skip
+            continue
+        last = branch[-1]
+        if last in blocks and len(blocks[last].branch) <= len(branch):
+            continue  # an outer addition over a whole inner block: the inner block stands
+        scale = next((p for p in sides[0] if isinstance(modules[p], Scale)), None)
+        blocks[last] = ResidualBlock(_common_path(branch), tuple(branch),
+                                     skip[-1] if skip else None, scale)
+    for block in blocks.values():
+        if free(block.branch[-1]):
+            roles[block.branch[-1]] = "branch_last"
+        if block.shortcut and free(block.shortcut):
+            roles[block.shortcut] = "shortcut"
+
+    main = _main_output(next(n for n in reversed(nodes) if n.op == "output").args[0])
+    feeds_main = upstream[main] if isinstance(main, fx.Node) else frozenset()
+    heads = [p for p in weights if p not in feeds_main]
+    for p in heads:
+        if free(p):
+            roles[p] = "aux_head"
+    main_layers = [p for p in weights if p in feeds_main]
+    if main_layers and free(main_layers[0]) and roles[main_layers[0]] in ("conv", "linear"):
+        roles[main_layers[0]] = "stem"  # the layer the input meets first (a lone layer too)
+    if len(main_layers) > 1 and free(main_layers[-1]):
+        roles[main_layers[-1]] = "classifier"
+    ordered = sorted(blocks.values(), key=lambda b: rank[b.branch[-1]])
+    return roles, ordered
+
+
+def _is_add(n: fx.Node) -> bool:
+    return ((n.op == "call_function" and n.target in _ADDS)
+            or (n.op == "call_method" and n.target in ("add", "add_")))
+
+
+def _main_output(out: Any) -> Any:
+    """The main output: the output itself, or the first element of a tuple/list/dict."""
+    while isinstance(out, (tuple, list, dict)) and out:
+        out = next(iter(out.values())) if isinstance(out, dict) else out[0]
+    return out
+
+
+def _common_path(paths: list[str]) -> str:
+    parts = [p.split(".") for p in paths]
+    common = []
+    for segment in zip(*parts):
+        if len(set(segment)) > 1:
+            break
+        common.append(segment[0])
+    if len(common) == len(parts[0]):  # a one-layer branch: its parent holds it
+        common = common[:-1]
+    return ".".join(common)
+
+
+# -- the names reading (fallback) ---------------------------------------------------------------------
+
+def _by_names(model: nn.Module, modules: Mapping[str, nn.Module], fixed: Mapping[str, str]):
+    roles = {}
+    for path, module in modules.items():
+        role = fixed.get(path) or _role_by_type(module)
+        if path not in fixed and role in ("conv", "linear"):
+            segments = path.split(".")
+            if any(_AUX.search(s) for s in segments):
+                role = "aux_head"
+            elif any(_SHORTCUT.search(s) for s in segments):
+                role = "shortcut"
+        roles[path] = role
     free = [p for p, r in roles.items() if r in ("conv", "linear") and p not in fixed]
     if free:
         roles[free[0]] = "stem"
     linears = [p for p in free[1:] if isinstance(modules[p], nn.Linear)]
     if linears:
         roles[linears[-1]] = "classifier"
-
-
-def _assign_branch_last(model: nn.Module, roles: dict[str, str], fixed: set[str]) -> None:
-    """In each innermost residual block, the last conv outside the shortcut is ``branch_last``."""
-    blocks = [path for path, m in model.named_modules() if _looks_like_block(m)]
-    for path in blocks:
+    blocks = []
+    containers = [path for path, m in model.named_modules() if _looks_like_block(m)]
+    for path in containers:
         prefix = f"{path}." if path else ""
-        if any(other != path and other.startswith(prefix) for other in blocks):
+        if any(other != path and other.startswith(prefix) for other in containers):
             continue  # a container of blocks (a stage, the whole net) is not itself a branch
-        convs = [p for p, r in roles.items()
-                 if p.startswith(prefix) and r == "conv" and p not in fixed]
-        if convs:
-            roles[convs[-1]] = "branch_last"
+        under = [p for p in roles if p.startswith(prefix)]
+        branch = [p for p in under if roles[p] in ("conv", "branch_last")]
+        if not branch:
+            continue
+        if branch[-1] not in fixed:
+            roles[branch[-1]] = "branch_last"
+        blocks.append(ResidualBlock(path, tuple(branch),
+                                    next((p for p in under if roles[p] == "shortcut"), None),
+                                    next((p for p in under if roles[p] == "branch_scale"), None)))
+    return roles, blocks
 
 
 def _looks_like_block(module: nn.Module) -> bool:

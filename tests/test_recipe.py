@@ -72,8 +72,8 @@ def test_he_preserves_activation_scale_on_real_images(cifar_batch):
     Xavier halves it at every ReLU layer."""
     x = cifar_batch[0][:64]
     he, xavier = _plain_relu_stack(), _plain_relu_stack()
-    Recipe({r: RoleInit("he") for r in ("stem", "conv", "linear")}).apply(he, seed=0)
-    Recipe({r: RoleInit("xavier") for r in ("stem", "conv", "linear")}).apply(xavier, seed=0)
+    Recipe({r: RoleInit("he") for r in ("stem", "conv", "classifier")}).apply(he, seed=0)
+    Recipe({r: RoleInit("xavier") for r in ("stem", "conv", "classifier")}).apply(xavier, seed=0)
     m_he, m_xa = _second_moments(he, x), _second_moments(xavier, x)
     assert 0.3 < m_he[-1] / m_he[1] < 3
     assert m_xa[-1] / m_xa[1] < 0.05

@@ -1,55 +1,188 @@
+"""Role discovery: every built-in architecture, and models written only here -- a residual
+layout no naming convention describes, auxiliary heads under unusual names, an untraceable
+model (names fallback), and a model that cannot be labelled without help."""
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from initsearch.archs import build_model
+from initsearch.archs import ARCHS, build_model
 from initsearch.errors import UsageError
 from initsearch.roles import discover_roles
 
+torch.set_num_threads(1)
 
-def test_resnet_ds_roles():
-    roles = discover_roles(build_model("resnet_ds", options={"depth": 14}))
+SMALL = {"resnet": {"depth": 14}, "resnet_ds": {"depth": 14}, "densenet_ds": {"depth": 22, "growth": 6},
+         "vgg": {"depth": 11, "width": 8}, "mlp": {"depth": 4, "width": 32}}
+
+
+def test_every_builtin_arch_is_sized_here():
+    assert set(SMALL) == set(ARCHS)
+
+
+def _check_resnet(roles, aux):
     assert roles["stem"] == "stem" and roles["classifier"] == "classifier"
-    assert roles["aux_heads.stage1"] == roles["aux_heads.stage2"] == "aux_head"
-    assert roles["stages.1.0.shortcut.0"] == "shortcut"
     for stage in range(3):
         for block in range(2):
             assert roles[f"stages.{stage}.{block}.conv1"] == "conv"
             assert roles[f"stages.{stage}.{block}.conv2"] == "branch_last"
-    assert all(r == "norm" for p, r in roles.items() if "bn" in p or p.endswith("shortcut.1"))
+    assert roles["stages.1.0.shortcut.0"] == roles["stages.2.0.shortcut.0"] == "shortcut"
+    assert [roles[f"aux_heads.stage{s}"] for s in (1, 2) if f"aux_heads.stage{s}" in roles] == \
+        ["aux_head"] * aux
+    assert len(roles.blocks) == 6
+    assert [b.path for b in roles.blocks if b.shortcut] == ["stages.1.0", "stages.2.0"]
 
 
-class _Unit(nn.Module):  # a residual unit whose class name says nothing; its skip is "downsample"
+@pytest.mark.parametrize("arch", sorted(SMALL))
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_builtin_arch_roles(arch, norm):
+    model = build_model(arch, options={**SMALL[arch], "norm": norm})
+    roles = discover_roles(model)
+    assert roles.source == "graph"
+    weights = [p for p, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    counts = {r: list(roles.values()).count(r) for r in set(roles.values())}
+    assert counts["stem"] == counts["classifier"] == 1
+    assert (counts.get("norm", 0) > 0) == (norm == "batch")
+    if arch.startswith("resnet"):
+        _check_resnet(roles, aux=2 if arch == "resnet_ds" else 0)
+        if norm == "none":  # Fixup's scalars: one multiplier per block, found on the branch side
+            assert all(b.scale == f"{b.path}.scale" for b in roles.blocks)
+    elif arch == "densenet_ds":  # concatenation, not addition: no residual block at all
+        assert not roles.blocks and "branch_last" not in counts
+        assert sorted(p for p, r in roles.items() if r == "aux_head") == \
+            ["aux_heads.block1.fc", "aux_heads.block2.fc"]
+        assert roles["classifier"] == "classifier"
+        assert all(roles[p] == "conv" for p in weights if p not in ("stem", "classifier")
+                   and not p.startswith("aux_heads"))
+    elif arch == "vgg":
+        assert weights[0] in roles and roles[weights[0]] == "stem"
+        assert roles["classifier"] == "classifier" and not roles.blocks
+        assert counts["conv"] == 7 and "aux_head" not in counts
+    else:  # mlp
+        assert [roles[p] for p in weights] == ["stem", "linear", "linear", "linear", "classifier"]
+
+
+class _FlatResidual(nn.Module):
+    """Residual units spread over flat ModuleLists and added in the top-level forward: the
+    skip comes first in the sum, the projection is called ``reshape``, pre-activation order,
+    a residual MLP stage joined with ``torch.add`` -- no class or name says "block"."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Conv2d(3, 8, 3, padding=1)
+        self.a = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 16, 3, 2, 1)])
+        self.b = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1)])
+        self.reshape = nn.Conv2d(8, 16, 1, 2)
+        self.norms = nn.ModuleList([nn.BatchNorm2d(8), nn.BatchNorm2d(8)])
+        self.fc1, self.fc2, self.fc3 = nn.Linear(16, 32), nn.Linear(32, 16), nn.Linear(16, 16)
+        self.last = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.first(x)
+        x = x + self.b[0](F.relu(self.a[0](F.relu(self.norms[0](x)))))  # identity unit
+        h = F.relu(self.norms[1](x))
+        x = self.reshape(h) + self.b[1](F.relu(self.a[1](h)))  # skip first, projected
+        z = x.mean((2, 3))
+        z = torch.add(z, self.fc3(F.relu(self.fc2(F.relu(self.fc1(z))))))  # 3-layer MLP branch
+        return self.last(z)
+
+
+def test_nonstandard_residual_layout_from_the_graph():
+    roles = discover_roles(_FlatResidual())
+    assert roles.source == "graph"
+    assert roles["first"] == "stem" and roles["last"] == "classifier"
+    assert roles["a.0"] == roles["a.1"] == "conv" and roles["b.0"] == roles["b.1"] == "branch_last"
+    assert roles["reshape"] == "shortcut"
+    assert (roles["fc1"], roles["fc2"], roles["fc3"]) == ("linear", "linear", "branch_last")
+    assert [(b.branch, b.shortcut) for b in roles.blocks] == [
+        (("a.0", "b.0"), None), (("a.1", "b.1"), "reshape"), (("fc1", "fc2", "fc3"), None)]
+
+
+def test_fixup_reads_the_graph_blocks():
+    """Fixup reads the blocks the graph found: branches of 2, 2 and 3 layers -> refused clearly."""
+    from initsearch.recipe import BASELINES
+
+    model = _FlatResidual()
+    with pytest.raises(UsageError, match="same number of layers"):
+        BASELINES["fixup"].apply(model, seed=0)
+
+
+class _Probed(nn.Module):
+    """Deep supervision under unusual names, and a classifier registered before the body (so
+    registration order would call it the stem)."""
+
+    def __init__(self):
+        super().__init__()
+        self.readout = nn.Linear(16, 10)
+        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                   nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())
+        self.probe = nn.ModuleDict({"p0": nn.Conv2d(8, 10, 1)})
+        self.tail = nn.Linear(16, 10)  # a tap whose output is returned second
+
+    def forward(self, x):
+        h = self.trunk[1](self.trunk[0](x))
+        p0 = self.probe["p0"](h).mean((2, 3))
+        h = self.trunk[3](self.trunk[2](h)).mean((2, 3))
+        return self.readout(h), [p0, self.tail(h)]
+
+
+def test_aux_heads_under_unusual_names_from_the_graph():
+    roles = discover_roles(_Probed())
+    assert roles["trunk.0"] == "stem" and roles["trunk.2"] == "conv"
+    assert roles["readout"] == "classifier"
+    assert roles["probe.p0"] == roles["tail"] == "aux_head"
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.aux_out = nn.Linear(8, 10)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = self.stem(x)
+        if h.mean() > 0:  # control flow on a tensor value: fx cannot trace this
+            h = F.relu(h)
+        return self.head(h.mean((2, 3)))
+
+
+def test_untraceable_model_falls_back_to_names():
+    roles = discover_roles(_Untraceable())
+    assert roles.source.startswith("names (fx could not trace")
+    assert roles == {"stem": "stem", "aux_out": "aux_head", "head": "classifier"}
+
+
+class _Unit(nn.Module):  # a residual unit whose class name says nothing
     def __init__(self, c):
         super().__init__()
         self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
-        self.downsample = nn.Identity()
 
     def forward(self, x):
         return x + self.b(torch.relu(self.a(x)))
 
 
-class _OddNet(nn.Module):
+class _BareParameter(nn.Module):
     def __init__(self):
         super().__init__()
         self.entry = nn.Conv2d(3, 8, 3, padding=1)
         self.body = nn.Sequential(_Unit(8), _Unit(8))
-        self.side_probe = nn.Linear(8, 10)  # an auxiliary head under an unusual name
         self.out = nn.Linear(8, 10)
         self.gain = nn.Parameter(torch.ones(()))  # a bare parameter on the root
 
+    def forward(self, x):
+        return self.out(self.body(self.entry(x)).mean((2, 3))) * self.gain
 
-def test_user_model_roles_and_overrides():
-    model = _OddNet()
-    with pytest.raises(UsageError, match="cannot label .*role_overrides"):
-        discover_roles(model)  # the root owns a bare parameter: says which and how to fix it
+
+def test_unlabelable_module_names_the_module_and_the_fix():
+    model = _BareParameter()
+    with pytest.raises(UsageError, match=r"cannot label  \(_BareParameter\).*role_overrides"):
+        discover_roles(model)
     roles = discover_roles(model, overrides={"": "linear"})
     assert roles["entry"] == "stem" and roles["out"] == "classifier"
-    assert roles["side_probe"] == "aux_head"
     assert [roles[f"body.{i}.b"] for i in (0, 1)] == ["branch_last"] * 2
-    assert [roles[f"body.{i}.a"] for i in (0, 1)] == ["conv"] * 2
     roles = discover_roles(model, overrides={"": "linear", "body.*.a": "shortcut"})
-    assert roles["body.0.a"] == "shortcut"
+    assert roles["body.0.a"] == "shortcut" and roles["body.0.b"] == "branch_last"
 
 
 def test_bad_overrides_are_usage_errors():

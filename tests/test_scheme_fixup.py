@@ -6,7 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from initsearch.archs import build_model
-from initsearch.archs.resnet_ds import BasicBlock
+from initsearch.archs.resnet import BasicBlock
 from initsearch.errors import UsageError
 from initsearch.roles import discover_roles, parameterized_modules
 from initsearch.schemes import SCHEMES, STEPS

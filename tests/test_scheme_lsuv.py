@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from initsearch.archs import build_model
-from initsearch.archs.resnet_ds import BasicBlock
+from initsearch.archs.resnet import BasicBlock
 from initsearch.errors import UsageError
 from initsearch.recipe import BASELINES, Recipe, RoleInit, StepInit
 from initsearch.roles import WEIGHT_ROLES, discover_roles

@@ -16,12 +16,12 @@ from torch.func import jacrev
 from torch.nn import functional as F
 
 from initsearch.archs import build_model
-from initsearch.archs.resnet_ds import BasicBlock
+from initsearch.archs.resnet import BasicBlock
 from initsearch.archs.scalars import Bias, Scale
 from initsearch.errors import UsageError
 from initsearch.recipe import Recipe, StepInit
 from initsearch.roles import discover_roles
-from initsearch.schemes import STEPS, init_forward_mode, residual_blocks
+from initsearch.schemes import STEPS, init_forward_mode
 from initsearch.schemes.layer import he_
 
 RISOTTO = STEPS["risotto"]
@@ -133,7 +133,7 @@ def test_product_resnet_is_exactly_looks_linear_and_isometric_per_pixel(cifar_ba
     z: z -> Q z, Q orthogonal. A stride-2 block maps the state at pixel 2o to pixel o."""
     model, roles, report, x = _real_model(cifar_batch)
     assert report["blocks"] == {"identity": 1, "projection": 2}
-    blocks = residual_blocks(roles)
+    blocks = roles.blocks
     paths = [b.path for b in blocks] + [f"{b.path}.bias2b" for b in blocks] \
         + [f"{b.path}.shortcut" for b in blocks]
     seen, handles = _capture(model, paths)
@@ -165,7 +165,7 @@ def test_balanced_projection_blocks_weigh_skip_and_branch_equally(cifar_batch, b
     residual branch have the same norm; at the default beta = 1/sqrt(2) they are also
     orthogonal, so each carries half of the pre-activation's energy."""
     model, roles, _, x = _real_model(cifar_batch, beta=beta)
-    projections = [b.path for b in residual_blocks(roles) if b.shortcut]
+    projections = [b.path for b in roles.blocks if b.shortcut]
     seen, handles = _capture(model, [f"{p}.bias2b" for p in projections]
                              + [f"{p}.shortcut" for p in projections])
     model(x)
@@ -182,7 +182,7 @@ def test_independent_mix_is_not_balanced(cifar_batch):
     """Control for the test above: Q drawn independently of the shortcut is still an exact
     isometry, but the branch is larger than the skip."""
     model, roles, _, x = _real_model(cifar_batch, mix="independent")
-    p = next(b.path for b in residual_blocks(roles) if b.shortcut)
+    p = next(b.path for b in roles.blocks if b.shortcut)
     seen, handles = _capture(model, [f"{p}.bias2b", f"{p}.shortcut"])
     model(x)
     for h in handles:
@@ -204,7 +204,7 @@ def test_batchnorm_model_keeps_the_ll_pairing(cifar_batch):
                 m.bias.normal_()
     roles = discover_roles(model)
     RISOTTO(model, roles)
-    paths = ["stem_bn"] + [f"{b.path}.bn1" for b in residual_blocks(roles)]
+    paths = ["stem_bn"] + [f"{b.path}.bn1" for b in roles.blocks]
     seen, handles = _capture(model, paths)
     with init_forward_mode(model):
         logits, aux = model(cifar_batch[0][:64])

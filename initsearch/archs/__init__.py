@@ -10,7 +10,10 @@ from typing import Callable
 
 from torch import nn
 
-from initsearch.archs.resnet_ds import ResNetDS
+from initsearch.archs.densenet import DenseNet
+from initsearch.archs.mlp import MLP
+from initsearch.archs.resnet import ResNet
+from initsearch.archs.vgg import VGG
 from initsearch.errors import UsageError
 
 
@@ -23,9 +26,19 @@ class Arch:
 
 
 ARCHS: dict[str, Arch] = {
-    "resnet_ds": Arch("resnet_ds", ResNetDS,
+    "resnet": Arch("resnet", ResNet, "CIFAR ResNet (6n+2 layers, He et al. 2016)",
+                   {"depth": 20, "width": 16, "aux_stages": (), "norm": "batch"}),
+    "resnet_ds": Arch("resnet_ds", ResNet,
                       "CIFAR ResNet (6n+2) with side-tap auxiliary heads after stages 1 and 2",
                       {"depth": 20, "width": 16, "aux_stages": (1, 2), "norm": "batch"}),
+    "densenet_ds": Arch("densenet_ds", DenseNet,
+                        "CIFAR DenseNet-BC (6n+4) with side-tap auxiliary heads after blocks 1, 2",
+                        {"depth": 100, "growth": 12, "compression": 0.5, "aux_blocks": (1, 2),
+                         "norm": "batch"}),
+    "vgg": Arch("vgg", VGG, "CIFAR VGG-11/13/16/19 (Simonyan & Zisserman 2015), no skips",
+                {"depth": 11, "width": 64, "norm": "batch", "fc_layers": 1, "fc_width": 512}),
+    "mlp": Arch("mlp", MLP, "deep MLP on flattened images (depth hidden layers of width units)",
+                {"depth": 8, "width": 512, "activation": "relu", "norm": "none"}),
 }
 
 

@@ -20,7 +20,7 @@ name               kind, module               what
 =================  =========================  ===================================================
 """
 from initsearch.schemes import emergence, fixup, gradinit, identity, lsuv, risotto
-from initsearch.schemes.base import InitData, Step, init_forward_mode, residual_blocks  # noqa: F401
+from initsearch.schemes.base import InitData, Step, init_forward_mode  # noqa: F401
 from initsearch.schemes.layer import SCHEMES as _LAYER_SCHEMES
 from initsearch.schemes.layer import Scheme, scale_  # noqa: F401
 

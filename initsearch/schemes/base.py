@@ -7,8 +7,8 @@ counts depth) or data (LSUV, GradInit). A step is a function::
 
     step_(model, roles, data=None, **options) -> dict   # a JSON-able report
 
-``roles`` is :func:`initsearch.roles.discover_roles` of the model; the report says what the step
-did (layers touched, forward/backward passes, whether it converged).
+``roles`` is :func:`initsearch.roles.discover_roles` of the model (with ``roles.blocks``, its
+residual blocks); the report says what the step did (layers touched, forward/backward passes, whether it converged).
 """
 from __future__ import annotations
 
@@ -82,37 +82,6 @@ def init_forward_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = mode
         for m, flag in tracking.items():
             m.track_running_stats = flag
-
-
-@dataclass(frozen=True)
-class ResidualBlock:
-    """One residual block as the roles see it: its branch's layers in order (the last one is
-    ``branch_last``), its shortcut layer if it has a projection, its branch multiplier if any."""
-
-    path: str
-    branch: tuple[str, ...]
-    shortcut: str | None = None
-    scale: str | None = None
-
-
-def residual_blocks(roles: Mapping[str, str]) -> list[ResidualBlock]:
-    """The residual blocks of a labelled network, one per ``branch_last`` layer.
-
-    A block is the parent module of its ``branch_last`` layer; its branch is every ``conv`` and
-    ``branch_last`` layer under that parent (registration order), its shortcut the ``shortcut``
-    layer under it, its scale the ``branch_scale`` under it.
-    """
-    blocks = []
-    for last, role in roles.items():
-        if role != "branch_last":
-            continue
-        path = last.rpartition(".")[0]
-        under = [p for p in roles if path == "" or p.startswith(path + ".")]
-        branch = tuple(p for p in under if roles[p] in ("conv", "branch_last"))
-        shortcut = next((p for p in under if roles[p] == "shortcut"), None)
-        scale = next((p for p in under if roles[p] == "branch_scale"), None)
-        blocks.append(ResidualBlock(path, branch, shortcut, scale))
-    return blocks
 
 
 def modules_by_path(model: nn.Module, paths) -> dict[str, nn.Module]:

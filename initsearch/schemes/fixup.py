@@ -33,18 +33,17 @@ the sources (init-methods.md section 7.2); :data:`SKIPINIT_ROLES` uses He-normal
 on every conv and linear layer.
 
 Layers the step touches: the non-last layers of every residual branch, found from the roles
-(:func:`~initsearch.schemes.base.residual_blocks`); shortcuts, stem, heads and scalars are left
+(``roles.blocks``, see :mod:`initsearch.roles`); shortcuts, stem, heads and scalars are left
 alone. Data: none. Cost: one multiply per scaled weight.
 """
 from __future__ import annotations
-
-from typing import Mapping
 
 import torch
 from torch import nn
 
 from initsearch.errors import UsageError
-from initsearch.schemes.base import InitData, Step, modules_by_path, residual_blocks
+from initsearch.roles import Roles
+from initsearch.schemes.base import InitData, Step, modules_by_path
 
 #: Fixup's recipe, ``{role: (scheme, options)}``; the ``fixup`` step runs after it.
 FIXUP_ROLES: dict[str, tuple[str, dict]] = {
@@ -67,7 +66,7 @@ SKIPINIT_ROLES: dict[str, tuple[str, dict]] = {
 
 
 @torch.no_grad()
-def fixup_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = None) -> dict:
+def fixup_(model: nn.Module, roles: Roles, data: InitData | None = None) -> dict:
     """Multiply every non-last layer of each residual branch by ``L^(-1/(2m-2))``.
 
     Run it after the layer schemes of :data:`FIXUP_ROLES`. ``data`` is unused (static step).
@@ -79,7 +78,7 @@ def fixup_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = N
     Raises:
         UsageError: the model has no residual blocks, or branches of different lengths.
     """
-    blocks = residual_blocks(roles)
+    blocks = roles.blocks
     if not blocks:
         raise UsageError("fixup needs residual blocks (a 'branch_last' layer in each), and this "
                          "model has none: use a residual model or label its layers with "

@@ -102,7 +102,8 @@ import torch
 from torch import nn
 
 from initsearch.errors import UsageError
-from initsearch.schemes.base import InitData, ResidualBlock, Step, modules_by_path, residual_blocks
+from initsearch.roles import ResidualBlock, Roles
+from initsearch.schemes.base import InitData, Step, modules_by_path
 from initsearch.schemes.layer import default_
 
 _F64 = torch.float64
@@ -202,7 +203,7 @@ def _projection_block(block: ResidualBlock, layers: Mapping[str, nn.Module], bet
     return {p1: looks_linear(u1), p2: looks_linear(u2), ps: looks_linear(beta * us)}
 
 
-def risotto_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = None, *,
+def risotto_(model: nn.Module, roles: Roles, data: InitData | None = None, *,
              beta: float, mix: str) -> dict:
     """RISOTTO in place: every stem/hidden/residual/classifier layer in looks-linear form with
     (semi-)orthogonal blocks, scalars and norm affines neutral (see the module docstring).
@@ -233,7 +234,7 @@ def risotto_(model: nn.Module, roles: Mapping[str, str], data: InitData | None =
             raise UsageError(f"risotto: the network has no {role} layer; RISOTTO needs the stem "
                              "and the classifier in looks-linear form (label them with "
                              "role_overrides)")
-    blocks = residual_blocks(roles)
+    blocks = roles.blocks
     in_blocks = {p for b in blocks for p in (*b.branch, b.shortcut) if p}
     matrices: dict[str, torch.Tensor] = {}
     for path, role in roles.items():
