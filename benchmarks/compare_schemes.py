@@ -37,12 +37,12 @@ def main() -> None:
     ap.add_argument("--target", type=float, default=0.40, help="val accuracy for 'epochs to'")
     ap.add_argument("--json", help="also write the raw curves here")
     args = ap.parse_args()
-    protocol = load_protocol(args.profile)
+    protocol, sized = load_protocol(args.profile).for_arch("resnet_ds")
     if args.epochs:
         protocol = dataclasses.replace(protocol, epochs=args.epochs)
     jobs = []
     for variant, extra in VARIANTS.items():
-        opts = {**protocol.arch_options.get("resnet_ds", {}), **extra}
+        opts = {**sized, **extra}
         space = load_space("resnet_ds").bind(build_model("resnet_ds", options=opts))
         jobs += [(f"{variant}|{name}", recipe, opts, seed)
                  for name, recipe in space.baselines().items() for seed in args.seeds]

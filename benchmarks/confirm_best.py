@@ -31,8 +31,8 @@ def main() -> None:
     ap.add_argument("--arch-opt", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     args = ap.parse_args()
-    protocol = load_protocol(args.profile)
-    opts = {**protocol.arch_options.get(args.arch, {}), **key_values(args.arch_opt, "--arch-opt")}
+    protocol, opts = load_protocol(args.profile).for_arch(args.arch)
+    opts.update(key_values(args.arch_opt, "--arch-opt"))
     best = Recipe.load(args.recipe)
     space = load_space(args.arch).bind(build_model(args.arch, options=opts))
     recipes = {f"best ({best.name})": best, **space.baselines()}

@@ -9,7 +9,7 @@ Public API::
     recipe.apply(model, data=initsearch.InitData(x, y))   # for LSUV/GradInit steps
 
 The pipeline, one module each: data -> archs -> roles -> schemes -> recipe -> space ->
-protocol -> trial -> engine (driver, backends) -> tracking -> recommend; ``search`` ties them.
+protocol -> trial -> engine (driver, backends) -> tracking -> recommend; ``study.search`` ties them.
 """
 from initsearch.errors import UsageError
 from initsearch.recipe import BASELINES, InitReport, Recipe, RoleInit, StepInit
@@ -25,7 +25,7 @@ def __getattr__(name: str):
     # search pulls in Optuna and MLflow; keep `import initsearch` light for Ray workers and users
     # who only apply a recipe.
     if name == "search":
-        from initsearch.search import search
+        from initsearch.study import search
         return search
     if name == "SearchResult":
         from initsearch.recommend import SearchResult

@@ -40,7 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, fractions allowed")
     run.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    sub.add_parser("archs", help="list built-in architectures")
+    archs = sub.add_parser("archs", help="list architectures: sizes, params, FLOPs, roles, baselines")
+    archs.add_argument("name", nargs="?", help="one architecture (default: all)")
+    archs.add_argument("--profile", help="also show the sizes this trial protocol gives them")
+    roles = sub.add_parser("roles", help="show how a model's layers are labelled (path, type, "
+                                         "shape, role) and which baselines apply")
+    roles.add_argument("--arch", help="built-in architecture (default resnet_ds)")
+    roles.add_argument("--model", metavar="MODULE:FUNCTION", help="your own model factory")
+    roles.add_argument("--arch-opt", action="append", default=[], metavar="KEY=VALUE",
+                       help="architecture option, repeatable (as for run)")
+    roles.add_argument("--profile", help="size the model as this protocol does (default gpu or cpu)")
+    roles.add_argument("--space", help="apply this space's role_overrides (default <arch> or default)")
     sub.add_parser("spaces", help="list search spaces")
     schemes = sub.add_parser("schemes", help="list init schemes and steps (and measure their cost)")
     schemes.add_argument("--measure", action="store_true",
@@ -57,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return {"run": _run, "archs": _archs, "spaces": _spaces, "schemes": _schemes,
-                "profiles": _profiles, "ui": _ui}[args.command](args)
+        return {"run": _run, "archs": _archs, "roles": _roles, "spaces": _spaces,
+                "schemes": _schemes, "profiles": _profiles, "ui": _ui}[args.command](args)
     except UsageError as exc:
         print(f"initsearch: error: {exc}", file=sys.stderr)
         return 2
@@ -69,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from initsearch.search import search
+    from initsearch.study import search
 
     if args.model and args.arch:
         raise UsageError("pass either --arch or --model, not both")
@@ -128,11 +138,75 @@ def _schemes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _archs(_: argparse.Namespace) -> int:
-    from initsearch.archs import ARCHS
+def _archs(args: argparse.Namespace) -> int:
+    from initsearch.archs import ARCHS, build_model, flops_per_image
+    from initsearch.protocol import load_protocol
+    from initsearch.recipe import BASELINES, why_not
+    from initsearch.roles import ROLES, discover_roles
 
+    if args.name and args.name not in ARCHS:
+        raise UsageError(f"unknown arch {args.name!r}; choose one of: {', '.join(ARCHS)}")
+    protocol = load_protocol(args.profile) if args.profile else None
     for a in ARCHS.values():
-        print(f"{a.name:12s} {a.description}  defaults: {a.defaults}")
+        if args.name and a.name != args.name:
+            continue
+        print(f"{a.name}  {a.description}")
+        sizes = [("defaults", {})] + ([(protocol.name, protocol.for_arch(a.name)[1])]
+                                      if protocol else [])
+        for label, options in sizes:
+            model = build_model(a.name, options=options)
+            params = sum(p.numel() for p in model.parameters())
+            shown = " ".join(f"{k}={v}" for k, v in {**a.defaults, **options}.items())
+            print(f"  {label:10s} {params / 1e6:6.3f}M params {flops_per_image(model) / 1e6:8.1f} "
+                  f"MFLOPs/image  {shown}")
+        model = build_model(a.name)
+        roles = discover_roles(model)
+        present = [r for r in ROLES if r in roles.values()]
+        print(f"  {'roles':10s} {', '.join(f'{r} {list(roles.values()).count(r)}' for r in present)}"
+              f"; {len(roles.blocks)} residual blocks")
+        refused = {name: why for name in BASELINES if (why := why_not(name, model, roles))}
+        print(f"  {'baselines':10s} {', '.join(n for n in BASELINES if n not in refused)}")
+        if refused:
+            print(f"  {'not':10s} " + "; ".join(f"{n} ({why})" for n, why in refused.items()))
+    return 0
+
+
+def _roles(args: argparse.Namespace) -> int:
+    from initsearch.archs import build_model, flops_per_image
+    from initsearch.protocol import load_protocol
+    from initsearch.recipe import BASELINES, why_not
+    from initsearch.roles import discover_roles, parameterized_modules
+    from initsearch.space import available_spaces, load_space
+
+    if args.model and args.arch:
+        raise UsageError("pass either --arch or --model, not both")
+    arch = args.model or args.arch or "resnet_ds"
+    options = load_protocol(args.profile).for_arch(None if ":" in arch else arch)[1]
+    options.update(key_values(args.arch_opt, "--arch-opt"))
+    model = build_model(arch, options=options)
+    space = load_space(args.space or (arch if arch in available_spaces() else "default"))
+    roles = discover_roles(model, space.role_overrides)
+    modules = parameterized_modules(model)
+    rows = [(path, type(modules[path]).__name__,
+             "x".join(map(str, getattr(modules[path], "weight",
+                                       next(modules[path].parameters())).shape)) or "scalar",
+             role) for path, role in roles.items()]
+    widths = [max(len(r[i]) for r in rows + [("path", "type", "shape", "role")]) for i in range(3)]
+    print(f"{'path':{widths[0]}}  {'type':{widths[1]}}  {'shape':{widths[2]}}  role")
+    for path, kind, shape, role in rows:
+        print(f"{path:{widths[0]}}  {kind:{widths[1]}}  {shape:{widths[2]}}  {role}")
+    params = sum(p.numel() for p in model.parameters())
+    print(f"\n{arch} {options or ''}: {params / 1e6:.3f}M params, "
+          f"{flops_per_image(model) / 1e6:.1f} MFLOPs/image; roles read from the {roles.source}; "
+          f"space {space.name} (role_overrides: {dict(space.role_overrides) or 'none'})")
+    for b in roles.blocks:
+        print(f"residual block {b.path or '(root)'}: branch {' -> '.join(b.branch)}"
+              f"{f'; shortcut {b.shortcut}' if b.shortcut else ''}"
+              f"{f'; scale {b.scale}' if b.scale else ''}")
+    refused = {name: why for name in BASELINES if (why := why_not(name, model, roles))}
+    print(f"baselines that apply: {', '.join(n for n in BASELINES if n not in refused)}")
+    for name, why in refused.items():
+        print(f"  not {name}: {why}")
     return 0
 
 
@@ -157,7 +231,7 @@ def _profiles(_: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from initsearch.search import resolve_home
+    from initsearch.study import resolve_home
     from initsearch.tracking import default_tracking_uri
 
     home = resolve_home(args.home)

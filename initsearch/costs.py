@@ -32,9 +32,9 @@ def measure_costs(profile: str | None = None, data_dir: str | None = None, arch:
                   seed: int = 0) -> dict:
     """Apply He + each step once to the profile's model on its real training split, with the
     profile's threads and device; time one training epoch of plain He for reference."""
-    protocol = load_protocol(profile or default_profile())
+    protocol, options = load_protocol(profile or default_profile()).for_arch(arch)
     protocol = dataclasses.replace(protocol, epochs=1, seeds=(seed,))
-    options = {**protocol.arch_options.get(arch, {}), **(arch_options or {})}
+    options.update(arch_options or {})
     model_fn = functools.partial(build_model, arch, options=options)
     splits = load_splits("cifar10", data_dir, train_size=protocol.train_size,
                          val_size=protocol.val_size, test_size=protocol.test_size,

@@ -7,7 +7,7 @@ rate schedule, batch size, auxiliary-loss weight, augmentation, seeds, and how m
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ class Protocol:
     threads_per_trial: int = 1
     gpus_per_trial: float = 0.0                # fractions let several short trials share a GPU
     channels_last: bool = True
-    arch_options: dict = field(default_factory=dict)  # {arch: {option: value}} sized for the device
+    archs: dict = field(default_factory=dict)  # {arch: {options: {...}, <key>: value}}: per-arch sizes and overrides
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         opts = {k: v for k, v in self.pruner.items() if k != "name"}
@@ -61,6 +61,18 @@ class Protocol:
         if name == "median":
             return optuna.pruners.MedianPruner(**opts)
         return optuna.pruners.NopPruner()
+
+    def for_arch(self, arch: str | None) -> tuple["Protocol", dict[str, Any]]:
+        """This protocol as it applies to ``arch`` (a built-in name; None for a user's model):
+        the ``archs.<arch>`` overrides merged in (dict values such as ``optimizer`` key by key),
+        and the architecture options sized for this protocol."""
+        section = dict(self.archs.get(arch, {}) if arch else {})
+        options = section.pop("options", {})
+        merged = {k: {**getattr(self, k), **v} if isinstance(v, dict) else v
+                  for k, v in section.items()}
+        if "seeds" in merged:
+            merged["seeds"] = tuple(merged["seeds"])
+        return replace(self, **merged), dict(options)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Protocol":
@@ -105,6 +117,7 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
         raise UsageError(f"protocol {where}: needs 'format: {FORMAT}' and 'version: {VERSION}'")
     body = {k: v for k, v in raw.items() if k not in ("format", "version")}
+    _check_archs(body.get("archs", {}), raw, name, where)
     known = {f.name: f for f in fields(Protocol)}
     unknown = set(body) - set(known)
     if unknown:
@@ -142,3 +155,27 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
         if not ok:
             raise UsageError(f"protocol {where}: {msg}")
     return protocol
+
+
+def _check_archs(archs: Any, raw: dict, name: str, where: str) -> None:
+    """``archs`` maps built-in architectures to ``{options: {...}, <protocol key>: value}``;
+    each section must make a valid protocol when merged in."""
+    from initsearch.archs import ARCHS
+
+    if not isinstance(archs, dict):
+        raise UsageError(f"protocol {where}: archs must map architectures to "
+                         "{options: {...}, <protocol key>: value}")
+    for arch, section in archs.items():
+        if arch not in ARCHS:
+            raise UsageError(f"protocol {where}: archs.{arch}: unknown architecture; "
+                             f"choose from {', '.join(ARCHS)}")
+        if not isinstance(section, dict) or not isinstance(section.get("options", {}), dict) \
+                or "archs" in section:
+            raise UsageError(f"protocol {where}: archs.{arch} must be "
+                             "{options: {...}, <protocol key>: value}")
+        overrides = {k: v for k, v in section.items() if k != "options"}
+        base = {k: v for k, v in raw.items() if k != "archs"}
+        merged = {k: {**base.get(k, {}), **v} if isinstance(v, dict) else v
+                  for k, v in overrides.items()}
+        parse_protocol({**base, **merged}, name, f"{where} (archs.{arch})")
+

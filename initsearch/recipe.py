@@ -22,9 +22,10 @@ keep PyTorch's default init.
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -319,7 +320,7 @@ _ORTHO = {r: RoleInit("orthogonal") for r in WEIGHT_ROLES}  # LSUV's orthonormal
 
 
 #: Published schemes that every search evaluates first, on the same protocol and seeds (those
-#: the space can express and whose roles the model has; see :func:`applicable`).
+#: the space can express and that apply to the model; see :func:`why_not`).
 #:
 #: * ``pytorch_default`` -- every layer keeps PyTorch's ``reset_parameters``.
 #: * ``he`` -- He-normal, fan_in, biases 0 on every conv/linear, BN gamma=1/beta=0.
@@ -362,7 +363,20 @@ _REQUIRES = {"lion_dg": {"aux_head"}, "lsuv_lion_dg": {"aux_head"}, "risotto": {
              "skipinit": {"branch_last", "branch_scale"}}
 
 
-def applicable(baseline: str, present_roles: set[str] | frozenset[str]) -> bool:
-    """Whether the baseline applies to a model with these roles (LION-DG needs auxiliary heads,
-    Fixup and SkipInit a normalization-free ResNet with branch scalars, ...)."""
-    return _REQUIRES.get(baseline, set()) <= set(present_roles)
+def why_not(baseline: str, model: nn.Module, roles: Roles | None = None) -> str | None:
+    """None if the baseline applies to ``model``, else why not: a role it needs is missing
+    (LION-DG needs auxiliary heads, Fixup and SkipInit a normalization-free ResNet with branch
+    scalars, ...), or its structural step refuses the model (RISOTTO on bottleneck blocks,
+    Fixup on branches of unequal length, ...) -- found by applying it to a copy."""
+    roles = roles if roles is not None else discover_roles(model)
+    missing = sorted(_REQUIRES.get(baseline, set()) - set(roles.values()))
+    if missing:
+        return f"needs {', '.join(missing)} layers"
+    recipe = BASELINES[baseline]
+    static = tuple(s for s in recipe.steps if not s.needs_data)
+    if static:
+        try:
+            replace(recipe, steps=static).apply(copy.deepcopy(model), seed=0)
+        except UsageError as exc:
+            return str(exc)
+    return None

@@ -5,6 +5,7 @@ A space file (``spaces/*.yaml``)::
     format: initsearch.space
     version: 1
     description: ...
+    extends: default           # optional: start from another space (roles merge, role: null drops)
     roles:
       conv:
         init: [default, he, {scheme: he, mode: fan_out}, orthogonal]
@@ -40,7 +41,7 @@ import yaml
 from torch import nn
 
 from initsearch.errors import UsageError
-from initsearch.recipe import BASELINES, Recipe, RoleInit, StepInit, applicable
+from initsearch.recipe import BASELINES, Recipe, RoleInit, StepInit, why_not
 from initsearch.roles import ROLES, discover_roles
 from initsearch.schemes import STEPS
 
@@ -80,6 +81,7 @@ class Space:
     layer_scales: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     steps: Mapping[str, tuple[StepChoice | None, ...]] = field(default_factory=dict)
     present_roles: frozenset[str] | None = None  # set by bind(): the roles the model has
+    inapplicable: Mapping[str, str] = field(default_factory=dict)  # by bind(): baseline -> why not
 
     def bind(self, model: nn.Module) -> "Space":
         """This space for ``model``: only the roles it has, ``layer_scales`` globs expanded to
@@ -93,8 +95,9 @@ class Space:
                                  "layer of the model; check it against `initsearch roles`")
             layers.update(dict.fromkeys(matched, bounds))
         present = frozenset(roles.values())
+        refused = {name: why for name in BASELINES if (why := why_not(name, model, roles))}
         return replace(self, roles={r: rs for r, rs in self.roles.items() if r in present},
-                       layer_scales=layers, present_roles=present)
+                       layer_scales=layers, present_roles=present, inapplicable=refused)
 
     def sample(self, trial: optuna.Trial, name: str | None = None) -> Recipe:
         """Draw a recipe from the space (define-by-run, so enqueued params are honoured);
@@ -163,7 +166,7 @@ class Space:
         restricted to its roles -- and, once bound, only those that apply to the model."""
         out = {}
         for name, b in BASELINES.items():
-            if self.present_roles is not None and not applicable(name, self.present_roles):
+            if name in self.inapplicable:
                 continue
             # once bound, a role the model has but the space does not search must stay default
             unsearched = {r for r, i in b.roles.items() if r not in self.roles and i != RoleInit()
@@ -207,6 +210,13 @@ def available_spaces() -> dict[str, Path]:
 
 def load_space(name_or_path: str) -> Space:
     """Load a space by name (a file in ``spaces/``) or by path, validating it against the schema."""
+    raw, path = _read(name_or_path, seen=())
+    return parse_space(raw, path.stem, where=str(path))
+
+
+def _read(name_or_path: str, seen: tuple[str, ...]) -> tuple[Any, Path]:
+    """A space file's YAML, with ``extends: <space>`` resolved: the base's keys, then this
+    file's -- ``roles`` merged role by role (``role: null`` drops one), other keys replaced."""
     path = Path(name_or_path)
     if not path.suffix:
         spaces = available_spaces()
@@ -221,7 +231,15 @@ def load_space(name_or_path: str) -> Space:
     except yaml.YAMLError as exc:
         raise UsageError(f"space file {path} is not valid YAML ({str(exc).splitlines()[0]}); "
                          "fix its syntax") from None
-    return parse_space(raw, path.stem, where=str(path))
+    if not isinstance(raw, dict) or "extends" not in raw:
+        return raw, path
+    if str(path) in seen:
+        raise UsageError(f"space file {path}: 'extends' loops back to itself; break the cycle")
+    base, _ = _read(str(raw["extends"]), (*seen, str(path)))
+    merged = {**base, **{k: v for k, v in raw.items() if k not in ("extends", "roles")}}
+    roles = {**(base.get("roles") or {}), **(raw.get("roles") or {})}
+    merged["roles"] = {r: spec for r, spec in roles.items() if spec is not None}
+    return merged, path
 
 
 def parse_space(raw: Any, name: str, where: str) -> Space:

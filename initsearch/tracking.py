@@ -8,8 +8,9 @@ working directories.
 
 A child run holds the recipe's per-role choices as params, the per-layer plan as
 ``recipe.json``, and ``train_loss``/``val_loss``/``val_acc`` per epoch; tag ``state`` says
-COMPLETE, PRUNED or FAIL. The parent holds the search settings, the recommendation and the
-comparison table.
+COMPLETE, PRUNED or FAIL, tags ``arch`` and ``arch_options`` the model it trained. The parent
+holds the search settings (architecture options included), the effective protocol
+(``protocol.yaml``), the recommendation and the comparison table.
 """
 from __future__ import annotations
 
@@ -75,11 +76,17 @@ class Tracker:
             raise UsageError(f"cannot open the MLflow store {uri} ({str(exc).splitlines()[0][:200]}); "
                              "check --tracking-uri") from None
         self.parent_id: str | None = None
+        self.trial_tags: dict[str, str] = {}
 
     # -- the search ----------------------------------------------------------------------------
-    def start_search(self, study_name: str, params: dict[str, Any]) -> str:
-        """Open the parent run, or reopen the one a resumed study already has."""
+    def start_search(self, study_name: str, params: dict[str, Any], protocol: dict[str, Any],
+                     trial_tags: dict[str, str]) -> str:
+        """Open the parent run, or reopen the one a resumed study already has. The parent keeps
+        ``params`` and the effective protocol (``protocol.yaml``); every trial run is tagged
+        with ``trial_tags`` (the architecture and its options, so runs filter by them)."""
         from mlflow.entities import Param, RunTag
+
+        self.trial_tags = dict(trial_tags)
 
         found = self.client.search_runs([self.experiment_id],
                                         f"tags.study = '{study_name}' and tags.role = 'search'",
@@ -95,6 +102,7 @@ class Tracker:
                               tags=[RunTag("mlflow.note.content",
                                            f"initsearch study {study_name}: " + ", ".join(
                                                f"{k}={v}" for k, v in params.items()))])
+        self.client.log_dict(self.parent_id, protocol, "protocol.yaml")
         return self.parent_id
 
     def end_search(self, metrics: dict[str, float], texts: dict[str, str], status: str) -> None:
@@ -114,7 +122,8 @@ class Tracker:
 
         run = self.client.create_run(
             self.experiment_id, run_name=baseline or f"trial-{number:03d}",
-            tags={PARENT_TAG: self.parent_id, "trial": str(number), "baseline": baseline or ""})
+            tags={PARENT_TAG: self.parent_id, "trial": str(number), "baseline": baseline or "",
+                  **self.trial_tags})
         run_id = run.info.run_id
         self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()],
                               tags=[RunTag("recipe", recipe.summary()[:5000])])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from initsearch.errors import UsageError
 from initsearch.archs import ARCHS, build_model
 
 torch.set_num_threads(1)  # two cores shared with other jobs; these are many tiny ops
@@ -144,6 +145,8 @@ def test_bad_options_raise_value_error(name, option, value):
     assert option in message and repr(value) in message
 
 
-def test_densenet_depth_error_lists_valid_depths():
-    with pytest.raises(ValueError, match=r"depth .*22, 40, 100"):
+def test_build_model_turns_bad_options_into_one_line_usage_errors():
+    with pytest.raises(UsageError, match=r"densenet_ds: depth .*22, 40, 100"):
         build_model("densenet_ds", options={"depth": 98})
+    with pytest.raises(UsageError, match=r"vgg has no option 'wdith'; its options: depth"):
+        build_model("vgg", options={"wdith": 8})

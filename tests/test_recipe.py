@@ -8,6 +8,7 @@ from torch.nn import functional as F
 from initsearch.archs import build_model
 from initsearch.errors import UsageError
 from initsearch.recipe import BASELINES, Recipe, RoleInit, StepInit
+from initsearch.roles import discover_roles
 from initsearch.schemes import InitData
 
 
@@ -15,15 +16,24 @@ def _resnet():
     return build_model("resnet_ds", options={"depth": 8})
 
 
+#: The deeply-supervised architectures, small: LION-DG's property must hold on each.
+DS = {"resnet_ds": {"depth": 8}, "densenet_ds": {"depth": 10, "growth": 6}}
+
+
 def _split(model):
-    heads = {id(p) for p in model.aux_heads.parameters()}
+    """(backbone params, aux-head layer params): the heads are the ``aux_head`` layers."""
+    roles = discover_roles(model)
+    modules = dict(model.named_modules())
+    heads = [(f"{p}.{n}", q) for p, r in roles.items() if r == "aux_head"
+             for n, q in modules[p].named_parameters()]
+    aux = {id(q) for q in model.aux_heads.parameters()}
     backbone = [(n, p) for n, p in model.named_parameters()
-                if id(p) not in heads and not n.startswith("classifier")]
-    return backbone, list(model.aux_heads.named_parameters())
+                if id(p) not in aux and not n.startswith("classifier")]
+    return backbone, heads
 
 
-def _aux_grads(recipe, batch):
-    model = _resnet()
+def _aux_grads(recipe, batch, arch="resnet_ds"):
+    model = build_model(arch, options=DS[arch])
     recipe.apply(model, seed=0)
     model.train()
     x, y = batch
@@ -34,10 +44,11 @@ def _aux_grads(recipe, batch):
     return model, grads[:len(backbone)], grads[len(backbone):]
 
 
-def test_lion_dg_zero_heads_and_zero_aux_gradient_into_backbone(cifar_batch):
-    model, backbone_g, head_g = _aux_grads(BASELINES["lion_dg"], cifar_batch)
-    for head in model.aux_heads.values():
-        assert torch.count_nonzero(head.weight) == 0 and torch.count_nonzero(head.bias) == 0
+@pytest.mark.parametrize("arch", DS)
+def test_lion_dg_zero_heads_and_zero_aux_gradient_into_backbone(cifar_batch, arch):
+    model, backbone_g, head_g = _aux_grads(BASELINES["lion_dg"], cifar_batch, arch)
+    _, heads = _split(model)
+    assert len(heads) == 4 and all(torch.count_nonzero(q) == 0 for _, q in heads)  # W and b
     reached = [g for g in backbone_g if g is not None]
     assert len(reached) > 10  # the aux losses do reach the backbone's graph...
     assert all(torch.count_nonzero(g) == 0 for g in reached)  # ...with exactly zero gradient
@@ -45,9 +56,10 @@ def test_lion_dg_zero_heads_and_zero_aux_gradient_into_backbone(cifar_batch):
     assert all(g.abs().sum() > 0 for g in weight_grads)  # the heads themselves learn
 
 
-def test_he_heads_send_nonzero_aux_gradient(cifar_batch):
+@pytest.mark.parametrize("arch", DS)
+def test_he_heads_send_nonzero_aux_gradient(cifar_batch, arch):
     """The control: the same measurement is non-zero without LION-DG, so the test can fail."""
-    _, backbone_g, _ = _aux_grads(BASELINES["he"], cifar_batch)
+    _, backbone_g, _ = _aux_grads(BASELINES["he"], cifar_batch, arch)
     assert sum(float(g.abs().sum()) for g in backbone_g if g is not None) > 0
 
 

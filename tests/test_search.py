@@ -12,7 +12,7 @@ from initsearch.archs import build_model
 from initsearch.errors import UsageError
 from initsearch.protocol import load_protocol
 from initsearch.recipe import Recipe
-from initsearch.search import search
+from initsearch.study import search
 
 EPOCHS = load_protocol("smoke").epochs
 

@@ -1,3 +1,5 @@
+import re
+
 import optuna
 import pytest
 
@@ -14,6 +16,70 @@ def test_shipped_spaces_and_profiles_load():
         assert set(space.baselines()) == set(BASELINES)
     for name in ("cpu", "gpu", "smoke"):
         assert load_protocol(name).epochs >= 1
+
+
+#: Per built-in arch (smoke sizes): the baselines its own space runs on it.
+EXPECTED = {
+    "resnet": {"pytorch_default", "he", "lsuv", "gradinit", "emergence", "zerO", "risotto"},
+    "resnet_ds": {"pytorch_default", "he", "lion_dg", "lsuv", "lsuv_lion_dg", "gradinit",
+                  "emergence", "zerO", "risotto"},
+    "densenet_ds": {"pytorch_default", "he", "lion_dg", "lsuv", "lsuv_lion_dg", "gradinit",
+                    "emergence"},
+    "vgg": {"pytorch_default", "he", "lsuv", "gradinit", "emergence"},
+    "mlp": {"pytorch_default", "he", "lsuv", "gradinit", "emergence"},
+}
+
+
+@pytest.mark.parametrize("arch", EXPECTED)
+def test_every_arch_has_a_space_and_protocol_sizes(arch):
+    from initsearch.archs import ARCHS
+
+    assert set(EXPECTED) == set(ARCHS)
+    for profile in ("cpu", "gpu", "smoke"):
+        assert load_protocol(profile).for_arch(arch)[1], f"{profile} does not size {arch}"
+    protocol, options = load_protocol("smoke").for_arch(arch)
+    space = load_space(arch).bind(build_model(arch, options=options))
+    assert set(space.baselines()) == EXPECTED[arch]
+
+
+def test_protocol_arch_sections_merge_key_by_key(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("format: initsearch.protocol\nversion: 1\noptimizer: {lr: 0.1, momentum: 0.8}\n"
+                    "archs: {mlp: {options: {depth: 3}, optimizer: {lr: 0.01}, epochs: 2}}\n")
+    protocol, options = load_protocol(str(path)).for_arch("mlp")
+    assert options == {"depth": 3} and protocol.epochs == 2
+    assert protocol.optimizer == {"lr": 0.01, "momentum": 0.8}  # lr overridden, momentum kept
+    assert load_protocol(str(path)).for_arch("vgg")[0].optimizer["lr"] == 0.1
+    assert load_protocol(str(path)).for_arch(None)[1] == {}  # a user's model: no sizes
+
+
+@pytest.mark.parametrize("text, message", [
+    ("archs: {vgg16: {options: {}}}", "archs.vgg16: unknown architecture"),
+    ("archs: {vgg: {epochs: 0}}", "(archs.vgg): epochs must be an integer >= 1"),
+    ("archs: {vgg: {optimizer: 3}}", "archs.vgg"),
+    ("archs: {vgg: [1]}", "archs.vgg must be"),
+])
+def test_bad_protocol_arch_sections(tmp_path, text, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"format: initsearch.protocol\nversion: 1\n{text}\n")
+    with pytest.raises(UsageError, match=re.escape(message)):
+        load_protocol(str(path))
+
+
+def test_space_extends_another(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "format: initsearch.space\nversion: 1\nroles: {conv: {init: [default, he]}, "
+        "classifier: {init: [default, zero]}}\nrole_overrides: {x: conv}\n")
+    (tmp_path / "child.yaml").write_text(
+        f"format: initsearch.space\nversion: 1\nextends: {tmp_path / 'base.yaml'}\n"
+        "roles: {classifier: null, stem: {init: [default, orthogonal]}}\nrole_overrides: {}\n")
+    space = load_space(str(tmp_path / "child.yaml"))
+    assert set(space.roles) == {"conv", "stem"} and space.roles["conv"].labels == ["default", "he"]
+    assert dict(space.role_overrides) == {}  # keys other than roles replace the base's
+    (tmp_path / "loop.yaml").write_text(
+        f"format: initsearch.space\nversion: 1\nextends: {tmp_path / 'loop.yaml'}\nroles: {{}}\n")
+    with pytest.raises(UsageError, match="loops back"):
+        load_space(str(tmp_path / "loop.yaml"))
 
 
 @pytest.mark.parametrize("norm, absent", [("batch", {"fixup", "skipinit"}), ("none", set())])

@@ -46,13 +46,21 @@ def build_model(arch: str, *, num_classes: int = 10, options: dict | None = None
     """Build a built-in architecture by name, or a user's model from ``"package.module:function"``.
 
     A user factory is called with ``num_classes`` if it accepts that argument, else with none.
+
+    Raises:
+        UsageError: an unknown arch or option, an invalid option value, or a factory that
+            fails or returns something other than an ``nn.Module``.
     """
     options = dict(options or {})
     if ":" in arch:
         factory = load_factory(arch)
         if "num_classes" in inspect.signature(factory).parameters:
             options.setdefault("num_classes", num_classes)
-        model = factory(**options)
+        try:
+            model = factory(**options)
+        except Exception as exc:  # a user's code: any failure is theirs to fix, said in one line
+            raise UsageError(f"--model {arch} failed ({type(exc).__name__}: {exc}); check the "
+                             "factory and its --arch-opt options") from None
         if not isinstance(model, nn.Module):
             raise UsageError(f"--model {arch} returned {type(model).__name__}, not an nn.Module; "
                              "make the factory return the model")
@@ -61,7 +69,14 @@ def build_model(arch: str, *, num_classes: int = 10, options: dict | None = None
         raise UsageError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)} "
                          "(or pass --model package.module:function)")
     spec = ARCHS[arch]
-    return spec.factory(num_classes=num_classes, **{**spec.defaults, **options})
+    unknown = sorted(set(options) - set(spec.defaults))
+    if unknown:
+        raise UsageError(f"{arch} has no option {', '.join(map(repr, unknown))}; its options: "
+                         + ", ".join(f"{k} (default {v})" for k, v in spec.defaults.items()))
+    try:
+        return spec.factory(num_classes=num_classes, **{**spec.defaults, **options})
+    except ValueError as exc:
+        raise UsageError(f"{arch}: {exc}") from None
 
 
 def load_factory(ref: str) -> Callable[..., nn.Module]:
@@ -77,3 +92,22 @@ def load_factory(ref: str) -> Callable[..., nn.Module]:
     if not callable(factory):
         raise UsageError(f"{ref!r} is not callable; --model must name a function returning a model")
     return factory
+
+
+def flops_per_image(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> int:
+    """Forward FLOPs of one image in eval mode (the main head only), counted by torch's
+    ``FlopCounterMode`` (a multiply-add is 2 FLOPs; a training step costs about 3x this)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return counter.get_total_flops()
+

@@ -1,4 +1,6 @@
-"""``initsearch.search``: validate everything, then run one study end to end.
+"""One study end to end (:func:`search`, exported as ``initsearch.search``): validate everything,
+then run it. The module is not called ``search`` so that importing it never shadows the function
+on the package.
 
 All input is checked before anything is written: a bad arch, dataset, profile, space, budget,
 data directory or tracking store raises :class:`~initsearch.errors.UsageError` with nothing
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import re
 import time
@@ -71,7 +74,8 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         raise UsageError(f"budget must be a whole number >= 1, not {budget!r}")
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    protocol = load_protocol(profile)
+    builtin = arch if model_fn is None and ":" not in arch else None
+    protocol, arch_opts = load_protocol(profile).for_arch(builtin)
     protocol = dataclasses.replace(protocol, seeds=tuple(s + seed for s in protocol.seeds))
     if gpus_per_trial is not None:
         protocol = dataclasses.replace(protocol, gpus_per_trial=gpus_per_trial)
@@ -83,11 +87,13 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     if protocol.gpus_per_trial > 0 and not torch.cuda.is_available():
         raise UsageError(f"gpus_per_trial={protocol.gpus_per_trial} but no CUDA GPU is visible; "
                          "use --gpus-per-trial 0 or a machine with a GPU")
-    label = getattr(model_fn, "__name__", "model") if model_fn else arch.rpartition(":")[2]
+    if model_fn is not None and arch_options:
+        raise UsageError("arch_options apply to a built-in arch or a 'module:function' factory; "
+                         "with model_fn, bind them into it (functools.partial(factory, ...))")
+    label = _label(model_fn) if model_fn else arch.rpartition(":")[2]
     named_space = arch if model_fn is None and arch in available_spaces() else "default"
-    arch_opts = {}
     if model_fn is None:
-        arch_opts = {**protocol.arch_options.get(arch, {}), **(arch_options or {})}
+        arch_opts.update(arch_options or {})
         model_fn = functools.partial(build_model, arch, options=arch_opts)
     probe = _build_probe(model_fn)
     space_obj = load_space(space or named_space).bind(probe)  # labels every layer, or fails clearly
@@ -123,9 +129,10 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
                                     pruner=protocol.make_pruner(), load_if_exists=resume)
     # A resumed study continues the sampler's stream instead of replaying its first draws.
     study_obj.sampler = optuna.samplers.TPESampler(seed=seed + len(study_obj.trials))
-    parent = tracker.start_search(study_name, {**settings, "backend": backend, "budget": budget,
-                                               "epochs": protocol.epochs,
-                                               "gpus_per_trial": protocol.gpus_per_trial})
+    parent = tracker.start_search(
+        study_name, {**settings, "backend": backend, "budget": budget, "epochs": protocol.epochs,
+                     "gpus_per_trial": protocol.gpus_per_trial},
+        protocol.to_dict(), {"arch": label, "arch_options": json.dumps(arch_opts, sort_keys=True)})
     bar = Progress(budget, enabled=progress)
     driver = StudyDriver(study_obj, space_obj, protocol, tracker, plan_for, budget, bar)
     if resume:
@@ -180,6 +187,15 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
 def resolve_home(home: str | os.PathLike | None) -> Path:
     """The folder holding ``mlruns/``: the argument, else ``$INITSEARCH_HOME``, else the cwd."""
     return Path(home or os.environ.get("INITSEARCH_HOME") or Path.cwd()).resolve()
+
+
+def _label(model_fn: Callable[[], nn.Module]) -> str:
+    """A name for studies and experiments: the factory's name (through partials), lambdas and
+    odd characters dropped."""
+    while isinstance(model_fn, functools.partial):
+        model_fn = model_fn.func
+    name = re.sub(r"[^A-Za-z0-9._-]", "", getattr(model_fn, "__name__", ""))
+    return name or "model"
 
 
 def _build_probe(model_fn: Callable[[], nn.Module]) -> nn.Module:
