@@ -26,7 +26,7 @@ from search_wall import machine
 
 
 def images_per_second(model: torch.nn.Module, batch: int, channels_last: bool, seconds: float,
-                      train: bool) -> float:
+                      train: bool, aux_weight: float = 0.3) -> float:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     x = torch.randn(batch, 3, 32, 32).to(memory_format=fmt)
@@ -36,7 +36,7 @@ def images_per_second(model: torch.nn.Module, batch: int, channels_last: bool, s
 
     def step():
         if train:
-            loss = deep_supervision_loss(model(x), y, 0.3)
+            loss = deep_supervision_loss(model(x), y, aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -74,7 +74,8 @@ def main() -> None:
             params = sum(p.numel() for p in model.parameters())
             flops = flops_per_image(model) / 1e6
             train = images_per_second(model, protocol.batch_size, protocol.channels_last,
-                                      args.seconds, train=True)
+                                      args.seconds, train=True,
+                                      aux_weight=protocol.aux_loss_weight)
             evals = images_per_second(model, protocol.eval_batch_size, protocol.channels_last,
                                       args.seconds / 2, train=False)
             n_train = protocol.train_size or 50_000 - protocol.val_size

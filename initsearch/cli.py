@@ -138,14 +138,29 @@ def _schemes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_thread() -> None:
+    """Listing commands run many tiny ops: on a busy machine more threads only stall them."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _refused(model, overrides=None) -> dict[str, str]:
+    """Baselines that do not apply to ``model``, with why (see :func:`recipe.why_not`)."""
+    from initsearch.recipe import BASELINES, why_not
+
+    return {name: why for name in BASELINES if (why := why_not(name, model, overrides))}
+
+
 def _archs(args: argparse.Namespace) -> int:
     from initsearch.archs import ARCHS, build_model, flops_per_image
     from initsearch.protocol import load_protocol
-    from initsearch.recipe import BASELINES, why_not
+    from initsearch.recipe import BASELINES
     from initsearch.roles import ROLES, discover_roles
 
     if args.name and args.name not in ARCHS:
         raise UsageError(f"unknown arch {args.name!r}; choose one of: {', '.join(ARCHS)}")
+    _one_thread()
     protocol = load_protocol(args.profile) if args.profile else None
     for a in ARCHS.values():
         if args.name and a.name != args.name:
@@ -154,18 +169,23 @@ def _archs(args: argparse.Namespace) -> int:
         sizes = [("defaults", {})] + ([(protocol.name, protocol.for_arch(a.name)[1])]
                                       if protocol else [])
         for label, options in sizes:
-            model = build_model(a.name, options=options)
-            params = sum(p.numel() for p in model.parameters())
+            sized = build_model(a.name, options=options)
+            params = sum(p.numel() for p in sized.parameters())
             shown = " ".join(f"{k}={v}" for k, v in {**a.defaults, **options}.items())
-            print(f"  {label:10s} {params / 1e6:6.3f}M params {flops_per_image(model) / 1e6:8.1f} "
+            print(f"  {label:10s} {params / 1e6:6.3f}M params {flops_per_image(sized) / 1e6:8.1f} "
                   f"MFLOPs/image  {shown}")
-        model = build_model(a.name)
+        model = build_model(a.name)  # roles and baselines at the defaults
         roles = discover_roles(model)
         present = [r for r in ROLES if r in roles.values()]
         print(f"  {'roles':10s} {', '.join(f'{r} {list(roles.values()).count(r)}' for r in present)}"
               f"; {len(roles.blocks)} residual blocks")
-        refused = {name: why for name in BASELINES if (why := why_not(name, model, roles))}
+        refused = _refused(model)
         print(f"  {'baselines':10s} {', '.join(n for n in BASELINES if n not in refused)}")
+        if a.defaults.get("norm") == "batch":  # the normalization-free variant may admit more
+            more = set(refused) - set(_refused(build_model(a.name, options={"norm": "none"})))
+            if more:
+                print(f"  {'norm=none':10s} also {', '.join(n for n in BASELINES if n in more)}")
+                refused = {n: why for n, why in refused.items() if n not in more}
         if refused:
             print(f"  {'not':10s} " + "; ".join(f"{n} ({why})" for n, why in refused.items()))
     return 0
@@ -174,13 +194,14 @@ def _archs(args: argparse.Namespace) -> int:
 def _roles(args: argparse.Namespace) -> int:
     from initsearch.archs import build_model, flops_per_image
     from initsearch.protocol import load_protocol
-    from initsearch.recipe import BASELINES, why_not
+    from initsearch.recipe import BASELINES
     from initsearch.roles import discover_roles, parameterized_modules
     from initsearch.space import available_spaces, load_space
 
     if args.model and args.arch:
         raise UsageError("pass either --arch or --model, not both")
     arch = args.model or args.arch or "resnet_ds"
+    _one_thread()
     options = load_protocol(args.profile).for_arch(None if ":" in arch else arch)[1]
     options.update(key_values(args.arch_opt, "--arch-opt"))
     model = build_model(arch, options=options)
@@ -196,14 +217,15 @@ def _roles(args: argparse.Namespace) -> int:
     for path, kind, shape, role in rows:
         print(f"{path:{widths[0]}}  {kind:{widths[1]}}  {shape:{widths[2]}}  {role}")
     params = sum(p.numel() for p in model.parameters())
-    print(f"\n{arch} {options or ''}: {params / 1e6:.3f}M params, "
+    shown = " ".join(f"{k}={v}" for k, v in options.items())
+    print(f"\n{arch}{' ' + shown if shown else ''}: {params / 1e6:.3f}M params, "
           f"{flops_per_image(model) / 1e6:.1f} MFLOPs/image; roles read from the {roles.source}; "
           f"space {space.name} (role_overrides: {dict(space.role_overrides) or 'none'})")
     for b in roles.blocks:
         print(f"residual block {b.path or '(root)'}: branch {' -> '.join(b.branch)}"
               f"{f'; shortcut {b.shortcut}' if b.shortcut else ''}"
               f"{f'; scale {b.scale}' if b.scale else ''}")
-    refused = {name: why for name in BASELINES if (why := why_not(name, model, roles))}
+    refused = _refused(model, space.role_overrides)
     print(f"baselines that apply: {', '.join(n for n in BASELINES if n not in refused)}")
     for name, why in refused.items():
         print(f"  not {name}: {why}")

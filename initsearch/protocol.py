@@ -64,12 +64,12 @@ class Protocol:
 
     def for_arch(self, arch: str | None) -> tuple["Protocol", dict[str, Any]]:
         """This protocol as it applies to ``arch`` (a built-in name; None for a user's model):
-        the ``archs.<arch>`` overrides merged in (dict values such as ``optimizer`` key by key),
-        and the architecture options sized for this protocol."""
+        the ``archs.<arch>`` overrides applied (``optimizer`` merged key by key, so ``{lr: ...}``
+        keeps the momentum; every other key replaced whole), and the architecture options sized
+        for this protocol."""
         section = dict(self.archs.get(arch, {}) if arch else {})
         options = section.pop("options", {})
-        merged = {k: {**getattr(self, k), **v} if isinstance(v, dict) else v
-                  for k, v in section.items()}
+        merged = {k: {**self.optimizer, **v} if k == "optimizer" else v for k, v in section.items()}
         if "seeds" in merged:
             merged["seeds"] = tuple(merged["seeds"])
         return replace(self, **merged), dict(options)
@@ -117,7 +117,6 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
         raise UsageError(f"protocol {where}: needs 'format: {FORMAT}' and 'version: {VERSION}'")
     body = {k: v for k, v in raw.items() if k not in ("format", "version")}
-    _check_archs(body.get("archs", {}), raw, name, where)
     known = {f.name: f for f in fields(Protocol)}
     unknown = set(body) - set(known)
     if unknown:
@@ -154,28 +153,27 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
     for ok, msg in checks:
         if not ok:
             raise UsageError(f"protocol {where}: {msg}")
+    _check_archs(protocol, where)
     return protocol
 
 
-def _check_archs(archs: Any, raw: dict, name: str, where: str) -> None:
+def _check_archs(protocol: Protocol, where: str) -> None:
     """``archs`` maps built-in architectures to ``{options: {...}, <protocol key>: value}``;
-    each section must make a valid protocol when merged in."""
+    each must give a valid protocol once applied (:meth:`Protocol.for_arch`)."""
     from initsearch.archs import ARCHS
 
-    if not isinstance(archs, dict):
-        raise UsageError(f"protocol {where}: archs must map architectures to "
-                         "{options: {...}, <protocol key>: value}")
-    for arch, section in archs.items():
+    allowed = {f.name for f in fields(Protocol)} - {"name", "archs"}
+    for arch, section in protocol.archs.items():
         if arch not in ARCHS:
             raise UsageError(f"protocol {where}: archs.{arch}: unknown architecture; "
                              f"choose from {', '.join(ARCHS)}")
         if not isinstance(section, dict) or not isinstance(section.get("options", {}), dict) \
-                or "archs" in section:
-            raise UsageError(f"protocol {where}: archs.{arch} must be "
-                             "{options: {...}, <protocol key>: value}")
-        overrides = {k: v for k, v in section.items() if k != "options"}
-        base = {k: v for k, v in raw.items() if k != "archs"}
-        merged = {k: {**base.get(k, {}), **v} if isinstance(v, dict) else v
-                  for k, v in overrides.items()}
-        parse_protocol({**base, **merged}, name, f"{where} (archs.{arch})")
-
+                or set(section) - allowed - {"options"}:
+            raise UsageError(f"protocol {where}: archs.{arch} must be {{options: {{...}}, "
+                             f"<protocol key>: value}} with keys among: {', '.join(sorted(allowed))}")
+        if "optimizer" in section and not isinstance(section["optimizer"], dict):
+            raise UsageError(f"protocol {where}: archs.{arch}.optimizer must be a mapping")
+        applied = {k: v for k, v in protocol.for_arch(arch)[0].to_dict().items()
+                   if k not in ("name", "archs")}
+        parse_protocol({"format": FORMAT, "version": VERSION, **applied}, protocol.name,
+                       f"{where} (archs.{arch})")

@@ -363,20 +363,20 @@ _REQUIRES = {"lion_dg": {"aux_head"}, "lsuv_lion_dg": {"aux_head"}, "risotto": {
              "skipinit": {"branch_last", "branch_scale"}}
 
 
-def why_not(baseline: str, model: nn.Module, roles: Roles | None = None) -> str | None:
-    """None if the baseline applies to ``model``, else why not: a role it needs is missing
-    (LION-DG needs auxiliary heads, Fixup and SkipInit a normalization-free ResNet with branch
-    scalars, ...), or its structural step refuses the model (RISOTTO on bottleneck blocks,
-    Fixup on branches of unequal length, ...) -- found by applying it to a copy."""
-    roles = roles if roles is not None else discover_roles(model)
+def why_not(baseline: str, model: nn.Module, overrides: Mapping[str, str] | None = None) -> str | None:
+    """None if the baseline applies to ``model`` (its layers labelled with ``overrides``), else
+    why not: a role it needs is missing (LION-DG needs auxiliary heads, Fixup and SkipInit a
+    normalization-free ResNet with branch scalars, ...), or its layer schemes or structural
+    step refuse the model (ZerO on an even kernel, RISOTTO on bottleneck blocks, Fixup on
+    branches of unequal length, ...) -- found by applying it, data steps left out, to a copy."""
+    recipe = replace(BASELINES[baseline], role_overrides=dict(overrides or {}))
+    roles = discover_roles(model, recipe.role_overrides)
     missing = sorted(_REQUIRES.get(baseline, set()) - set(roles.values()))
     if missing:
         return f"needs {', '.join(missing)} layers"
-    recipe = BASELINES[baseline]
-    static = tuple(s for s in recipe.steps if not s.needs_data)
-    if static:
-        try:
-            replace(recipe, steps=static).apply(copy.deepcopy(model), seed=0)
-        except UsageError as exc:
-            return str(exc)
+    try:
+        replace(recipe, steps=tuple(s for s in recipe.steps if not s.needs_data)).apply(
+            copy.deepcopy(model), seed=0)
+    except UsageError as exc:
+        return str(exc)
     return None

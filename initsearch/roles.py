@@ -16,26 +16,31 @@ Roles:
 ================  =========================================================================
 
 Discovery reads the model's **dataflow graph** when it can: the model is traced symbolically in
-train mode with :mod:`torch.fx` (parameterized modules are leaves, nothing is computed), and
+train mode with :mod:`torch.fx` (modules whose parameters are all their own are leaves; nothing
+is computed), and
 
 1. explicit overrides (``{glob over the module path: role}``) win -- a user's, then the model's
    own ``initsearch_roles()`` if it defines one;
 2. module type: normalization layers are ``norm``; :class:`~initsearch.archs.scalars.Scale` and
    :class:`~initsearch.archs.scalars.Bias` are ``branch_scale`` and ``scalar_bias``;
-3. the output: the main output is the model's output, or the first element of a returned
-   tuple/list/dict (the ``(logits, [aux_logits, ...])`` convention). Its nearest conv/linear
-   is the ``classifier``; every conv/linear that does *not* feed the main output is an
+3. residual additions, in execution order: for each ``a + b`` whose operands both depend on
+   the input, the conv/linear layers that feed only one operand (and belong to no block found
+   before) form that operand's path since the fork. The operand with more of them is the
+   branch -- on a tie, the one beside a lone 1x1 conv (a projection) -- and its last layer in
+   execution order is ``branch_last``; the other operand's layers are ``shortcut``\\ s;
+4. the output: the main output is the model's output, or the first element of a returned
+   tuple/list/dict (the ``(logits, [aux_logits, ...])`` convention). The last conv/linear
+   executed before it is the ``classifier``; every conv/linear that does *not* feed it is an
    ``aux_head`` (heads under any name, or taps whose result is discarded);
-4. residual additions: for each ``a + b`` whose operands both depend on the input, the
-   conv/linear layers that feed only one operand form that operand's path since the fork. The
-   operand with more of them is the branch: its last layer (in execution order) is
-   ``branch_last``; layers on the other operand are ``shortcut``\\ s;
 5. the first conv/linear in execution order is the ``stem``; the rest are ``conv``/``linear``
    by type.
 
-This needs no naming convention: a DenseNet (concatenation, no addition) has no residual
-blocks, a residual unit of any class name or nesting does. A model that fx cannot trace (Python
-control flow on tensor values, say) falls back to **names and registration order**: a path
+Overrides win over all of this, and the residual blocks follow the final roles: a block whose
+last layer was overridden away is dropped, and a ``branch_last`` given by an override gets a
+block of its parent module's conv/linear layers. This needs no naming convention: a DenseNet
+(concatenation, no addition) has no residual blocks, a residual unit of any class name or layout
+has one. A model that fx cannot trace (Python control flow on tensor values, say), or whose main
+output no layer feeds, falls back to **names and registration order**: a path
 segment containing ``aux``/``side``/``deep_sup`` is an ``aux_head``, one named
 ``shortcut``/``downsample``/``skip``/``proj`` a ``shortcut``; the first conv/linear registered is
 the ``stem``, the last linear the ``classifier``; in a module whose class name says
@@ -130,19 +135,18 @@ def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None)
         if role:
             fixed[path] = role
     try:
-        graph = _trace(model)
+        roles, blocks = _by_graph(_trace(model), modules, fixed)
+        source = "graph"
     except Exception as exc:  # fx refuses data-dependent control flow and more; names still work
         roles, blocks = _by_names(model, modules, fixed)
         source = f"names (fx could not trace the model: {type(exc).__name__}: {str(exc)[:120]})"
-    else:
-        roles, blocks = _by_graph(graph, modules, fixed)
-        source = "graph"
-    unlabelled = [f"{p} ({type(modules[p]).__name__})" for p, r in roles.items() if r is None]
+    unlabelled = [p for p, r in roles.items() if r is None]
     if unlabelled:
-        raise UsageError(f"cannot label {', '.join(unlabelled)}: give each a role in the space file "
-                         f"under role_overrides (e.g. '{unlabelled[0].split(' ')[0]}: linear'); "
-                         f"roles: {', '.join(ROLES)}")
-    return Roles(roles, blocks, source)
+        named = ", ".join(f"{p or '(root)'} ({type(modules[p]).__name__})" for p in unlabelled)
+        raise UsageError(f"cannot label {named}: give each a role in the space file under "
+                         f"role_overrides (e.g. {unlabelled[0]!r}: scalar_bias for a learned "
+                         f"scale or bias); roles: {', '.join(ROLES)}")
+    return Roles(roles, _reconcile(blocks, roles), source)
 
 
 def _override_rules(model, overrides, modules) -> list[tuple[str, str]]:
@@ -174,7 +178,11 @@ class _LayerTracer(fx.Tracer):
     """Keeps every module that owns parameters as one node, so nodes map to labelled layers."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return next(m.parameters(recurse=False), None) is not None or super().is_leaf_module(m, qualname)
+        # a layer-scale gamma on a block (ConvNeXt) must not hide the block's layers: only a
+        # module whose parameters are all its own is one node
+        owns = next(m.parameters(recurse=False), None) is not None
+        nested = any(next(c.parameters(), None) is not None for c in m.children())
+        return (owns and not nested) or super().is_leaf_module(m, qualname)
 
 
 def _trace(model: nn.Module) -> fx.Graph:
@@ -203,30 +211,31 @@ def _by_graph(graph: fx.Graph, modules: Mapping[str, nn.Module], fixed: Mapping[
     roles = {p: fixed.get(p) or _role_by_type(m) for p, m in modules.items()}
     free = lambda p: p not in fixed and isinstance(modules[p], _WEIGHT_TYPES)
 
-    blocks = {}
+    blocks, claimed = [], set()  # claimed: layers of blocks found so far (inner ones come first)
     for n in nodes:
         if not _is_add(n) or not all(isinstance(a, fx.Node) and live[a] for a in n.args[:2]):
             continue
         a, b = (upstream[x] for x in n.args[:2])
-        sides = sorted(([p for p in order if p in a - b], [p for p in order if p in b - a]),
-                       key=lambda side: -sum(p in weights for p in side))
-        branch, skip = ([p for p in side if p in weights] for side in sides)
-        if len(branch) <= len(skip):  # no branch (x + x) or no telling branch from skip
-            continue
-        last = branch[-1]
-        if last in blocks and len(blocks[last].branch) <= len(branch):
-            continue  # an outer addition over a whole inner block: the inner block stands
-        scale = next((p for p in sides[0] if isinstance(modules[p], Scale)), None)
-        blocks[last] = ResidualBlock(_common_path(branch), tuple(branch),
-                                     skip[-1] if skip else None, scale)
-    for block in blocks.values():
-        if free(block.branch[-1]):
-            roles[block.branch[-1]] = "branch_last"
-        if block.shortcut and free(block.shortcut):
-            roles[block.shortcut] = "shortcut"
+        sides = [[p for p in order if p in only and p not in claimed] for only in (a - b, b - a)]
+        layers = [[p for p in side if p in weights] for side in sides]
+        first = _branch_side(layers, modules)
+        if first is None:
+            continue  # x + x, an outer sum over whole inner blocks, or no telling them apart
+        branch, skip = layers[first], layers[1 - first]
+        scale = next((p for p in sides[first] if isinstance(modules[p], Scale)), None)
+        blocks.append(ResidualBlock(_common_path(branch), tuple(branch), skip[-1] if skip else None,
+                                    scale))
+        claimed.update(branch + skip)
+        if free(branch[-1]):
+            roles[branch[-1]] = "branch_last"
+        for p in skip:
+            if free(p):
+                roles[p] = "shortcut"
 
     main = _main_output(next(n for n in reversed(nodes) if n.op == "output").args[0])
-    feeds_main = upstream[main] if isinstance(main, fx.Node) else frozenset()
+    if not isinstance(main, fx.Node) or not upstream[main]:
+        raise ValueError("no layer feeds the main output (the output or its first element)")
+    feeds_main = upstream[main]
     heads = [p for p in weights if p not in feeds_main]
     for p in heads:
         if free(p):
@@ -236,8 +245,38 @@ def _by_graph(graph: fx.Graph, modules: Mapping[str, nn.Module], fixed: Mapping[
         roles[main_layers[0]] = "stem"  # the layer the input meets first (a lone layer too)
     if len(main_layers) > 1 and free(main_layers[-1]):
         roles[main_layers[-1]] = "classifier"
-    ordered = sorted(blocks.values(), key=lambda b: rank[b.branch[-1]])
-    return roles, ordered
+    return roles, sorted(blocks, key=lambda b: rank[b.branch[-1]])
+
+
+def _branch_side(layers: list[list[str]], modules: Mapping[str, nn.Module]) -> int | None:
+    """Which operand's layers are the residual branch: the side with more layers; on a tie,
+    the side beside a lone 1x1 conv (a projection shortcut); None when there is no telling."""
+    n0, n1 = map(len, layers)
+    if n0 != n1:
+        return 0 if n0 > n1 else 1
+    projection = [len(s) == 1 and isinstance(modules[s[0]], nn.modules.conv._ConvNd)
+                  and all(k == 1 for k in modules[s[0]].kernel_size) for s in layers]
+    if n0 and projection[0] != projection[1]:
+        return 0 if projection[1] else 1
+    return None
+
+
+def _reconcile(blocks: list[ResidualBlock], roles: Mapping[str, str]) -> list[ResidualBlock]:
+    """Blocks as the final roles say: a block whose last layer is no longer ``branch_last``
+    (overridden, or the classifier) is dropped; a ``branch_last`` set by an override that ends
+    no block gets one -- its parent module's ``conv``/``linear`` layers, shortcut and scale."""
+    kept = [b for b in blocks if roles[b.branch[-1]] == "branch_last"]
+    ends = {b.branch[-1] for b in kept}
+    for last in [p for p, r in roles.items() if r == "branch_last" and p not in ends]:
+        parent = last.rpartition(".")[0]
+        under = [p for p in roles if parent == "" or p.startswith(parent + ".")]
+        taken = {q for b in kept for q in b.branch}
+        branch = [p for p in under[:under.index(last)]
+                  if roles[p] in ("conv", "linear") and p not in taken] + [last]
+        kept.append(ResidualBlock(parent, tuple(branch),
+                                  next((p for p in under if roles[p] == "shortcut"), None),
+                                  next((p for p in under if roles[p] == "branch_scale"), None)))
+    return kept
 
 
 def _is_add(n: fx.Node) -> bool:

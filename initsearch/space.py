@@ -95,7 +95,8 @@ class Space:
                                  "layer of the model; check it against `initsearch roles`")
             layers.update(dict.fromkeys(matched, bounds))
         present = frozenset(roles.values())
-        refused = {name: why for name in BASELINES if (why := why_not(name, model, roles))}
+        refused = {name: why for name in BASELINES
+                   if (why := why_not(name, model, self.role_overrides))}
         return replace(self, roles={r: rs for r, rs in self.roles.items() if r in present},
                        layer_scales=layers, present_roles=present, inapplicable=refused)
 
@@ -215,8 +216,9 @@ def load_space(name_or_path: str) -> Space:
 
 
 def _read(name_or_path: str, seen: tuple[str, ...]) -> tuple[Any, Path]:
-    """A space file's YAML, with ``extends: <space>`` resolved: the base's keys, then this
-    file's -- ``roles`` merged role by role (``role: null`` drops one), other keys replaced."""
+    """A space file's YAML, with ``extends: <space name or file>`` resolved (a relative file
+    path is read beside the extending file): the base's keys, then this file's -- ``roles``
+    merged role by role (``role: null`` drops one), other keys replaced."""
     path = Path(name_or_path)
     if not path.suffix:
         spaces = available_spaces()
@@ -235,7 +237,12 @@ def _read(name_or_path: str, seen: tuple[str, ...]) -> tuple[Any, Path]:
         return raw, path
     if str(path) in seen:
         raise UsageError(f"space file {path}: 'extends' loops back to itself; break the cycle")
-    base, _ = _read(str(raw["extends"]), (*seen, str(path)))
+    ref = Path(str(raw["extends"]))
+    if ref.suffix and not ref.is_absolute():  # a file beside this one, not beside the cwd
+        ref = path.parent / ref
+    base, base_path = _read(str(ref), (*seen, str(path)))
+    if not isinstance(base, dict):
+        raise UsageError(f"space file {path}: extends {base_path}, which is not a space file")
     merged = {**base, **{k: v for k, v in raw.items() if k not in ("extends", "roles")}}
     roles = {**(base.get("roles") or {}), **(raw.get("roles") or {})}
     merged["roles"] = {r: spec for r, spec in roles.items() if spec is not None}

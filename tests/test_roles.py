@@ -8,16 +8,10 @@ from torch.nn import functional as F
 
 from initsearch.archs import ARCHS, build_model
 from initsearch.errors import UsageError
+from initsearch.protocol import load_protocol
 from initsearch.roles import discover_roles
 
 torch.set_num_threads(1)
-
-SMALL = {"resnet": {"depth": 14}, "resnet_ds": {"depth": 14}, "densenet_ds": {"depth": 22, "growth": 6},
-         "vgg": {"depth": 11, "width": 8}, "mlp": {"depth": 4, "width": 32}}
-
-
-def test_every_builtin_arch_is_sized_here():
-    assert set(SMALL) == set(ARCHS)
 
 
 def _check_resnet(roles, aux):
@@ -33,10 +27,13 @@ def _check_resnet(roles, aux):
     assert [b.path for b in roles.blocks if b.shortcut] == ["stages.1.0", "stages.2.0"]
 
 
-@pytest.mark.parametrize("arch", sorted(SMALL))
+@pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("norm", ["batch", "none"])
 def test_builtin_arch_roles(arch, norm):
-    model = build_model(arch, options={**SMALL[arch], "norm": norm})
+    options = load_protocol("smoke").for_arch(arch)[1]  # tiny sizes
+    if arch.startswith("resnet"):
+        options["depth"] = 14  # two blocks per stage
+    model = build_model(arch, options={**options, "norm": norm})
     roles = discover_roles(model)
     assert roles.source == "graph"
     weights = [p for p, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -51,15 +48,14 @@ def test_builtin_arch_roles(arch, norm):
         assert not roles.blocks and "branch_last" not in counts
         assert sorted(p for p, r in roles.items() if r == "aux_head") == \
             ["aux_heads.block1.fc", "aux_heads.block2.fc"]
-        assert roles["classifier"] == "classifier"
         assert all(roles[p] == "conv" for p in weights if p not in ("stem", "classifier")
                    and not p.startswith("aux_heads"))
     elif arch == "vgg":
         assert weights[0] in roles and roles[weights[0]] == "stem"
         assert roles["classifier"] == "classifier" and not roles.blocks
         assert counts["conv"] == 7 and "aux_head" not in counts
-    else:  # mlp
-        assert [roles[p] for p in weights] == ["stem", "linear", "linear", "linear", "classifier"]
+    else:  # mlp, 3 hidden layers
+        assert [roles[p] for p in weights] == ["stem", "linear", "linear", "classifier"]
 
 
 class _FlatResidual(nn.Module):
@@ -176,7 +172,8 @@ class _BareParameter(nn.Module):
 
 def test_unlabelable_module_names_the_module_and_the_fix():
     model = _BareParameter()
-    with pytest.raises(UsageError, match=r"cannot label  \(_BareParameter\).*role_overrides"):
+    with pytest.raises(UsageError, match=r"cannot label \(root\) \(_BareParameter\).*"
+                                         r"role_overrides \(e.g. '': scalar_bias"):
         discover_roles(model)
     roles = discover_roles(model, overrides={"": "linear"})
     assert roles["entry"] == "stem" and roles["out"] == "classifier"
@@ -191,3 +188,73 @@ def test_bad_overrides_are_usage_errors():
         discover_roles(model, overrides={"stem": "trunk"})
     with pytest.raises(UsageError, match="matches no parameterized module"):
         discover_roles(model, overrides={"nothing.here": "conv"})
+
+
+class _LayerScaleNet(nn.Module):
+    """ConvNeXt-style: each block owns a layer-scale ``gamma`` *and* has child layers, so it must
+    be traced through (not one opaque node) -- and it needs an override for its own gamma."""
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+            self.pw1, self.pw2 = nn.Conv2d(c, 4 * c, 1), nn.Conv2d(4 * c, c, 1)
+            self.gamma = nn.Parameter(torch.full((c, 1, 1), 1e-6))
+
+        def forward(self, x):
+            return x + self.gamma * self.pw2(F.gelu(self.pw1(self.dw(x))))
+
+    def __init__(self):
+        super().__init__()
+        self.patchify = nn.Conv2d(3, 8, 4, 4)
+        self.blocks = nn.Sequential(self.Block(8), self.Block(8))
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(self.blocks(self.patchify(x)).mean((2, 3)))
+
+
+def test_layer_scale_blocks_are_traced_through():
+    with pytest.raises(UsageError, match=r"cannot label blocks.0 \(Block\), blocks.1 \(Block\)"):
+        discover_roles(_LayerScaleNet())
+    roles = discover_roles(_LayerScaleNet(), {"blocks.0": "branch_scale", "blocks.1": "branch_scale"})
+    assert roles.source == "graph"
+    assert [b.branch for b in roles.blocks] == [
+        (f"blocks.{i}.dw", f"blocks.{i}.pw1", f"blocks.{i}.pw2") for i in (0, 1)]
+    assert roles["blocks.1.pw2"] == "branch_last" and roles["patchify"] == "stem"
+
+
+def test_overrides_and_blocks_agree():
+    model = build_model("resnet_ds", options={"depth": 8})
+    roles = discover_roles(model, {"stages.0.0.conv2": "conv"})  # no longer a branch end...
+    assert [b.path for b in roles.blocks] == ["stages.1.0", "stages.2.0"]  # ...so no block
+    vgg = build_model("vgg", options={"width": 4})
+    roles = discover_roles(vgg, {"features.4": "branch_last"})  # a block declared by override
+    assert [(b.path, b.branch) for b in roles.blocks] == [("features", ("features.4",))]
+
+
+class _Nested(nn.Module):
+    """An outer residual around an inner residual unit plus a mixing conv; and a one-conv
+    branch beside a 1x1 projection (a tie broken by the projection's shape)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.inner = _Unit(8)
+        self.mix = nn.Conv2d(8, 8, 3, padding=1)
+        self.wide, self.proj = nn.Conv2d(8, 16, 3, 2, 1), nn.Conv2d(8, 16, 1, 2)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.mix(self.inner(x))
+        x = self.proj(x) + self.wide(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_nested_residuals_and_projection_ties():
+    roles = discover_roles(_Nested())
+    assert [(b.branch, b.shortcut) for b in roles.blocks] == [
+        (("inner.a", "inner.b"), None), (("mix",), None), (("wide",), "proj")]
+    assert (roles["inner.b"], roles["mix"], roles["wide"], roles["proj"]) == (
+        "branch_last", "branch_last", "branch_last", "shortcut")

@@ -30,11 +30,14 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("arch", EXPECTED)
-def test_every_arch_has_a_space_and_protocol_sizes(arch):
+def test_every_arch_is_expected_here():
     from initsearch.archs import ARCHS
 
     assert set(EXPECTED) == set(ARCHS)
+
+
+@pytest.mark.parametrize("arch", EXPECTED)
+def test_every_arch_has_a_space_and_protocol_sizes(arch):
     for profile in ("cpu", "gpu", "smoke"):
         assert load_protocol(profile).for_arch(arch)[1], f"{profile} does not size {arch}"
     protocol, options = load_protocol("smoke").for_arch(arch)
@@ -45,10 +48,13 @@ def test_every_arch_has_a_space_and_protocol_sizes(arch):
 def test_protocol_arch_sections_merge_key_by_key(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("format: initsearch.protocol\nversion: 1\noptimizer: {lr: 0.1, momentum: 0.8}\n"
-                    "archs: {mlp: {options: {depth: 3}, optimizer: {lr: 0.01}, epochs: 2}}\n")
+                    "archs: {mlp: {options: {depth: 3}, optimizer: {lr: 0.01}, epochs: 2, "
+                    "pruner: {name: median}}}\n")
     protocol, options = load_protocol(str(path)).for_arch("mlp")
     assert options == {"depth": 3} and protocol.epochs == 2
     assert protocol.optimizer == {"lr": 0.01, "momentum": 0.8}  # lr overridden, momentum kept
+    assert protocol.pruner == {"name": "median"}  # replaced whole: another pruner's options
+    assert type(protocol.make_pruner()).__name__ == "MedianPruner"  # would not fit it
     assert load_protocol(str(path)).for_arch("vgg")[0].optimizer["lr"] == 0.1
     assert load_protocol(str(path)).for_arch(None)[1] == {}  # a user's model: no sizes
 
@@ -76,6 +82,16 @@ def test_space_extends_another(tmp_path):
     space = load_space(str(tmp_path / "child.yaml"))
     assert set(space.roles) == {"conv", "stem"} and space.roles["conv"].labels == ["default", "he"]
     assert dict(space.role_overrides) == {}  # keys other than roles replace the base's
+    (tmp_path / "sub").mkdir()  # a relative extends is read beside the extending file
+    (tmp_path / "sub" / "a.yaml").write_text("format: initsearch.space\nversion: 1\n"
+                                             "extends: b.yaml\nroles: {}\n")
+    (tmp_path / "sub" / "b.yaml").write_text("format: initsearch.space\nversion: 1\n"
+                                             "roles: {stem: {init: [default]}}\n")
+    assert set(load_space(str(tmp_path / "sub" / "a.yaml")).roles) == {"stem"}
+    (tmp_path / "sub" / "empty.yaml").write_text("")
+    (tmp_path / "sub" / "c.yaml").write_text("format: initsearch.space\nversion: 1\nextends: empty.yaml\n")
+    with pytest.raises(UsageError, match="not a space file"):
+        load_space(str(tmp_path / "sub" / "c.yaml"))
     (tmp_path / "loop.yaml").write_text(
         f"format: initsearch.space\nversion: 1\nextends: {tmp_path / 'loop.yaml'}\nroles: {{}}\n")
     with pytest.raises(UsageError, match="loops back"):

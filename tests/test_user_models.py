@@ -2,10 +2,9 @@
 factory path of the CLI, ``initsearch roles`` and ``initsearch archs``, overrides in a space."""
 from __future__ import annotations
 
-import json
+import importlib
 import textwrap
 
-import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.nn import functional as F
@@ -47,7 +46,7 @@ def test_roles_of_the_user_model():
 
 
 def test_search_on_a_user_model_through_the_api(data_dir, home):
-    import initsearch.study  # noqa: F401 -- importing the module must not shadow the function
+    importlib.import_module("initsearch.study")  # importing it must not shadow the function
 
     assert callable(initsearch.search)
     result = initsearch.search(model_fn=peek_net, data_dir=data_dir, budget=8, profile="smoke",
@@ -112,6 +111,8 @@ def test_cli_model_factory_roles_and_overrides(tmp_path, monkeypatch, capsys, ho
     assert rows["2"][1:] == ["Gated", "6x1x1", "scalar_bias"]  # the override from the space file
     assert rows["5"][1:] == ["Linear", "10x6", "classifier"]
     assert "roles read from the graph" in out and "not lion_dg: needs aux_head layers" in out
+    applies = next(line for line in out.splitlines() if line.startswith("baselines that apply"))
+    assert "emergence" in applies  # tried with the space's override, so it applies
 
 
 def test_archs_lists_sizes_flops_roles_and_baselines(capsys):
@@ -126,4 +127,32 @@ def test_archs_lists_sizes_flops_roles_and_baselines(capsys):
         body = "\n".join(sections[start + 1:start + 6])
         assert "MFLOPs/image" in body and "smoke" in body and "M params" in body
         assert ("lion_dg" in body.split("baselines")[1].split("\n")[0]) == arch.endswith("_ds")
-    assert "densenet_ds" in out and "0 residual blocks" in out
+    roles_lines = [line for line in sections if line.startswith("  roles")]
+    assert [line.rsplit("; ", 1)[1] for line in roles_lines] == [
+        "9 residual blocks", "9 residual blocks", "0 residual blocks", "0 residual blocks",
+        "0 residual blocks"]  # resnet, resnet_ds (ResNet-20), densenet_ds, vgg, mlp
+
+
+class Patchify(nn.Module):
+    """A 4x4 stride-4 stem, then one residual unit: ZerO's identity needs odd kernels, so the
+    zerO baseline is refused (tried on a copy) instead of failing as a trial."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, 4)
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.patch(x)
+        return self.fc((x + self.b(F.relu(self.a(x)))).mean((2, 3)))
+
+
+def test_baselines_that_cannot_apply_are_tried_and_refused():
+    from initsearch.recipe import why_not
+
+    model = Patchify()
+    assert "odd kernel" in why_not("zerO", model)
+    assert why_not("he", model) is None and why_not("risotto", model) is not None
+    space = initsearch.study.load_space("default").bind(model)
+    assert "zerO" not in space.baselines() and "he" in space.baselines()

@@ -75,7 +75,7 @@ def build_model(arch: str, *, num_classes: int = 10, options: dict | None = None
                          + ", ".join(f"{k} (default {v})" for k, v in spec.defaults.items()))
     try:
         return spec.factory(num_classes=num_classes, **{**spec.defaults, **options})
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:  # a bad value, e.g. depth=[11]
         raise UsageError(f"{arch}: {exc}") from None
 
 
@@ -110,4 +110,3 @@ def flops_per_image(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)
         for m, mode in modes.items():
             m.training = mode
     return counter.get_total_flops()
-
