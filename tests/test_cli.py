@@ -30,7 +30,7 @@ CASES = {
     "arch and model": (["--arch", "resnet_ds", "--model", "x:y"], "either --arch or --model"),
     "bad model factory": (["--model", "no_such_module:make"], "cannot load model factory"),
     "arch option not key=value": (["--arch-opt", "depth"], "must be KEY=VALUE"),
-    "bad arch option value": (["--arch-opt", "norm=layer"], "norm must be 'batch' or 'none'"),
+    "bad arch option value": (["--arch-opt", "norm=layer"], "norm must be one of 'batch', 'none', not 'layer'"),
     "unknown arch option": (["--arch-opt", "wdith=8"], "wdith"),
 }
 

@@ -50,6 +50,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from initsearch.archs.checks import one_of, positive_int, subset
+
 
 class DenseLayer(nn.Module):
     """``BN-ReLU-conv1x1(4k)-BN-ReLU-conv3x3(k)``; its k channels are concatenated to the input."""
@@ -110,18 +112,13 @@ class DenseNet(nn.Module):
         if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be 6n+4 with n >= 1 (10, 16, 22, 40, 100, 190, 250...), "
                              f"not {depth!r}")
-        if not isinstance(growth, int) or growth < 1:
-            raise ValueError(f"growth must be a positive integer (12, 24 or 40 in the paper), "
-                             f"not {growth!r}")
+        positive_int("growth", growth, " (12, 24 or 40 in the paper)")
         if not isinstance(compression, (int, float)) or not 0 < compression <= 1:
             raise ValueError(f"compression must be a number in (0, 1] (0.5 for DenseNet-BC), "
                              f"not {compression!r}")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, not {num_classes!r}")
-        if not isinstance(aux_blocks, (tuple, list)) or not set(aux_blocks) <= {1, 2}:
-            raise ValueError(f"aux_blocks must be a subset of (1, 2), not {aux_blocks!r}")
-        if norm not in ("batch", "none"):
-            raise ValueError(f"norm must be 'batch' or 'none', not {norm!r}")
+        positive_int("num_classes", num_classes)
+        aux_blocks = subset("aux_blocks", aux_blocks, {1, 2})
+        one_of("norm", norm, ("batch", "none"))
         bn = nn.BatchNorm2d if norm == "batch" else (lambda _: nn.Identity())
         n = (depth - 4) // 6
         self.stem = nn.Conv2d(3, 2 * growth, 3, 1, 1, bias=False)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from initsearch.archs.checks import one_of, positive_int
+
 IN_FEATURES = 3 * 32 * 32
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU,
                                            "selu": nn.SELU, "identity": nn.Identity}
@@ -34,17 +36,11 @@ class MLP(nn.Module):
     def __init__(self, depth: int = 8, width: int = 512, num_classes: int = 10,
                  activation: str = "relu", norm: str = "none") -> None:
         super().__init__()
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth must be a positive integer (hidden layers), not {depth!r}")
-        if not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive integer, not {width!r}")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, not {num_classes!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
-                             f"not {activation!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+        positive_int("depth", depth, " (hidden layers)")
+        positive_int("width", width)
+        positive_int("num_classes", num_classes)
+        one_of("activation", activation, ACTIVATIONS)
+        one_of("norm", norm, NORMS)
         layers: list[nn.Module] = []
         cin = IN_FEATURES
         for _ in range(depth):

@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from initsearch.archs.checks import one_of, positive_int, subset
 from initsearch.archs.scalars import Bias, Scale
 
 
@@ -83,14 +84,10 @@ class ResNet(nn.Module):
         if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110...), "
                              f"not {depth!r}")
-        if not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive integer (16 in the paper), not {width!r}")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, not {num_classes!r}")
-        if not isinstance(aux_stages, (tuple, list)) or not set(aux_stages) <= {1, 2}:
-            raise ValueError(f"aux_stages must be a subset of (1, 2), not {aux_stages!r}")
-        if norm not in ("batch", "none"):
-            raise ValueError(f"norm must be 'batch' or 'none', not {norm!r}")
+        positive_int("width", width, " (16 in the paper)")
+        positive_int("num_classes", num_classes)
+        aux_stages = subset("aux_stages", aux_stages, {1, 2})
+        one_of("norm", norm, ("batch", "none"))
         bn = norm == "batch"
         n = (depth - 2) // 6
         self.stem = nn.Conv2d(3, width, 3, 1, 1, bias=False)

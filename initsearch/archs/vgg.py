@@ -31,6 +31,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from initsearch.archs.checks import one_of, positive_int
+
 #: Convs in each of the five stages, by depth.
 CONVS_PER_STAGE = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3),
                    19: (2, 2, 4, 4, 4)}
@@ -44,19 +46,12 @@ class VGG(nn.Module):
     def __init__(self, depth: int = 11, width: int = 64, num_classes: int = 10,
                  norm: str = "batch", fc_layers: int = 1, fc_width: int = 512) -> None:
         super().__init__()
-        if depth not in CONVS_PER_STAGE:
-            raise ValueError(f"depth must be one of {', '.join(map(str, CONVS_PER_STAGE))}, "
-                             f"not {depth!r}")
-        if not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive integer (64 in the paper), not {width!r}")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, not {num_classes!r}")
-        if norm not in ("batch", "none"):
-            raise ValueError(f"norm must be 'batch' or 'none', not {norm!r}")
-        if fc_layers not in (1, 2, 3):
-            raise ValueError(f"fc_layers must be 1, 2 or 3, not {fc_layers!r}")
-        if not isinstance(fc_width, int) or fc_width < 1:
-            raise ValueError(f"fc_width must be a positive integer, not {fc_width!r}")
+        one_of("depth", depth, CONVS_PER_STAGE)
+        positive_int("width", width, " (64 in the paper)")
+        positive_int("num_classes", num_classes)
+        one_of("norm", norm, ("batch", "none"))
+        one_of("fc_layers", fc_layers, (1, 2, 3))
+        positive_int("fc_width", fc_width)
         bn = norm == "batch"
         layers: list[nn.Module] = []
         cin = 3
