@@ -30,7 +30,7 @@ is computed), and
    execution order is ``branch_last``; the other operand's layers are ``shortcut``\\ s;
 4. the output: the main output is the model's output, or the first element of a returned
    tuple/list/dict (the ``(logits, [aux_logits, ...])`` convention). The last conv/linear
-   executed before it is the ``classifier``; every conv/linear that does *not* feed it is an
+   executed before it is the ``classifier`` (unless it sits in a residual block); every conv/linear that does *not* feed it is an
    ``aux_head`` (heads under any name, or taps whose result is discarded);
 5. the first conv/linear in execution order is the ``stem``; the rest are ``conv``/``linear``
    by type.
@@ -243,8 +243,8 @@ def _by_graph(graph: fx.Graph, modules: Mapping[str, nn.Module], fixed: Mapping[
     main_layers = [p for p in weights if p in feeds_main]
     if main_layers and free(main_layers[0]) and roles[main_layers[0]] in ("conv", "linear"):
         roles[main_layers[0]] = "stem"  # the layer the input meets first (a lone layer too)
-    if len(main_layers) > 1 and free(main_layers[-1]):
-        roles[main_layers[-1]] = "classifier"
+    if len(main_layers) > 1 and free(main_layers[-1]) and main_layers[-1] not in claimed:
+        roles[main_layers[-1]] = "classifier"  # unless the output is a residual sum
     return roles, sorted(blocks, key=lambda b: rank[b.branch[-1]])
 
 
