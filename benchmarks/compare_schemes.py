@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import re
 import statistics
 import time
 
-from common import curves, mean_std
+from common import curves, machine, mean_std
 
 from initsearch.archs import build_model
 from initsearch.cli import key_values
@@ -64,8 +62,8 @@ def main() -> None:
             json.dump(runs, f, indent=1)
     print(f"profile {protocol.name} (each arch with its own sizes and overrides): "
           f"{protocol.epochs} epochs, {protocol.train_size} train / "
-          f"{protocol.val_size} val images, seeds {args.seeds}; {platform.machine()} CPU, "
-          f"{os.cpu_count()} cores, 1 thread per run; {wall / 60:.0f} min")
+          f"{protocol.val_size} val images, seeds {args.seeds}; {machine()}, "
+          f"1 thread per run; {wall / 60:.0f} min")
     print(f"| arch | scheme | val acc % (mean +- std) | epochs to {100 * args.target:.0f}% "
           "| init s |")
     print("|---|---|---|---|---|")

@@ -22,7 +22,7 @@ from initsearch.archs import ARCHS, build_model, flops_per_image
 from initsearch.protocol import load_protocol
 from initsearch.trial import deep_supervision_loss
 
-from search_wall import machine
+from common import machine
 
 
 def images_per_second(model: torch.nn.Module, batch: int, channels_last: bool, seconds: float,

@@ -194,8 +194,8 @@ def _archs(args: argparse.Namespace) -> int:
 def _roles(args: argparse.Namespace) -> int:
     from initsearch.archs import build_model, flops_per_image
     from initsearch.protocol import load_protocol
-    from initsearch.recipe import BASELINES
-    from initsearch.roles import discover_roles, parameterized_modules
+    from initsearch.recipe import BASELINES, Recipe
+    from initsearch.roles import discover_roles
     from initsearch.space import available_spaces, load_space
 
     if args.model and args.arch:
@@ -207,11 +207,8 @@ def _roles(args: argparse.Namespace) -> int:
     model = build_model(arch, options=options)
     space = load_space(args.space or (arch if arch in available_spaces() else "default"))
     roles = discover_roles(model, space.role_overrides)
-    modules = parameterized_modules(model)
-    rows = [(path, type(modules[path]).__name__,
-             "x".join(map(str, getattr(modules[path], "weight",
-                                       next(modules[path].parameters())).shape)) or "scalar",
-             role) for path, role in roles.items()]
+    rows = [(r["path"], r["type"], "x".join(map(str, r["shape"])) or "scalar", r["role"])
+            for r in Recipe(role_overrides=space.role_overrides).plan(model, roles)]
     widths = [max(len(r[i]) for r in rows + [("path", "type", "shape", "role")]) for i in range(3)]
     print(f"{'path':{widths[0]}}  {'type':{widths[1]}}  {'shape':{widths[2]}}  role")
     for path, kind, shape, role in rows:

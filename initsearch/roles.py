@@ -206,7 +206,6 @@ def _by_graph(graph: fx.Graph, modules: Mapping[str, nn.Module], fixed: Mapping[
         live[n] = n.op == "placeholder" or any(live[i] for i in ins)
     order = list(dict.fromkeys(layer[n] for n in nodes if n in layer))  # first call of each layer
     weights = [p for p in order if isinstance(modules[p], _WEIGHT_TYPES)]
-    rank = {p: i for i, p in enumerate(order)}
 
     roles = {p: fixed.get(p) or _role_by_type(m) for p, m in modules.items()}
     free = lambda p: p not in fixed and isinstance(modules[p], _WEIGHT_TYPES)
@@ -245,7 +244,7 @@ def _by_graph(graph: fx.Graph, modules: Mapping[str, nn.Module], fixed: Mapping[
         roles[main_layers[0]] = "stem"  # the layer the input meets first (a lone layer too)
     if len(main_layers) > 1 and free(main_layers[-1]) and main_layers[-1] not in claimed:
         roles[main_layers[-1]] = "classifier"  # unless the output is a residual sum
-    return roles, sorted(blocks, key=lambda b: rank[b.branch[-1]])
+    return roles, blocks  # in execution order: the additions were visited in it
 
 
 def _branch_side(layers: list[list[str]], modules: Mapping[str, nn.Module]) -> int | None:
