@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, fractions allowed")
     run.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--confirm-top", type=int, default=3, metavar="K",
+                     help="best distinct candidates re-trained on fresh seeds (default 3)")
+    run.add_argument("--confirm-seeds", type=int, metavar="S",
+                     help="fresh seeds per confirmed recipe; 0 turns the confirmation off "
+                          "(default: the profile's, 3 on cpu and 5 on gpu)")
     archs = sub.add_parser("archs", help="list architectures: sizes, params, FLOPs, roles, baselines")
     archs.add_argument("name", nargs="?", help="one architecture (default: all)")
     archs.add_argument("--profile", help="also show the sizes this trial protocol gives them")
@@ -58,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     schemes.add_argument("--data", metavar="DIR", help="dataset directory (env INITSEARCH_DATA)")
     schemes.add_argument("--profile", help="trial protocol to measure on; default gpu or cpu")
     sub.add_parser("profiles", help="list trial protocols")
+    report = sub.add_parser("report", help="print a study's confirmed comparison and verdict, "
+                                           "write its plots as PNG")
+    report.add_argument("study", nargs="?", help="the study (default: the newest under --home)")
+    report.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
+    report.add_argument("--out", metavar="DIR", help="folder for the plots (default report-<study>/)")
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 on the project's store")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
@@ -68,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         return {"run": _run, "archs": _archs, "roles": _roles, "spaces": _spaces,
-                "schemes": _schemes, "profiles": _profiles, "ui": _ui}[args.command](args)
+                "schemes": _schemes, "profiles": _profiles, "report": _report,
+                "ui": _ui}[args.command](args)
     except UsageError as exc:
         print(f"initsearch: error: {exc}", file=sys.stderr)
         return 2
@@ -79,27 +90,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from initsearch.settings import ConfirmConfig, RunConfig
     from initsearch.study import search
 
     if args.model and args.arch:
         raise UsageError("pass either --arch or --model, not both")
+    run = RunConfig(name=args.study, resume=args.resume, backend=args.backend,
+                    gpus_per_trial=args.gpus_per_trial, home=args.home,
+                    tracking_uri=args.tracking_uri, progress=not args.no_progress)
+    confirm = ConfirmConfig(top=args.confirm_top, seeds=args.confirm_seeds)
     result = search(args.model or args.arch or "resnet_ds", dataset=args.dataset, data_dir=args.data,
                     budget=args.budget, profile=args.profile, space=args.space,
-                    arch_options=key_values(args.arch_opt, "--arch-opt"),
-                    backend=args.backend, seed=args.seed, study=args.study, resume=args.resume,
-                    tracking_uri=args.tracking_uri, gpus_per_trial=args.gpus_per_trial,
-                    home=args.home, progress=not args.no_progress)
-    out = Path(args.out or f"best-{result.study_name}.yaml")
-    if result.best is not None:
-        result.best.save(out)
+                    arch_options=key_values(args.arch_opt, "--arch-opt"), seed=args.seed,
+                    run=run, confirm=confirm)
     print(result.comparison())
+    if result.verdict.rows:
+        print("\n" + result.verdict.table())
     s = result.stats
     print(f"\nstudy {result.study_name}: {s['n_complete']} complete, {s['n_pruned']} pruned, "
-          f"{s['n_fail']} failed in {s['wall_seconds']:.0f} s "
-          f"({100 * s['outside_compute_share']:.1f}% outside training/eval steps)")
+          f"{s['n_fail']} failed in {s['wall_seconds']:.0f} s, of which {s['confirm_seconds']:.0f} s "
+          f"confirming ({100 * s['outside_compute_share']:.1f}% outside init/training/eval)")
     if result.best is not None:
-        print(f"best recipe (trial {result.best.meta['trial']}) written to {out}")
-    print(f"review: initsearch ui  (MLflow run {result.parent_run_id})")
+        out = result.best.save(args.out or f"best-{result.study_name}.yaml")
+        print(f"recommended recipe ({result.best.name}, with its evidence) written to {out}")
+    print(f"review: initsearch ui, then {result.ui_url}")
+    print(f"\nverdict: {result.verdict.text}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from initsearch.report import report
+
+    text, folder, files = report(args.study, args.home, args.out)
+    print(text)
+    print(f"\nplots in {folder}/: {', '.join(files) or 'none yet (too few completed trials)'}")
     return 0
 
 
@@ -123,13 +147,18 @@ def _schemes(args: argparse.Namespace) -> int:
     for s in SCHEMES.values():
         opts = " ".join(f"{k}={'|'.join(v)}" for k, v in s.options.items())
         where = "conv/linear" if s.weight_layers_only else "any layer"
-        print(f"  {s.name:12s} {where:12s} {opts}")
+        print(f"  {s.name:13s} {where:12s} {opts}")
     print("steps (after the layer schemes; static first, then data-dependent):")
     for st in STEPS.values():
         kind = "data" if st.needs_data else "static"
         opts = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in st.defaults.items())
-        print(f"  {st.name:12s} {kind:7s} {st.summary}\n  {'':12s} {'':7s} defaults: {opts or '-'}")
+        print(f"  {st.name:13s} {kind:7s} {st.summary}\n  {'':13s} {'':7s} defaults: {opts or '-'}")
+    from initsearch.recipe import ABOUT, BASELINES
+
+    print("published recipes (the baselines every search runs first, where they apply):")
+    for name, recipe in BASELINES.items():
+        print(f"  {name:15s} {ABOUT[name]}\n  {'':15s} = {recipe.summary()}")
     from initsearch.costs import format_costs, last_costs, measure_costs
 
     costs = measure_costs(args.profile, args.data) if args.measure else last_costs(args.profile)
@@ -260,9 +289,28 @@ def _ui(args: argparse.Namespace) -> int:
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
            str(args.port), "--workers", "1", "--backend-store-uri", default_tracking_uri(home)]
-    print(f"MLflow UI on http://127.0.0.1:{args.port} (Ctrl-C stops it)", file=sys.stderr)
+    base = f"http://127.0.0.1:{args.port}"
+    latest = _latest_study_url(home, base)
+    print(f"MLflow UI on {base} (Ctrl-C stops it)" + (f"; newest study: {latest}" if latest else ""),
+          file=sys.stderr)
     os.execv(sys.executable, cmd)
     return 0  # not reached
+
+
+def _latest_study_url(home: Path, base: str) -> str | None:
+    """The newest study's runs in the UI's model-training view, or None without one."""
+    from initsearch.tracking import default_tracking_uri, runs_url
+
+    journals = sorted((home / "mlruns" / "optuna").glob("*.journal"), key=lambda p: p.stat().st_mtime)
+    if not journals:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    study = journals[-1].stem
+    client = MlflowClient(default_tracking_uri(home))
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                               f"tags.study = '{study}' and tags.role = 'search'", max_results=1)
+    return runs_url(found[0].info.experiment_id, study, base) if found else None
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ rate schedule, batch size, auxiliary-loss weight, augmentation, seeds, and how m
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from initsearch.errors import UsageError
 FORMAT, VERSION = "initsearch.protocol", 1
 TRIALS_DIR = Path(__file__).resolve().parent.parent / "trials"
 PRUNERS = ("successive_halving", "hyperband", "median", "none")
+_NOT_CONTENT = ("name", "description", "archs", "threads_per_trial", "gpus_per_trial",
+                "confirm_seeds")
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict,
           "tuple": (list, tuple)}
 
@@ -49,7 +53,16 @@ class Protocol:
     threads_per_trial: int = 1
     gpus_per_trial: float = 0.0                # fractions let several short trials share a GPU
     channels_last: bool = True
+    confirm_seeds: int = 3                     # fresh seeds per recipe in the confirmation (0: off)
     archs: dict = field(default_factory=dict)  # {arch: {options: {...}, <key>: value}}: per-arch sizes and overrides
+
+    def content_hash(self) -> str:
+        """SHA-256 of everything that decides how a trial trains and is scored -- this protocol
+        as applied to one architecture (:meth:`for_arch`); its name and description, the other
+        architectures' sections, the trial placement (threads, GPU share) and the confirmation's
+        seed count are left out."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_CONTENT}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         opts = {k: v for k, v in self.pruner.items() if k != "name"}
@@ -149,6 +162,8 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
         (len(protocol.seeds) >= 1, "seeds must list at least one seed"),
         (protocol.threads_per_trial >= 1, "threads_per_trial must be >= 1"),
         (protocol.gpus_per_trial >= 0, "gpus_per_trial must be >= 0"),
+        (protocol.confirm_seeds >= 0 and protocol.confirm_seeds != 1,
+         "confirm_seeds must be 0 (no confirmation) or >= 2 (a confidence interval needs two)"),
     ]
     for ok, msg in checks:
         if not ok:

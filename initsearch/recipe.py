@@ -12,7 +12,13 @@ A recipe file is YAML (or JSON, by extension), versioned, and never pickled::
     steps:                                  # optional network-level steps, run in this order
       - {name: lsuv, options: {tol: 0.1}}
     role_overrides: {}      # optional {module-path glob: role}, passed to role discovery
-    meta: {}                # free-form provenance (study, trial, val_acc, ...)
+    meta: {}                # free-form provenance (study, trial, search_val_acc, ...)
+    evidence: {}            # optional: the confirmation behind a recommendation (see below)
+
+A recommended recipe carries its ``evidence``: the study, architecture and options, protocol
+name and content hash, the confirmation seeds, every confirmed recipe's mean and 95 % CI and
+paired differences, and the verdict (:mod:`initsearch.recommend`). It is provenance only:
+:meth:`Recipe.apply` ignores it.
 
 :meth:`Recipe.apply` runs, in this order: (1) each role's layer scheme; (2) the static steps
 (Fixup, emergence, RISOTTO: they read the network's structure); (3) the role scale times the
@@ -107,7 +113,7 @@ class StepInit:
 
     @property
     def label(self) -> str:
-        """``lsuv`` or ``gradinit:preset=search`` (a search-space value)."""
+        """``lsuv`` or ``lsuv:tol=0.05`` (a search-space value)."""
         return _label(self.name, self.options)
 
     @classmethod
@@ -157,6 +163,7 @@ class Recipe:
     meta: Mapping[str, Any] = field(default_factory=dict)
     steps: tuple[StepInit, ...] = ()
     layer_scales: Mapping[str, float] = field(default_factory=dict)
+    evidence: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.roles) - set(ROLES)
@@ -257,7 +264,8 @@ class Recipe:
                 "roles": {r: i.to_dict() for r, i in self.roles.items()},
                 "layer_scales": {p: float(v) for p, v in self.layer_scales.items()},
                 "steps": [s.to_dict() for s in self.steps],
-                "role_overrides": dict(self.role_overrides), "meta": dict(self.meta)}
+                "role_overrides": dict(self.role_overrides), "meta": dict(self.meta),
+                **({"evidence": dict(self.evidence)} if self.evidence else {})}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "recipe") -> "Recipe":
@@ -278,8 +286,11 @@ class Recipe:
         layer_scales = d.get("layer_scales") or {}
         if not isinstance(layer_scales, Mapping):
             raise UsageError(f"{where}: layer_scales must map module paths to numbers")
+        evidence = d.get("evidence") or {}
+        if not isinstance(evidence, Mapping):
+            raise UsageError(f"{where}: evidence must be a mapping (it is written by initsearch)")
         return cls(roles, d.get("name", ""), d.get("role_overrides") or {}, d.get("meta") or {},
-                   steps, layer_scales)
+                   steps, layer_scales, evidence)
 
     def dumps(self, fmt: str = "yaml") -> str:
         """The recipe file's text, ``"yaml"`` or ``"json"``."""
@@ -319,29 +330,40 @@ def _roles(table: Mapping[str, tuple[str, Mapping[str, str]]]) -> dict[str, Role
 _ORTHO = {r: RoleInit("orthogonal") for r in WEIGHT_ROLES}  # LSUV's orthonormal pre-init
 
 
+#: The published recipes, one line each (``initsearch schemes`` lists them). More on each:
+#:
+#: * LION-DG: for an auxiliary classifier ``y = W h + b`` with ``W = 0`` and ``b = 0`` the
+#:   gradient it sends back is ``W^T dL/dy = 0`` at step 0 -- into the backbone and into the
+#:   head's own earlier layers -- while its own gradient ``(softmax(y) - onehot) h^T`` is not, so
+#:   the auxiliary signal phases in as ``W`` grows. Only the auxiliary classifiers differ from
+#:   ``he``, so the pair isolates the method.
+#: * ``lsuv_lion_dg``: LSUV skips all-zero layers, so zeroing the heads first gives the paper's
+#:   "LSUV first, then zero the heads".
+#: * ``gradinit``: the authors' starting point (He-normal fan_out convs, PyTorch-default
+#:   linears), then their setting for the network's family; the cheap ``gradinit_fast`` step is a
+#:   search choice, never a baseline.
+ABOUT: dict[str, str] = {
+    "pytorch_default": "every layer keeps PyTorch's reset_parameters; the reference of every verdict",
+    "he": "He-normal fan_in on every conv/linear, biases 0, norms weight 1 / bias 0 (He et al. 2015)",
+    "lion_dg": "LION-DG (Kim 2026): He backbone, the last layer of every auxiliary head zero "
+               "(weight and bias)",
+    "lsuv": "LSUV (Mishkin & Matas 2016): orthonormal, then layer-sequential unit variance on a batch",
+    "lsuv_lion_dg": "LION-DG's hybrid: orthonormal with zero auxiliary classifiers, then LSUV",
+    "gradinit": "GradInit (Zhu et al. 2021): He fan_out, then per-tensor scales learned for one "
+                "epoch at the paper's setting for the family",
+    "emergence": "He, then the emergence-promoting alpha^n depth profile (Li et al. 2024)",
+    "zerO": "ZerO (Zhao et al. 2022): identity/Hadamard layers, every branch's last layer and "
+            "the classifiers zero",
+    "risotto": "RISOTTO (Gadhikar & Burkholz 2022): looks-linear orthogonal ResNet with an exactly "
+               "isometric input-output Jacobian",
+    "fixup": "Fixup (Zhang et al. 2019): branch ends and classifier zero, L^(-1/(2m-2)) inside "
+             "branches; needs a normalization-free ResNet",
+    "skipinit": "SkipInit (De & Smith 2020): He, every branch multiplier 0; needs a "
+                "normalization-free ResNet",
+}
+
 #: Published schemes that every search evaluates first, on the same protocol and seeds (those
 #: the space can express and that apply to the model; see :func:`why_not`).
-#:
-#: * ``pytorch_default`` -- every layer keeps PyTorch's ``reset_parameters``.
-#: * ``he`` -- He-normal, fan_in, biases 0 on every conv/linear, BN gamma=1/beta=0.
-#: * ``lion_dg`` -- LION-DG (Kim 2026, arXiv 2601.02105): the ``he`` backbone with every
-#:   auxiliary head's weight *and* bias exactly 0. For a head ``y = W h + b`` the gradient it
-#:   sends into the backbone is ``W^T dL/dy = 0`` at step 0, while its own gradient
-#:   ``(softmax(y) - onehot) h^T`` is non-zero, so the auxiliary signal phases in as ``W`` grows.
-#:   Only the auxiliary heads differ from ``he``, so the pair isolates the method.
-#: * ``lsuv`` -- LSUV (Mishkin & Matas 2016): orthonormal pre-init, then layer-sequential unit
-#:   variance on one batch (:mod:`initsearch.schemes.lsuv`).
-#: * ``lsuv_lion_dg`` -- LION-DG's hybrid: orthonormal pre-init with zero auxiliary heads, then
-#:   LSUV on the backbone; LSUV skips all-zero layers, so the heads stay zero -- the same result
-#:   as the paper's "LSUV first, then zero the heads".
-#: * ``gradinit`` -- GradInit (Zhu et al. 2021) from its paper's starting point (He-normal
-#:   fan_out convs, PyTorch-default linears), cheap ``search`` preset.
-#: * ``emergence`` -- He, then the emergence-promoting alpha^n depth profile (Li et al. 2024).
-#: * ``zerO`` -- ZerO (Zhao et al. 2022): identity/Hadamard convs, zero last conv of every
-#:   branch, zero classifier and heads.
-#: * ``risotto`` -- RISOTTO (Gadhikar & Burkholz 2022): looks-linear orthogonal ResNet.
-#: * ``fixup`` / ``skipinit`` -- Fixup (Zhang et al. 2019) and SkipInit (De & Smith 2020) for
-#:   normalization-free ResNets (:mod:`initsearch.schemes.fixup`).
 BASELINES: dict[str, Recipe] = {r.name: r for r in (
     Recipe({}, "pytorch_default"),
     Recipe(_he_everywhere(), "he"),
@@ -349,7 +371,7 @@ BASELINES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(_ORTHO, "lsuv", steps=(StepInit("lsuv"),)),
     Recipe({**_ORTHO, "aux_head": RoleInit("zero")}, "lsuv_lion_dg", steps=(StepInit("lsuv"),)),
     Recipe({r: RoleInit("he", {"mode": "fan_out"}) for r in ("stem", "conv", "branch_last", "shortcut")},
-           "gradinit", steps=(StepInit("gradinit", {"preset": "search"}),)),
+           "gradinit", steps=(StepInit("gradinit"),)),
     Recipe(_he_everywhere(), "emergence", steps=(StepInit("emergence"),)),
     Recipe(_roles(identity.ZERO_ROLES), "zerO"),
     Recipe(_he_everywhere(), "risotto", steps=(StepInit("risotto"),)),

@@ -9,7 +9,8 @@ Roles:
 ``shortcut``      a conv/linear on the skip path of a residual addition (projection, downsample)
 ``norm``          normalization layers (BatchNorm, GroupNorm, LayerNorm, InstanceNorm)
 ``linear``        a hidden linear layer that is neither head nor classifier
-``aux_head``      a layer of an auxiliary (deep-supervision) classifier head
+``aux_head``      the output layer of an auxiliary (deep-supervision) classifier head -- its
+                  affine map to class scores; a head's earlier layers are ordinary layers
 ``classifier``    the layer that produces the main output
 ``branch_scale``  a learnable scalar multiplying a residual branch (Fixup's scale, SkipInit's alpha)
 ``scalar_bias``   a learnable scalar bias (Fixup's biases before convs and activations)
@@ -30,8 +31,11 @@ is computed), and
    execution order is ``branch_last``; the other operand's layers are ``shortcut``\\ s;
 4. the output: the main output is the model's output, or the first element of a returned
    tuple/list/dict (the ``(logits, [aux_logits, ...])`` convention). The last conv/linear
-   executed before it is the ``classifier`` (unless it sits in a residual block); every conv/linear that does *not* feed it is an
-   ``aux_head`` (heads under any name, or taps whose result is discarded);
+   executed before it is the ``classifier`` (unless it sits in a residual block). The
+   conv/linear layers that do *not* feed it form the auxiliary heads (under any name, or taps
+   whose result is discarded); the last layer of each head -- one that feeds no other head
+   layer -- is its ``aux_head``, the head's earlier layers are ``conv``/``linear`` like any
+   hidden layer (LION-DG zeroes the auxiliary classifier, not the whole head);
 5. the first conv/linear in execution order is the ``stem``; the rest are ``conv``/``linear``
    by type.
 
@@ -43,7 +47,8 @@ has one. A model that fx cannot trace (Python control flow on tensor values, say
 output no layer feeds, falls back to **names and registration order**: a path
 segment containing ``aux``/``side``/``deep_sup`` is an ``aux_head``, one named
 ``shortcut``/``downsample``/``skip``/``proj`` a ``shortcut``; the first conv/linear registered is
-the ``stem``, the last linear the ``classifier``; in a module whose class name says
+the ``stem``, the last linear the ``classifier``; an aux-named layer is the ``aux_head`` when its output width
+equals the classifier's (it produces class scores); in a module whose class name says
 Block/Bottleneck/Residual or which has a shortcut child, the last conv is ``branch_last``.
 :attr:`Roles.source` says which reading was used and why.
 
@@ -75,6 +80,7 @@ _AUX = re.compile(r"aux|side|deep_?sup", re.I)
 _SHORTCUT = re.compile(r"^(shortcut|downsample|skip|proj|projection)(_\w+)?$", re.I)
 _BLOCK = re.compile(r"block|bottleneck|residual", re.I)
 _ADDS = {operator.add, operator.iadd, torch.add}
+_CATS = {torch.cat, torch.concat, torch.concatenate}
 
 
 @dataclass(frozen=True)
@@ -90,13 +96,19 @@ class ResidualBlock:
 
 
 class Roles(dict):
-    """``{module path: role}`` in registration order, plus the residual blocks and the reading
-    that found them (``source``: ``"graph"`` or ``"names (<why the graph was not used>)"``)."""
+    """``{module path: role}`` in registration order, plus the residual blocks, the reading that
+    found them (``source``: ``"graph"`` or ``"names (<why the graph was not used>)"``) and the
+    network's ``topology``: ``"residual"`` (additive skips, a ResNet), ``"dense"``
+    (concatenation skips: a layer's input is concatenated with its output, a DenseNet) or
+    ``"plain"`` (neither, a VGG or an MLP) -- schemes whose published settings differ by family
+    (GradInit) read it."""
 
-    def __init__(self, roles: Mapping[str, str], blocks: Iterable[ResidualBlock], source: str):
+    def __init__(self, roles: Mapping[str, str], blocks: Iterable[ResidualBlock], source: str,
+                 dense: bool = False):
         super().__init__(roles)
         self.blocks: tuple[ResidualBlock, ...] = tuple(blocks)
         self.source = source
+        self.topology = "residual" if self.blocks else "dense" if dense else "plain"
 
 
 def parameterized_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -135,10 +147,10 @@ def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None)
         if role:
             fixed[path] = role
     try:
-        roles, blocks = _by_graph(_trace(model), modules, fixed)
+        roles, blocks, dense = _by_graph(_trace(model), modules, fixed)
         source = "graph"
     except Exception as exc:  # fx refuses data-dependent control flow and more; names still work
-        roles, blocks = _by_names(model, modules, fixed)
+        (roles, blocks), dense = _by_names(model, modules, fixed), False
         source = f"names (fx could not trace the model: {type(exc).__name__}: {str(exc)[:120]})"
     unlabelled = [p for p, r in roles.items() if r is None]
     if unlabelled:
@@ -146,7 +158,7 @@ def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None)
         raise UsageError(f"cannot label {named}: give each a role in the space file under "
                          f"role_overrides (e.g. {unlabelled[0]!r}: scalar_bias for a learned "
                          f"scale or bias); roles: {', '.join(ROLES)}")
-    return Roles(roles, _reconcile(blocks, roles), source)
+    return Roles(roles, _reconcile(blocks, roles), source, dense)
 
 
 def _override_rules(model, overrides, modules) -> list[tuple[str, str]]:
@@ -236,15 +248,18 @@ def _by_graph(graph: fx.Graph, modules: Mapping[str, nn.Module], fixed: Mapping[
         raise ValueError("no layer feeds the main output (the output or its first element)")
     feeds_main = upstream[main]
     heads = [p for p in weights if p not in feeds_main]
+    # a head layer that feeds another head layer is inside a head, not its output layer
+    inner = set().union(*(upstream[n] - {layer[n]} for n in nodes if layer.get(n) in heads))
     for p in heads:
-        if free(p):
+        if free(p) and p not in inner:
             roles[p] = "aux_head"
     main_layers = [p for p in weights if p in feeds_main]
     if main_layers and free(main_layers[0]) and roles[main_layers[0]] in ("conv", "linear"):
         roles[main_layers[0]] = "stem"  # the layer the input meets first (a lone layer too)
     if len(main_layers) > 1 and free(main_layers[-1]) and main_layers[-1] not in claimed:
         roles[main_layers[-1]] = "classifier"  # unless the output is a residual sum
-    return roles, blocks  # in execution order: the additions were visited in it
+    dense = any(_concat_skip(n, upstream, live) for n in nodes)
+    return roles, blocks, dense  # blocks in execution order: the additions were visited in it
 
 
 def _branch_side(layers: list[list[str]], modules: Mapping[str, nn.Module]) -> int | None:
@@ -276,6 +291,16 @@ def _reconcile(blocks: list[ResidualBlock], roles: Mapping[str, str]) -> list[Re
                                   next((p for p in under if roles[p] == "shortcut"), None),
                                   next((p for p in under if roles[p] == "branch_scale"), None)))
     return kept
+
+
+def _concat_skip(n: fx.Node, upstream: Mapping[fx.Node, frozenset], live: Mapping[fx.Node, bool]) -> bool:
+    """A concatenation that joins a feature map with one computed from it (DenseNet's
+    ``cat([x, f(x)])``), as opposed to parallel branches side by side (Inception)."""
+    if not (n.op == "call_function" and n.target in _CATS and n.args
+            and isinstance(n.args[0], (list, tuple))):
+        return False
+    parts = [a for a in n.args[0] if isinstance(a, fx.Node) and live[a]]
+    return any(upstream[a] < upstream[b] for a in parts for b in parts)
 
 
 def _is_add(n: fx.Node) -> bool:
@@ -321,6 +346,10 @@ def _by_names(model: nn.Module, modules: Mapping[str, nn.Module], fixed: Mapping
     linears = [p for p in free[1:] if isinstance(modules[p], nn.Linear)]
     if linears:
         roles[linears[-1]] = "classifier"
+        classes = modules[linears[-1]].out_features
+        for p, r in roles.items():  # a head's hidden layers are ordinary layers
+            if r == "aux_head" and p not in fixed and _width(modules[p]) != classes:
+                roles[p] = _role_by_type(modules[p])
     blocks = []
     containers = [path for path, m in model.named_modules() if _looks_like_block(m)]
     for path in containers:
@@ -337,6 +366,10 @@ def _by_names(model: nn.Module, modules: Mapping[str, nn.Module], fixed: Mapping
                                     next((p for p in under if roles[p] == "shortcut"), None),
                                     next((p for p in under if roles[p] == "branch_scale"), None)))
     return roles, blocks
+
+
+def _width(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
 
 
 def _looks_like_block(module: nn.Module) -> bool:

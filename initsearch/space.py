@@ -16,7 +16,7 @@ A space file (``spaces/*.yaml``)::
       "stages.*.conv1": [0.5, 2.0]
     steps:                     # optional: slots of network-level steps, run in slot order
       static: [none, fixup, {step: emergence, alpha: [1.0, 1.5]}]   # [lo, hi]: searched
-      data: [none, lsuv, {step: gradinit, preset: search}]
+      data: [none, lsuv, gradinit_fast, gradinit]
     role_overrides: {}         # {module-path glob: role} for models discovery cannot read
 
 Sampling is define-by-run: for each role an Optuna categorical ``<role>.init``, then -- unless

@@ -24,26 +24,26 @@ import torch
 from torch import nn
 
 from initsearch.archs import build_model
+from initsearch.confirm import ConfirmDriver, fresh_seeds, pending, select
 from initsearch.data import load_splits
 from initsearch.engine.driver import StudyDriver
 from initsearch.engine.progress import Progress
 from initsearch.errors import UsageError
 from initsearch.protocol import load_protocol
-from initsearch.recommend import SearchResult, best_recipe, build_table
+from initsearch.recommend import SearchResult, build_table, recommended_recipe, verdict_of
+from initsearch.report import close_figures, plots
+from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.space import available_spaces, load_space
+from initsearch.stats import chance_level
 from initsearch.tracking import Tracker, check_tracking_uri, default_tracking_uri
-
-BACKENDS = ("ray", "local")
 
 
 def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None = None,
            arch_options: dict | None = None, dataset: str = "cifar10",
            data_dir: str | os.PathLike | None = None, budget: int = 50, profile: str | None = None,
-           space: str | None = None, backend: str = "ray", seed: int = 0,
-           study: str | None = None, resume: bool = False, tracking_uri: str | None = None,
-           gpus_per_trial: float | None = None, home: str | os.PathLike | None = None,
-           progress: bool = False) -> SearchResult:
-    """Search init recipes for a model on a dataset; return the best recipe and the table.
+           space: str | None = None, seed: int = 0, run: RunConfig | None = None,
+           confirm: ConfirmConfig | None = None) -> SearchResult:
+    """Search init recipes for a model, confirm the best on fresh seeds, and recommend one.
 
     Args:
         arch: a built-in architecture (``initsearch archs``), or ``"package.module:function"``.
@@ -51,45 +51,47 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         arch_options: architecture parameters (e.g. ``{"depth": 56}``), over the profile's.
         dataset: ``"cifar10"``.
         data_dir: where the data is (else ``$INITSEARCH_DATA``, else torchvision downloads it).
-        budget: total trials in the study, baselines included (a resumed study counts what it has).
+        budget: search trials in the study, baselines included (a resumed study counts what
+            it has); the confirmation comes on top.
         profile: a trial protocol from ``trials/`` (or a path); None picks ``gpu`` or ``cpu``.
         space: a search space from ``spaces/`` (or a path); None picks ``<arch>`` or ``default``.
-        backend: ``"ray"`` (Ray Tune launches trials) or ``"local"`` (in this process).
         seed: seeds the TPE sampler and offsets the protocol's training seeds.
-        study: the study name; None makes ``<arch>-<dataset>-<timestamp>``.
-        resume: continue ``study`` (or the newest study of this arch) up to ``budget`` trials.
-        tracking_uri: MLflow store; default ``sqlite:///<home>/mlruns/mlflow.db``.
-        gpus_per_trial: GPU share per trial under Ray (fractions allowed); default the profile's.
-        home: the folder holding ``mlruns/``.
-        progress: draw a progress bar on stderr.
+        run: how and where it runs (:class:`~initsearch.settings.RunConfig`: study name,
+            resume, backend, GPU share, home, tracking store, progress bars).
+        confirm: the confirmation stage (:class:`~initsearch.settings.ConfirmConfig`: top
+            candidates, fresh seeds; ``seeds=0`` turns it off).
+
+    Returns:
+        A :class:`~initsearch.recommend.SearchResult`: ``best`` (the recommended recipe with
+        its evidence, possibly a baseline, or None), ``verdict``, the search ``table``.
 
     Example:
-        >>> result = initsearch.search(arch="resnet_ds", data_dir="data/cifar10", budget=20,
-        ...                            backend="local")                       # doctest: +SKIP
+        >>> result = initsearch.search("resnet_ds", data_dir="data/cifar10", budget=20,
+        ...                            run=initsearch.RunConfig(backend="local"))  # doctest: +SKIP
+        >>> print(result.verdict.text)                                        # doctest: +SKIP
         >>> result.best.apply(my_model)                                       # doctest: +SKIP
     """
     t_start = time.perf_counter()
+    run = run or RunConfig()
+    confirm = confirm or ConfirmConfig()
     # -- 1. validate every input; nothing is written before this block ends ----------------------
-    if not isinstance(budget, int) or budget < 1:
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise UsageError(f"budget must be a whole number >= 1, not {budget!r}")
-    if backend not in BACKENDS:
-        raise UsageError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     builtin = arch if model_fn is None and ":" not in arch else None
     protocol, arch_opts = load_protocol(profile).for_arch(builtin)
     protocol = dataclasses.replace(protocol, seeds=tuple(s + seed for s in protocol.seeds))
-    if gpus_per_trial is not None:
-        protocol = dataclasses.replace(protocol, gpus_per_trial=gpus_per_trial)
+    if run.gpus_per_trial is not None:
+        protocol = dataclasses.replace(protocol, gpus_per_trial=run.gpus_per_trial)
     if protocol.device == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"profile {protocol.name!r} trains on CUDA but no GPU is visible; "
                          "use --profile cpu")
-    if protocol.gpus_per_trial < 0:
-        raise UsageError(f"gpus_per_trial must be >= 0, not {protocol.gpus_per_trial}")
     if protocol.gpus_per_trial > 0 and not torch.cuda.is_available():
         raise UsageError(f"gpus_per_trial={protocol.gpus_per_trial} but no CUDA GPU is visible; "
                          "use --gpus-per-trial 0 or a machine with a GPU")
     if model_fn is not None and arch_options:
         raise UsageError("arch_options apply to a built-in arch or a 'module:function' factory; "
                          "with model_fn, bind them into it (functools.partial(factory, ...))")
+    confirm_seeds = protocol.confirm_seeds if confirm.seeds is None else confirm.seeds
     label = _label(model_fn) if model_fn else arch.rpartition(":")[2]
     named_space = arch if model_fn is None and arch in available_spaces() else "default"
     if model_fn is None:
@@ -101,15 +103,16 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     splits = load_splits(dataset, data_dir, train_size=protocol.train_size,
                          val_size=protocol.val_size, test_size=protocol.test_size,
                          split_seed=protocol.split_seed)
-    state = resolve_home(home) / "mlruns"
+    chance = chance_level(splits.num_classes, len(splits.val))
+    state = resolve_home(run.home) / "mlruns"
     journals = state / "optuna"
-    study_name = _study_name(study, resume, journals, label, dataset)
+    study_name = _study_name(run.name, run.resume, journals, label, dataset)
     journal = journals / f"{study_name}.journal"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = {"arch": label, "dataset": dataset, "profile": protocol.name,
                 "space": space_obj.name, "seed": seed, "arch_options": arch_opts}
     storage = None
-    if resume:  # reading the journal writes nothing; a study must not mix protocols or spaces
+    if run.resume:  # reading the journal writes nothing; a study must not mix protocols or spaces
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(journal)))
         stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs
@@ -117,7 +120,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         if differ:
             raise UsageError(f"study {study_name!r} was run with {', '.join(differ)}; resume it with "
                              "the same settings or start a new --study")
-    tracking_uri = tracking_uri or default_tracking_uri(state.parent)
+    tracking_uri = run.tracking_uri or default_tracking_uri(state.parent)
     check_tracking_uri(tracking_uri)
 
     # -- 2. open the tracking runs and the study ---------------------------------------------------
@@ -126,61 +129,78 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     storage = storage or optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journal)))
     study_obj = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                    pruner=protocol.make_pruner(), load_if_exists=resume)
+                                    pruner=protocol.make_pruner(), load_if_exists=run.resume)
     # A resumed study continues the sampler's stream instead of replaying its first draws.
     study_obj.sampler = optuna.samplers.TPESampler(seed=seed + len(study_obj.trials))
     parent = tracker.start_search(
-        study_name, {**settings, "backend": backend, "budget": budget, "epochs": protocol.epochs,
-                     "gpus_per_trial": protocol.gpus_per_trial},
+        study_name, {**settings, "backend": run.backend, "budget": budget,
+                     "epochs": protocol.epochs, "gpus_per_trial": protocol.gpus_per_trial,
+                     "confirm_top": confirm.top, "confirm_seeds": confirm_seeds},
         protocol.to_dict(), {"arch": label, "arch_options": json.dumps(arch_opts, sort_keys=True)})
-    bar = Progress(budget, enabled=progress)
+    bar = Progress(budget, enabled=run.progress)
     driver = StudyDriver(study_obj, space_obj, protocol, tracker, plan_for, budget, bar)
-    if resume:
+    if run.resume:
         driver.recover_interrupted()
     else:
         for key, value in settings.items():
             study_obj.set_user_attr(key, value)
+    study_obj.set_user_attr("protocol_sha256", protocol.content_hash())
+    study_obj.set_user_attr("chance_acc", chance)
     driver.enqueue_baselines()
 
-    # -- 3. run, then recommend ---------------------------------------------------------------------
-    status = "KILLED"
+    # -- 3. search, confirm, recommend --------------------------------------------------------------
+    status, verdict, drivers, slots = "KILLED", None, [driver], 1
     setup = time.perf_counter() - t_start
+    confirm_seconds = 0.0
+    if run.backend == "ray":
+        from initsearch.engine.ray_backend import RayBackend
+
+        backend = RayBackend(splits, model_fn, threads=protocol.threads_per_trial,
+                             gpus_per_trial=protocol.gpus_per_trial, storage=state / "ray")
+    else:
+        from initsearch.engine.local import LocalBackend
+
+        backend = LocalBackend(splits, model_fn)
     try:
-        if not driver.remaining:  # a resumed study that already has its budget
-            slots = 1
-        elif backend == "ray":
-            from initsearch.engine.ray_backend import run_ray
-
-            slots = run_ray(driver, splits, model_fn, threads=protocol.threads_per_trial,
-                            gpus_per_trial=protocol.gpus_per_trial, storage=state / "ray",
-                            name=study_name)
-        else:
-            from initsearch.engine.local import run_local
-
-            slots = run_local(driver, splits, model_fn)
+        with backend:
+            if driver.remaining:
+                slots = backend.run(driver, study_name)
+            bar.close()
+            t_confirm = time.perf_counter()
+            seeds = fresh_seeds(protocol.seeds, confirm_seeds)
+            study_obj.set_user_attr("confirm", {"top": confirm.top, "seeds": seeds})
+            jobs = pending(study_obj, select(study_obj, confirm.top, chance), seeds)
+            if jobs:
+                confirm_bar = Progress(len(jobs), enabled=run.progress, stage="confirm")
+                drivers.append(ConfirmDriver(study_obj, jobs, protocol, tracker, plan_for, confirm_bar))
+                slots = max(slots, backend.run(drivers[-1], f"{study_name}-confirm"))
+                confirm_bar.close()
+            verdict = verdict_of(study_obj)
+            confirm_seconds = time.perf_counter() - t_confirm
         status = "FINISHED"
     finally:
         bar.close()
         table = build_table(study_obj)
-        best = best_recipe(study_obj)
-        wall = time.perf_counter() - t_start
-        result = SearchResult(best, table, study_name, parent)
-        if status == "FINISHED":
-            result.stats = {"wall_seconds": wall, "setup_seconds": setup,
-                            "compute_seconds": driver.compute_seconds,
-                            "bookkeeping_seconds": driver.bookkeeping_seconds, "slots": slots,
-                            "outside_compute_share": 1 - driver.compute_seconds / (wall * slots),
-                            **{f"n_{s.lower()}": sum(r["state"] == s for r in table)
+        evidence = {"study": study_name, **settings, "protocol_sha256": protocol.content_hash(),
+                    "search": {s.lower(): sum(r["state"] == s for r in table)
                                for s in ("COMPLETE", "PRUNED", "FAIL")}}
-            ref = result.best_baseline_acc
-            if best is not None:
-                result.stats["best_val_acc"] = best.meta["val_acc"]
-                if ref is not None:
-                    result.stats["gain_over_best_baseline"] = best.meta["val_acc"] - ref
-        texts = {"comparison.txt": result.comparison(), "trials.csv": result.to_csv()}
+        best = recommended_recipe(verdict, evidence) if verdict else None
+        result = SearchResult(best, table, study_name, parent, verdict, tracker.ui_url())
+        texts, figures = {"comparison.txt": result.comparison(), "trials.csv": result.to_csv()}, {}
+        if status == "FINISHED":
+            wall = time.perf_counter() - t_start
+            compute = sum(d.compute_seconds for d in drivers)
+            result.stats = {"wall_seconds": wall, "setup_seconds": setup, "compute_seconds": compute,
+                            "bookkeeping_seconds": sum(d.bookkeeping_seconds for d in drivers),
+                            "confirm_seconds": confirm_seconds, "slots": slots,
+                            "outside_compute_share": 1 - compute / (wall * slots),
+                            **{f"n_{s}": n for s, n in evidence["search"].items()}}
+            texts["verdict.txt"] = "\n\n".join(filter(None, [verdict.table(), verdict.text]))
+            figures = {f"plots/{name}": fig for name, fig in plots(study_obj, verdict).items()}
         if best is not None:
             texts["best_recipe.yaml"] = best.dumps()
-        tracker.end_search(result.stats, texts, status)
+        tracker.end_search(result.stats, texts, status, figures)
+        close_figures(figures.values())
     return result
 
 
@@ -216,8 +236,6 @@ def _plan(probe: nn.Module, recipe) -> list[dict]:
 
 
 def _study_name(study: str | None, resume: bool, journals: Path, label: str, dataset: str) -> str:
-    if study is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", study):
-        raise UsageError(f"study name {study!r} may hold only letters, digits, '.', '_' and '-'")
     if resume:
         if study is None:
             found = sorted(journals.glob(f"{label}-{dataset}-*.journal"), key=lambda p: p.stat().st_mtime)

@@ -86,7 +86,7 @@ class Tracker:
         with ``trial_tags`` (the architecture and its options, so runs filter by them)."""
         from mlflow.entities import Param, RunTag
 
-        self.trial_tags = dict(trial_tags)
+        self.trial_tags = {"study": study_name, **trial_tags}
 
         found = self.client.search_runs([self.experiment_id],
                                         f"tags.study = '{study_name}' and tags.role = 'search'",
@@ -105,7 +105,10 @@ class Tracker:
         self.client.log_dict(self.parent_id, protocol, "protocol.yaml")
         return self.parent_id
 
-    def end_search(self, metrics: dict[str, float], texts: dict[str, str], status: str) -> None:
+    def end_search(self, metrics: dict[str, float], texts: dict[str, str], status: str,
+                   figures: dict[str, Any] | None = None) -> None:
+        """Close the parent run with the search's figures, text artifacts and plots
+        (``{"plots/x.png": matplotlib figure}``)."""
         from mlflow.entities import Metric
 
         now = _ms()
@@ -113,17 +116,26 @@ class Tracker:
                                                        for k, v in metrics.items()])
         for name, text in texts.items():
             self.client.log_text(self.parent_id, text, name)
+        for name, figure in (figures or {}).items():
+            self.client.log_figure(self.parent_id, figure, name)
         self.client.set_terminated(self.parent_id, status)
 
+    def ui_url(self, base: str = "http://127.0.0.1:5000") -> str:
+        """The study's runs in the MLflow UI's model-training view (by default the UI opens an
+        experiment in its GenAI traces view; ``workflowType=machine_learning`` switches it)."""
+        return runs_url(self.experiment_id, self.trial_tags["study"], base)
+
     # -- the trials ----------------------------------------------------------------------------
-    def start_trial(self, number: int, recipe, baseline: str | None, params: dict[str, Any],
-                    plan: list[dict]) -> str:
+    def start_trial(self, run_name: str, recipe, params: dict[str, Any], plan: list[dict],
+                    tags: dict[str, str]) -> str:
+        """Open a child run of the search: the recipe's choices as params, its per-layer plan
+        as ``recipe.json``, ``tags`` (``stage`` search or confirm, trial, seed, baseline) plus
+        the study's and the architecture's."""
         from mlflow.entities import Param, RunTag
 
         run = self.client.create_run(
-            self.experiment_id, run_name=baseline or f"trial-{number:03d}",
-            tags={PARENT_TAG: self.parent_id, "trial": str(number), "baseline": baseline or "",
-                  **self.trial_tags})
+            self.experiment_id, run_name=run_name,
+            tags={PARENT_TAG: self.parent_id, **tags, **self.trial_tags})
         run_id = run.info.run_id
         self.client.log_batch(run_id, params=[Param(k, _param(v)) for k, v in params.items()],
                               tags=[RunTag("recipe", recipe.summary()[:5000])])
@@ -142,6 +154,16 @@ class Tracker:
 
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, status)
+
+
+def runs_url(experiment_id: str, study: str, base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI's runs table of one study (its parent run with the trial and
+    confirmation runs nested under it), in the model-training view."""
+    from urllib.parse import quote
+
+    search = quote(f"tags.study = '{study}'")
+    return (f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&searchFilter={search}")
 
 
 def _param(v: Any) -> str:

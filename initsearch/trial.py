@@ -48,6 +48,16 @@ class TrialConfig:
         return cls(d["number"], d["recipe"], d["protocol"])
 
 
+def diverged(metrics: dict) -> str | None:
+    """Why an epoch's metrics end the trial as diverged (``"diverged at epoch 3: train_loss
+    nan"``), or None: a non-finite training or validation loss is a result, not a score."""
+    for key in ("train_loss", "val_loss"):
+        value = float(metrics.get(key, 0.0))
+        if not math.isfinite(value):
+            return f"diverged at epoch {int(metrics['epoch'])}: {key} {value}"
+    return None
+
+
 def deep_supervision_loss(out, y: torch.Tensor, aux_weight: float,
                           label_smoothing: float = 0.0) -> torch.Tensor:
     """``CE(main) + aux_weight * sum_k CE(aux_k)``; a plain CE when the model has one head."""

@@ -17,7 +17,7 @@ from initsearch.errors import UsageError
 from initsearch.recipe import Recipe, RoleInit, StepInit
 from initsearch.roles import discover_roles
 from initsearch.schemes.base import InitData, init_forward_mode
-from initsearch.schemes.gradinit import STEP, gradinit_
+from initsearch.schemes.gradinit import FAST_STEP, STEP, gradinit_
 from initsearch.trial import deep_supervision_loss
 
 LOSS = functools.partial(deep_supervision_loss, aux_weight=0.3)
@@ -83,13 +83,14 @@ def bn_run(cifar_batch):
     model.train()
     model.stages[0].eval()  # a mixed state that GradInit must restore
     before = copy.deepcopy(model)
-    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search")
+    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), fast=True, iters=10,
+                       batch_size=32)
     return before, model, report
 
 
 @pytest.mark.parametrize("norm", ["batch", "none"])
 def test_one_step_loss_on_held_out_batches_drops(norm, cifar_batch, bn_run):
-    """The defining property: from GradInit's scales (preset "search", as a search runs it),
+    """The defining property: from GradInit's scales (``gradinit_fast``, as a search runs it),
     one step of the optimizer it tuned for (and one plain SGD step of the trial's lr) gives a
     lower loss on unseen batches; paired over 8 draws, the gain must be > 3 standard errors."""
     (x, y), (xh, yh) = _split(cifar_batch)
@@ -99,7 +100,7 @@ def test_one_step_loss_on_held_out_batches_drops(norm, cifar_batch, bn_run):
         start, _ = _model("none")
         tuned = copy.deepcopy(start)
         report = gradinit_(tuned, discover_roles(tuned), InitData(x, y, loss=LOSS, seed=0),
-                           preset="search")
+                           fast=True, iters=10, batch_size=32)
     assert report["objective_steps"] > 0
     base_norm, base_plain = _one_step_losses(start, xh, yh)
     new_norm, new_plain = _one_step_losses(tuned, xh, yh)
@@ -138,8 +139,7 @@ def test_zero_tensors_stay_zero_and_others_are_only_rescaled(cifar_batch):
     (x, y), _ = _split(cifar_batch)
     model, roles = _model("batch", zero_heads=True)
     p0 = {n: q.detach().clone() for n, q in model.named_parameters()}
-    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search",
-                       iters=6)
+    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), fast=True, iters=6)
     p1 = dict(model.named_parameters())
     zeros = {n for n, q in p0.items() if not q.any()}
     assert {"aux_heads.stage1.weight", "aux_heads.stage2.bias", "stem_bn.bias"} <= zeros
@@ -160,7 +160,7 @@ def test_weight_floor(norm, cifar_batch):
     (x, y), _ = _split(cifar_batch)
     model, roles = _model(norm)
     before = {n: q.detach().clone() for n, q in model.named_parameters()}
-    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), preset="search",
+    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=0), fast=True,
                        iters=5, batch_size=32, lr=0.3, gamma=1e-6, min_scale=0.5)
     assert report["constraint_steps"] == 5
     ratios = {n: float(q.detach().norm() / before[n].norm())
@@ -171,21 +171,81 @@ def test_weight_floor(norm, cifar_batch):
     assert min(r for n, r in ratios.items() if n.endswith("bias")) < 0.5
 
 
-def test_recipe_presets_and_report(cifar_batch):
+def test_objective_is_the_loss_after_the_virtual_step(cifar_batch):
+    """GradInit minimizes the loss *after* one step, ``L(S~; alpha W0 - eta d) / eta``, not
+    the loss at theta. One objective step of RescaleAdam moves each scale by exactly ``lr``
+    against the sign of ``dF/dalpha_i``; the signs are computed here independently, by
+    autograd through an explicit ``alpha``, and every scale GradInit returns must follow them.
+    The control: the same signs taken at theta (no look-ahead) disagree on some tensors, so
+    a GradInit without the look-ahead fails this test."""
+    (x, y), _ = _split(cifar_batch)
+    model, roles = _model("batch")
+    start = copy.deepcopy(model)
+    eta, lr, half = 1.0, 0.01, 32
+    report = gradinit_(model, roles, InitData(x, y, loss=LOSS, seed=5), iters=1, batch_size=2 * half,
+                       lr=lr, eta=eta, gamma=float("inf"), clip=float("inf"))
+    assert report["objective_steps"] == 1
+    xb, yb = InitData(x, y, seed=5).batch(3 * half)  # the same draw GradInit made
+    xs, ys = xb[:2 * half], yb[:2 * half]
+    xt, yt = torch.cat([xb[:half], xb[2 * half:]]), torch.cat([yb[:half], yb[2 * half:]])
+    names, params = zip(*start.named_parameters())
+    keys = list(report["scales"])
+    scaled = [names.index(k) for k in keys]
+    with init_forward_mode(start):
+        g = torch.autograd.grad(LOSS(start(xs), ys), params)
+        norm = torch.sqrt(sum(gi.pow(2).sum() for gi in g))
+        d = [gi / norm for gi in g]
+
+        def signs(step: float) -> torch.Tensor:
+            alpha = torch.ones(len(keys), requires_grad=True)
+            theta = {n: q.detach() for n, q in zip(names, params)}
+            for a, i in zip(alpha, scaled):
+                theta[names[i]] = a * params[i].detach()
+            virtual = {n: q - step * di for (n, q), di in zip(theta.items(), d)}
+            loss = LOSS(functional_call(start, virtual, (xt,)), yt) / eta
+            return torch.autograd.grad(loss, alpha)[0].sign()
+
+        lookahead, at_theta = signs(eta), signs(0.0)
+    expected = 1 - lr * lookahead
+    got = torch.tensor([report["scales"][k] for k in keys])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert (lookahead != at_theta).sum() >= 3  # the control could fail
+
+
+@pytest.mark.parametrize("arch,options,family,lr,batch", [
+    ("resnet_ds", {"depth": 8, "width": 4}, "residual", 1e-3, 128),
+    ("resnet_ds", {"depth": 8, "width": 4, "norm": "none"}, "residual", 5e-2, 128),
+    ("vgg", {"depth": 11, "width": 4}, "plain", 1e-1, 128),
+    ("vgg", {"depth": 11, "width": 4, "norm": "none"}, "plain", 1e-2, 128),
+    ("densenet_ds", {"depth": 10, "growth": 4}, "dense", 1e-2, 64),
+    ("mlp", {"depth": 3, "width": 32}, "plain", 1e-2, 128),
+])
+def test_gradinit_is_the_papers_setting_for_the_family(arch, options, family, lr, batch, cifar_batch):
+    """The baseline's step runs the authors' CIFAR setting for the network's family (lr,
+    batch, gamma 1, normalized SGD, eta 0.1) for one epoch of the data it is given."""
+    x, y = cifar_batch
+    model = build_model(arch, options=options)
+    opts = gradinit_(model, discover_roles(model), InitData(x, y, loss=LOSS))["options"]
+    assert (opts["family"], opts["lr"], opts["batch_size"]) == (family, lr, batch)
+    assert opts["iters"] == len(y) // batch  # one epoch
+    assert (opts["gamma"], opts["eta"], opts["normalize_grad"], opts["alg"]) == (1.0, 0.1, True, "sgd")
+
+
+def test_fast_setting_and_report(cifar_batch):
     (x, y), _ = _split(cifar_batch)
     model, _ = _model("batch")
     convs = {r: RoleInit("he", {"mode": "fan_out"}) for r in CONVS}
-    recipe = Recipe(convs, steps=(StepInit("gradinit", {"preset": "search", "iters": 2}),))
-    report = recipe.apply(model, data=InitData(x, y, loss=LOSS), seed=0).steps["gradinit"]
+    recipe = Recipe(convs, steps=(StepInit("gradinit_fast", {"iters": 2}),))
+    report = recipe.apply(model, data=InitData(x, y, loss=LOSS), seed=0).steps["gradinit_fast"]
     json.dumps(report)
     opts = report["options"]
-    assert (opts["iters"], opts["batch_size"], opts["lr"]) == (2, 32, 0.04)  # explicit iters wins
+    assert (opts["setting"], opts["iters"], opts["batch_size"], opts["lr"]) == ("fast", 2, 32, 0.04)
     assert report["iterations"] == report["constraint_steps"] + report["objective_steps"] == 2
     assert report["forward_passes"] >= 2 and report["backward_passes"] >= 2
-    free, roles = _model("none")  # the paper preset's lr follows normalization: 5e-2 without
-    opts = gradinit_(free, roles, InitData(x, y, loss=LOSS), iters=1, batch_size=64)["options"]
-    assert (opts["iters"], opts["batch_size"], opts["lr"]) == (1, 64, 0.05)
-    assert STEP.check_options({"preset": "fast"}) and STEP.check_options({"iters": 1.5})
+    free, roles = _model("none")  # the fast setting's lr follows normalization: 0.1 without
+    opts = FAST_STEP(free, roles, InitData(x, y, loss=LOSS), iters=1)["options"]
+    assert (opts["iters"], opts["batch_size"], opts["lr"]) == (1, 32, 0.1)
+    assert STEP.check_options({"preset": "search"}) and STEP.check_options({"iters": 1.5})
     assert STEP.check_options({"alg": "adam", "lr": 0.01, "gamma": 2.0}) is None
     with pytest.raises(UsageError):
         gradinit_(model, discover_roles(model), InitData(x[:40], y[:40]), batch_size=64)

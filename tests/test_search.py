@@ -12,9 +12,15 @@ from initsearch.archs import build_model
 from initsearch.errors import UsageError
 from initsearch.protocol import load_protocol
 from initsearch.recipe import Recipe
+from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.study import search
 
 EPOCHS = load_protocol("smoke").epochs
+OFF = ConfirmConfig(seeds=0)  # tests of the search alone (test_confirm.py tests the stage)
+
+
+def _run(home, name, backend="local", resume=False) -> RunConfig:
+    return RunConfig(name=name, resume=resume, backend=backend, home=home)
 
 
 def _study(home, name):
@@ -23,20 +29,24 @@ def _study(home, name):
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def _check_store(home, result, n_trials):
+def _check_store(home, result, n_trials, n_confirm=0):
     client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("initsearch-resnet_ds")
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["budget"] == str(n_trials)
     assert parent.data.params["space"] == "resnet_ds"  # the arch's own space, not the generic one
-    assert "best_val_acc" in parent.data.metrics
+    assert "compute_seconds" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
-    assert {"comparison.txt", "trials.csv", "best_recipe.yaml"} <= artifacts
+    assert {"comparison.txt", "trials.csv", "best_recipe.yaml", "verdict.txt"} <= artifacts
     children = client.search_runs([exp.experiment_id],
                                   f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
-    assert len(children) == n_trials
+    assert len(children) == n_trials + n_confirm
+    assert sum(c.data.tags["stage"] == "confirm" for c in children) == n_confirm
     for child in children:
+        if child.data.tags["stage"] == "confirm":  # full protocol, never pruned
+            assert child.data.tags["state"] == "COMPLETE" and int(child.data.tags["epochs"]) == EPOCHS
+            continue
         assert "stem.init" in child.data.params
         assert "recipe.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
         history = client.get_metric_history(child.info.run_id, "val_acc")
@@ -69,14 +79,23 @@ def _check_study(home, result, n_trials):
 
 @pytest.mark.parametrize("backend", ["ray", "local"])
 def test_real_search(backend, data_dir, home, tmp_path):
+    """A real search, confirmed through the same backend under Ray (1 candidate + PyTorch's
+    default + 2 best baselines, on 2 fresh seeds) and unconfirmed under the local backend."""
     n = 12  # the 9 baselines that apply to resnet_ds with BN, then 3 sampled trials
-    result = search("resnet_ds", data_dir=data_dir, budget=n, profile="smoke", backend=backend,
-                    seed=1, study=f"t-{backend}", home=home)
-    _check_store(home, result, n)
+    confirm = ConfirmConfig(top=1, seeds=2) if backend == "ray" else OFF
+    result = search("resnet_ds", data_dir=data_dir, budget=n, profile="smoke", seed=1,
+                    run=_run(home, f"t-{backend}", backend), confirm=confirm)
+    _check_store(home, result, n, n_confirm=8 if backend == "ray" else 0)
     study = _check_study(home, result, n)
-    best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    assert result.best.meta["trial"] == best.number
     assert {r["trial"] for r in result.table} == {t.number for t in study.trials}
+    if backend == "local":  # unconfirmed: the search's best, and the verdict says so
+        best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        assert result.best.meta["trial"] == best.number and "NOT confirmed" in result.verdict.text
+    else:  # confirmed: seeds 2 and 3 (the search trained with seed 1), every pair recorded
+        assert result.verdict.seeds == [2, 3] and len(result.verdict.rows) == 4
+        assert {r.kind for r in result.verdict.rows} == {"candidate", "reference", "baseline"}
+        assert all(r.val is not None and sorted(r.runs) == [2, 3] for r in result.verdict.rows)
+        assert result.best.evidence["verdict"] == result.verdict.text
 
     # the recommended recipe round-trips through its file and applies identically
     path = result.best.save(tmp_path / "best.yaml")
@@ -87,11 +106,11 @@ def test_real_search(backend, data_dir, home, tmp_path):
 
 
 def test_resume_continues_the_study(data_dir, home):
-    first = search("resnet_ds", data_dir=data_dir, budget=4, profile="smoke", backend="local",
-                   study="r", home=home)
+    first = search("resnet_ds", data_dir=data_dir, budget=4, profile="smoke", run=_run(home, "r"),
+                   confirm=OFF)
     assert len(first.table) == 4
-    again = search("resnet_ds", data_dir=data_dir, budget=6, profile="smoke", backend="ray",
-                   study="r", resume=True, home=home)  # a study may change backend on resume
+    again = search("resnet_ds", data_dir=data_dir, budget=6, profile="smoke", confirm=OFF,
+                   run=_run(home, "r", "ray", resume=True))  # a study may change backend on resume
     assert again.parent_run_id == first.parent_run_id  # one parent run per search
     trials = _study(home, "r").trials
     assert [t.number for t in trials] == list(range(6))
@@ -102,8 +121,8 @@ def test_resume_continues_the_study(data_dir, home):
     exp = client.get_experiment_by_name("initsearch-resnet_ds")
     assert len(client.search_runs([exp.experiment_id],
                                   f"tags.mlflow.parentRunId = '{first.parent_run_id}'")) == 6
-    done = search("resnet_ds", data_dir=data_dir, budget=6, profile="smoke", backend="ray",
-                  study="r", resume=True, home=home)  # budget already reached: runs nothing
+    done = search("resnet_ds", data_dir=data_dir, budget=6, profile="smoke", confirm=OFF,
+                  run=_run(home, "r", "ray", resume=True))  # budget already reached: runs nothing
     assert len(done.table) == 6 and done.best == again.best
 
 
@@ -122,7 +141,7 @@ class _Broken(torch.nn.Module):
 @pytest.mark.parametrize("backend", ["ray", "local"])
 def test_failing_trials_are_recorded_as_fail(backend, data_dir, home):
     result = search(model_fn=_Broken, data_dir=data_dir, budget=2, profile="smoke",
-                    backend=backend, study="broken", home=home)
+                    run=_run(home, "broken", backend), confirm=OFF)
     ran = [t for t in _study(home, "broken").trials if t.state != TrialState.WAITING]
     assert [t.state for t in ran] == [TrialState.FAIL] * 2  # only as many baselines as budget
     assert all("boom in forward" in t.user_attrs["error"] for t in ran)
@@ -143,7 +162,7 @@ def test_interrupt_then_resume_loses_nothing(data_dir, home):
 
     cmd = [sys.executable, "-m", "initsearch.cli", "run", "--profile", "smoke", "--budget", "9",
            "--backend", "local", "--study", "intr", "--home", str(home), "--data", str(data_dir),
-           "--no-progress"]
+           "--no-progress", "--confirm-seeds", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     journal = home / "mlruns" / "optuna" / "intr.journal"
     deadline = time.time() + 300
@@ -161,8 +180,8 @@ def test_interrupt_then_resume_loses_nothing(data_dir, home):
     before = {t.number: (t.state, t.value) for t in _study(home, "intr").trials if "epochs" in t.user_attrs}
     assert len(before) >= 4
 
-    result = search("resnet_ds", data_dir=data_dir, budget=9, profile="smoke", backend="local",
-                    study="intr", resume=True, home=home)
+    result = search("resnet_ds", data_dir=data_dir, budget=9, profile="smoke",
+                    run=_run(home, "intr", resume=True), confirm=OFF)
     trials = _study(home, "intr").trials
     settled = [t for t in trials if "epochs" in t.user_attrs]
     assert len(settled) == 9 and len(result.table) == 9
@@ -177,12 +196,12 @@ def test_interrupt_then_resume_loses_nothing(data_dir, home):
 
 
 def test_arch_options_are_recorded_and_bind_the_space(data_dir, home):
-    search("resnet_ds", data_dir=data_dir, budget=1, profile="smoke", backend="local",
-           arch_options={"norm": "none"}, study="nf", home=home, progress=False)
+    search("resnet_ds", data_dir=data_dir, budget=1, profile="smoke", arch_options={"norm": "none"},
+           run=_run(home, "nf"), confirm=OFF)
     study = _study(home, "nf")
     assert study.user_attrs["arch_options"]["norm"] == "none"
     params = study.trials[0].params  # the space bound to the normalization-free model
     assert "norm.init" not in params and "branch_scale.init" in params
     with pytest.raises(UsageError, match="arch_options"):  # resume refuses other options
-        search("resnet_ds", data_dir=data_dir, budget=2, profile="smoke", backend="local",
-               study="nf", resume=True, home=home, progress=False)
+        search("resnet_ds", data_dir=data_dir, budget=2, profile="smoke", confirm=OFF,
+               run=_run(home, "nf", resume=True))

@@ -50,7 +50,8 @@ def test_search_on_a_user_model_through_the_api(data_dir, home):
 
     assert callable(initsearch.search)
     result = initsearch.search(model_fn=peek_net, data_dir=data_dir, budget=8, profile="smoke",
-                               home=home, progress=False)
+                               run=initsearch.RunConfig(home=home),
+                               confirm=initsearch.ConfirmConfig(seeds=0))
     assert len(result.table) == 8 and {r["state"] for r in result.table} <= {"COMPLETE", "PRUNED"}
     baselines = {r["name"] for r in result.table if r["name"] in initsearch.BASELINES}
     # the generic space's baselines that apply: LION-DG yes (a head), Fixup/SkipInit no (BN)

@@ -1,17 +1,25 @@
-"""The study driver: Optuna samples, prunes and records; the backends only execute.
+"""Drivers: what a backend drives. Optuna samples, prunes and records; backends only execute.
 
-Ray's stock ``OptunaSearch`` runs the study with a ``NopPruner`` and tells a trial that a Tune
-scheduler stopped early as COMPLETE with its partial score, so TPE mistakes a 1-epoch score for
-a final one. Here the driver owns the study (ask/tell): the pruner sees every intermediate
-value, a pruned trial is told as PRUNED (TPE then uses its intermediate values as such), and
-only a trial that trained all epochs is COMPLETE. Both backends call the same three methods:
-:meth:`StudyDriver.ask`, :meth:`StudyDriver.report` and :meth:`StudyDriver.finish`.
+A backend (Ray Tune or the local loop) knows nothing of studies or recipes: it calls a driver's
+:meth:`~Driver.ask` for the next trial, :meth:`~Driver.report` after each epoch (True: stop it)
+and :meth:`~Driver.finish` when the trial ends. Two drivers implement that interface:
 
-Baselines are enqueued as the first trials and are never pruned, so they train on exactly the
-same protocol and seeds as the candidates and always reach the final table.
+* :class:`StudyDriver` -- the search. Ray's stock ``OptunaSearch`` runs the study with a
+  ``NopPruner`` and tells a trial that a Tune scheduler stopped early as COMPLETE with its
+  partial score, so TPE mistakes a 1-epoch score for a final one. Here the driver owns the study
+  (ask/tell): the pruner sees every intermediate value, a pruned trial is told as PRUNED (TPE
+  then uses its intermediate values as such), and only a trial that trained all epochs is
+  COMPLETE. Baselines are enqueued as the first trials and never pruned, so they train on
+  exactly the same protocol and seeds as the candidates and always reach the final table.
+* :class:`initsearch.confirm.ConfirmDriver` -- the confirmation stage: a fixed list of (recipe,
+  fresh seed) jobs, never pruned, each result recorded in the study.
+
+Both stop a trial whose training or validation loss is no longer finite (:func:`diverged`): it
+is recorded as failed with the reason, never scored.
 """
 from __future__ import annotations
 
+import abc
 import functools
 import time
 from dataclasses import dataclass, field
@@ -24,8 +32,7 @@ from initsearch.engine.progress import Progress
 from initsearch.protocol import Protocol
 from initsearch.space import Space
 from initsearch.tracking import Tracker
-from initsearch.trial import METRICS, TrialConfig
-
+from initsearch.trial import METRICS, TrialConfig, diverged
 
 
 class Attr:
@@ -36,19 +43,24 @@ class Attr:
     RUN_ID = "run_id"      # the trial's MLflow child run
     EPOCHS = "epochs"      # epochs trained; set when the trial ends (absent: cut off mid-trial)
     TEST_ACC = "test_acc"  # final test accuracy, completed trials only
-    ERROR = "error"        # why a FAIL failed
+    ERROR = "error"        # why a FAIL failed ("diverged at epoch 3: train_loss nan", a traceback)
 
 
 @dataclass
-class _Live:
-    trial: optuna.Trial
+class LiveTrial:
+    """A trial in flight: its MLflow run, what it reported so far, and how it is to end."""
+
     run_id: str
-    baseline: str | None
+    never_prune: bool
+    trial: optuna.Trial | None = None
+    job: Any = None  # what a driver other than the study's runs (a confirmation job)
     last: dict[str, Any] = field(default_factory=dict)
+    curve: list[float] = field(default_factory=list)
     pruned: bool = False
+    diverged: str | None = None
 
 
-def _timed(method: Callable) -> Callable:
+def timed(method: Callable) -> Callable:
     """Add the call's duration to ``bookkeeping_seconds`` (Optuna + MLflow work per trial)."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -60,18 +72,97 @@ def _timed(method: Callable) -> Callable:
     return wrapper
 
 
-class StudyDriver:
+def reason(error: str) -> str:
+    """One line for a table or a tag: the last line of a traceback, at most 300 characters."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else error)[:300]
+
+
+class Driver(abc.ABC):
+    """The three calls a backend makes (plus ``remaining``, ``in_flight`` and
+    ``abandon_running`` on interrupt); epoch logging and divergence are shared here."""
+
+    def __init__(self, protocol: Protocol, tracker: Tracker, progress: Progress | None) -> None:
+        self.protocol, self.tracker = protocol, tracker
+        self.progress = progress or Progress(0, enabled=False)
+        self._live: dict[int, LiveTrial] = {}
+        self.compute_seconds = 0.0  # time inside init, training and evaluation, all trials
+        self.bookkeeping_seconds = 0.0  # time in ask/report/finish: Optuna and MLflow
+
+    @property
+    @abc.abstractmethod
+    def remaining(self) -> int:
+        """Trials still to ask for."""
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    @abc.abstractmethod
+    def ask(self) -> TrialConfig:
+        """The next trial to run (opens its MLflow run)."""
+
+    @abc.abstractmethod
+    def _settle(self, number: int, live: LiveTrial, error: str | None) -> TrialState:
+        """Record how the trial ended; return its state."""
+
+    @timed
+    def report(self, number: int, metrics: dict[str, Any]) -> bool:
+        """Record one epoch; True means stop this trial (pruned, or diverged)."""
+        live = self._live[number]
+        metrics = {k: metrics[k] for k in METRICS if k in metrics}  # Ray adds its own keys
+        epoch = int(metrics["epoch"])
+        if epoch <= live.last.get("epoch", 0):
+            return False  # a restarted worker re-sent an epoch the study already has
+        live.last = dict(metrics)
+        live.curve.append(float(metrics["val_acc"]))
+        self.compute_seconds += sum(float(metrics.get(k, 0.0))
+                                    for k in ("init_seconds", "train_seconds", "eval_seconds"))
+        self.tracker.log_epoch(live.run_id, metrics, epoch)
+        live.diverged = diverged(metrics)
+        if live.diverged:
+            return True
+        if live.trial is not None:
+            live.trial.report(float(metrics["val_acc"]), step=epoch)
+            if not live.never_prune and epoch < self.protocol.epochs and live.trial.should_prune():
+                live.pruned = True
+        return live.pruned
+
+    @timed
+    def finish(self, number: int, error: str | None = None) -> None:
+        """The trial ended: finished, stopped by :meth:`report`, or raised (``error``)."""
+        live = self._live.pop(number)
+        error = live.diverged or error
+        epochs = int(live.last.get("epoch", 0))
+        if error is None and not live.pruned and epochs != self.protocol.epochs:
+            error = f"stopped after {epochs} epochs"
+        state = self._settle(number, live, error)
+        tags = {"state": state.name, "epochs": str(epochs)}
+        if error is not None:
+            tags["error"] = reason(error)
+        self.tracker.end_trial(live.run_id, "FAILED" if state == TrialState.FAIL else "FINISHED", tags)
+        self.progress.update(state, self._best_value())
+
+    def abandon_running(self) -> None:
+        """On interrupt: close the MLflow runs of trials in flight (a study keeps them RUNNING so
+        that ``--resume`` re-queues them; a confirmation runs them again)."""
+        for live in self._live.values():
+            self.tracker.end_trial(live.run_id, "KILLED", {"state": "INTERRUPTED"})
+        self._live.clear()
+
+    def _best_value(self) -> float | None:
+        return None
+
+
+class StudyDriver(Driver):
     """Owns one Optuna study for one search; thread-compatible with Tune's single event loop."""
 
     def __init__(self, study: optuna.Study, space: Space, protocol: Protocol, tracker: Tracker,
                  plan_for: Any, budget: int, progress: Progress | None = None) -> None:
-        self.study, self.space, self.protocol, self.tracker = study, space, protocol, tracker
+        super().__init__(protocol, tracker, progress)
+        self.study, self.space = study, space
         self.plan_for = plan_for  # Recipe -> per-layer plan, for the child run's recipe.json
         self.budget = budget
-        self.progress = progress or Progress(budget, enabled=False)
-        self._live: dict[int, _Live] = {}
-        self.compute_seconds = 0.0  # time inside training and evaluation steps, all trials
-        self.bookkeeping_seconds = 0.0  # time in ask/report/finish: Optuna and MLflow
         settled = self._settled_trials()
         self._asked = len(settled)
         self.progress.restore(settled)
@@ -104,72 +195,39 @@ class StudyDriver:
         self._asked = len(self._settled_trials())
         return len(stale)
 
-    # -- the three calls the backends make -----------------------------------------------------
+    # -- the driver interface ------------------------------------------------------------------
     @property
     def remaining(self) -> int:
         return max(0, self.budget - self._asked)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._live)
-
-    @_timed
+    @timed
     def ask(self) -> TrialConfig:
         trial = self.study.ask()
         baseline = trial.user_attrs.get(Attr.BASELINE)
         recipe = self.space.sample(trial, name=baseline)
         trial.set_user_attr(Attr.RECIPE, recipe.to_dict())
-        run_id = self.tracker.start_trial(trial.number, recipe, baseline, trial.params,
-                                          self.plan_for(recipe))
+        run_id = self.tracker.start_trial(
+            baseline or f"trial-{trial.number:03d}", recipe, trial.params, self.plan_for(recipe),
+            {"stage": "search", "trial": str(trial.number), "baseline": baseline or ""})
         trial.set_user_attr(Attr.RUN_ID, run_id)
-        self._live[trial.number] = _Live(trial, run_id, baseline)
+        self._live[trial.number] = LiveTrial(run_id, never_prune=baseline is not None, trial=trial)
         self._asked += 1
         return TrialConfig(trial.number, recipe.to_dict(), self.protocol.to_dict())
 
-    @_timed
-    def report(self, number: int, metrics: dict[str, Any]) -> bool:
-        """Record one epoch; True means the pruner stopped this trial."""
-        live = self._live[number]
-        metrics = {k: metrics[k] for k in METRICS if k in metrics}  # Ray adds its own keys
-        epoch = int(metrics["epoch"])
-        if epoch <= live.last.get("epoch", 0):
-            return False  # a restarted worker re-sent an epoch the study already has
-        live.last = dict(metrics)
-        self.compute_seconds += sum(float(metrics.get(k, 0.0))
-                                    for k in ("init_seconds", "train_seconds", "eval_seconds"))
-        self.tracker.log_epoch(live.run_id, metrics, epoch)
-        live.trial.report(float(metrics["val_acc"]), step=epoch)
-        if live.baseline is None and epoch < self.protocol.epochs and live.trial.should_prune():
-            live.pruned = True
-        return live.pruned
-
-    @_timed
-    def finish(self, number: int, error: str | None = None) -> None:
-        live = self._live.pop(number)
-        epochs = int(live.last.get("epoch", 0))
-        live.trial.set_user_attr(Attr.EPOCHS, epochs)
+    def _settle(self, number: int, live: LiveTrial, error: str | None) -> TrialState:
+        trial = live.trial
+        trial.set_user_attr(Attr.EPOCHS, int(live.last.get("epoch", 0)))
         if "test_acc" in live.last:
-            live.trial.set_user_attr(Attr.TEST_ACC, float(live.last["test_acc"]))
-        if error is None and live.pruned:
-            state = TrialState.PRUNED
-            self.study.tell(live.trial, state=state)
-        elif error is None and epochs == self.protocol.epochs:
-            state = TrialState.COMPLETE
-            self.study.tell(live.trial, float(live.last["val_acc"]))
-        else:
-            state = TrialState.FAIL
-            live.trial.set_user_attr(Attr.ERROR, error or f"stopped after {epochs} epochs")
-            self.study.tell(live.trial, state=state)
-        self.tracker.end_trial(live.run_id, "FAILED" if state == TrialState.FAIL else "FINISHED",
-                               {"state": state.name, "epochs": str(epochs)})
-        self.progress.update(state, self._best_value())
-
-    def abandon_running(self) -> None:
-        """On interrupt: close the child runs of trials in flight (the study keeps them RUNNING
-        so that ``--resume`` re-queues them)."""
-        for live in self._live.values():
-            self.tracker.end_trial(live.run_id, "KILLED", {"state": "INTERRUPTED"})
-        self._live.clear()
+            trial.set_user_attr(Attr.TEST_ACC, float(live.last["test_acc"]))
+        if error is not None:
+            trial.set_user_attr(Attr.ERROR, error)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return TrialState.FAIL
+        if live.pruned:
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED
+        self.study.tell(trial, float(live.last["val_acc"]))
+        return TrialState.COMPLETE
 
     # -- helpers -------------------------------------------------------------------------------
     def _settled_trials(self) -> list[optuna.trial.FrozenTrial]:

@@ -7,24 +7,35 @@ from typing import Callable
 from torch import nn
 
 from initsearch.data import Splits
-from initsearch.engine.driver import StudyDriver
+from initsearch.engine.driver import Driver
 from initsearch.trial import run_trial
 
 
-def run_local(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Module]) -> int:
-    """Run the driver's remaining trials one after another (torch uses every core); returns the
-    number of slots (1)."""
-    while driver.remaining:
-        config = driver.ask()
-        error = None
-        try:
-            for metrics in run_trial(config, splits, model_fn):
-                if driver.report(config.number, metrics):
-                    break  # pruned: leaving the generator ends the trial
-        except KeyboardInterrupt:
-            driver.abandon_running()
-            raise
-        except Exception:  # a failing recipe is a result to record, not a reason to stop
-            error = traceback.format_exc(limit=3)
-        driver.finish(config.number, error)
-    return 1
+class LocalBackend:
+    """Runs a driver's trials one after another in this process (torch uses every core)."""
+
+    def __init__(self, splits: Splits, model_fn: Callable[[], nn.Module]) -> None:
+        self.splits, self.model_fn = splits, model_fn
+
+    def __enter__(self) -> "LocalBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def run(self, driver: Driver, name: str) -> int:
+        """Run every trial ``driver`` still has; returns the number of slots (1)."""
+        while driver.remaining:
+            config = driver.ask()
+            error = None
+            try:
+                for metrics in run_trial(config, self.splits, self.model_fn):
+                    if driver.report(config.number, metrics):
+                        break  # pruned or diverged: leaving the generator ends the trial
+            except KeyboardInterrupt:
+                driver.abandon_running()
+                raise
+            except Exception:  # a failing recipe is a result to record, not a reason to stop
+                error = traceback.format_exc(limit=3)
+            driver.finish(config.number, error)
+        return 1

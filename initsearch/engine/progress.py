@@ -8,10 +8,13 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total: int, enabled: bool = True) -> None:
+    """One bar per stage: ``search`` (done, pruned, failed, best so far) or ``confirm``."""
+
+    def __init__(self, total: int, enabled: bool = True, stage: str = "search") -> None:
         self.counts = {TrialState.COMPLETE: 0, TrialState.PRUNED: 0, TrialState.FAIL: 0}
         self.best: float | None = None
-        self._bar = tqdm(total=total, unit="trial", file=sys.stderr, disable=not enabled,
+        self.stage = stage
+        self._bar = tqdm(total=total, unit="trial", file=sys.stderr, disable=not enabled, desc=stage,
                          dynamic_ncols=True, mininterval=1.0,
                          bar_format="{l_bar}{bar}| {n}/{total} [{elapsed}<{remaining}] {postfix}")
 
@@ -35,6 +38,9 @@ class Progress:
 
     def _refresh(self) -> None:
         c = self.counts
+        if self.stage != "search":
+            self._bar.set_postfix_str(f"done {c[TrialState.COMPLETE]} failed {c[TrialState.FAIL]}")
+            return
         best = f"{self.best:.4f}" if self.best is not None else "-"
         self._bar.set_postfix_str(f"done {c[TrialState.COMPLETE]} pruned {c[TrialState.PRUNED]} "
                                   f"failed {c[TrialState.FAIL]} best val_acc {best}")

@@ -1,4 +1,4 @@
-"""Ray Tune backend: Tune launches and places trials; the study driver decides everything else.
+"""Ray Tune backend: Tune launches and places trials; the driver decides everything else.
 
 Two thin adapters plug the driver into Tune's extension points:
 
@@ -12,8 +12,10 @@ Trials are function trainables reporting with ``ray.tune.report``; ``reuse_actor
 worker processes (and their imported torch) alive across trials; the data split is put in the
 object store once via ``tune.with_parameters``; resources per trial include fractional GPUs.
 
-When the budget is spent and one trial is left running, the other slots would idle until it
-ends; a flag file tells that trial to take every CPU thread from its next epoch on.
+:class:`RayBackend` keeps one Ray session for every driver of a search (the search, then its
+confirmation). When a driver has no trial left to give and one is still running, the other
+slots would idle until it ends; a flag file tells that trial to take every CPU thread from its
+next epoch on.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Callable
 from torch import nn
 
 from initsearch.data import Splits
-from initsearch.engine.driver import StudyDriver
+from initsearch.engine.driver import Driver
 from initsearch.trial import TrialConfig, run_trial
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune status tables: we draw our own bar
@@ -37,14 +39,14 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 
-def _finish(driver: StudyDriver, number: int, solo_flag: Path, error: str | None = None) -> None:
+def _finish(driver: Driver, number: int, solo_flag: Path, error: str | None = None) -> None:
     driver.finish(number, error)
     if not driver.remaining and driver.in_flight == 1:
         solo_flag.touch()
 
 
 class DriverSearcher(Searcher):
-    def __init__(self, driver: StudyDriver, solo_flag: Path) -> None:
+    def __init__(self, driver: Driver, solo_flag: Path) -> None:
         super().__init__(metric="val_acc", mode="max")
         self.driver, self.solo_flag = driver, solo_flag
         self._numbers: dict[str, int] = {}
@@ -67,7 +69,7 @@ class DriverSearcher(Searcher):
 
 
 class DriverPruningScheduler(FIFOScheduler):
-    def __init__(self, driver: StudyDriver, solo_flag: Path) -> None:
+    def __init__(self, driver: Driver, solo_flag: Path) -> None:
         super().__init__()
         self.driver, self.solo_flag = driver, solo_flag
 
@@ -97,33 +99,53 @@ def _trial_name(trial) -> str:
     return f"trial-{trial.config['trial']['number']:04d}"
 
 
-def run_ray(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Module], *,
-            threads: int, gpus_per_trial: float, storage: Path, name: str) -> int:
-    """Run the driver's remaining trials through Tune; returns how many ran at once."""
-    import ray
+class RayBackend:
+    """Runs drivers' trials through Ray Tune; one Ray session serves every driver of a search
+    (the search, then its confirmation), started on entry and shut down on exit."""
 
-    started = not ray.is_initialized()
-    if started:
-        # Workers must import what the driver imports (a user's --model module, this package).
-        path = os.pathsep.join([os.getcwd(), *sys.path])
-        ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_AIR_NEW_OUTPUT": "0"}})
-    # Trial errors are recorded (study FAIL, MLflow FAILED, the progress bar); Tune's own
-    # traceback dump of them would only bury the bar.
-    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    try:
+    def __init__(self, splits: Splits, model_fn: Callable[[], nn.Module], *, threads: int,
+                 gpus_per_trial: float, storage: Path) -> None:
+        self.splits, self.model_fn = splits, model_fn
+        self.threads, self.gpus_per_trial, self.storage = threads, gpus_per_trial, storage.resolve()
+        self._started = False
+
+    def __enter__(self) -> "RayBackend":
+        import ray
+
+        self._started = not ray.is_initialized()
+        if self._started:
+            # Workers must import what the driver imports (a user's --model module, this package).
+            path = os.pathsep.join([os.getcwd(), *sys.path])
+            ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_AIR_NEW_OUTPUT": "0"}})
+        # Trial errors are recorded (study FAIL, MLflow FAILED, the progress bar); Tune's own
+        # traceback dump of them would only bury the bar.
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import ray
+
+        if self._started:
+            ray.shutdown()
+
+    def run(self, driver: Driver, name: str) -> int:
+        """Run every trial ``driver`` still has as Tune experiment ``name``; returns how many
+        ran at once."""
+        import ray
+
         cpus = int(ray.cluster_resources().get("CPU", 1))
         gpus = ray.cluster_resources().get("GPU", 0)
-        concurrency = max(1, cpus // threads)
-        if gpus_per_trial:
-            concurrency = min(concurrency, max(1, int(gpus / gpus_per_trial)))
-        solo_flag = storage.resolve() / f"{name}.solo"
+        concurrency = max(1, cpus // self.threads)
+        if self.gpus_per_trial:
+            concurrency = min(concurrency, max(1, int(gpus / self.gpus_per_trial)))
+        solo_flag = self.storage / f"{name}.solo"
         solo_flag.parent.mkdir(parents=True, exist_ok=True)
         solo_flag.unlink(missing_ok=True)  # left by an earlier session of a resumed study
         trainable = tune.with_resources(
-            tune.with_parameters(_ray_trial, splits=splits, model_fn=model_fn, threads=threads,
-                                 solo_flag=solo_flag, all_threads=cpus),
-            {"cpu": threads, "gpu": gpus_per_trial})
+            tune.with_parameters(_ray_trial, splits=self.splits, model_fn=self.model_fn,
+                                 threads=self.threads, solo_flag=solo_flag, all_threads=cpus),
+            {"cpu": self.threads, "gpu": self.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=DriverSearcher(driver, solo_flag),
@@ -133,7 +155,7 @@ def run_ray(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Modul
                                         max_concurrent_trials=concurrency, reuse_actors=True,
                                         trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage.resolve()), verbose=0))
+            run_config=tune.RunConfig(name=name, storage_path=str(self.storage), verbose=0))
         try:
             tuner.fit()
         except KeyboardInterrupt:
@@ -143,6 +165,3 @@ def run_ray(driver: StudyDriver, splits: Splits, model_fn: Callable[[], nn.Modul
             driver.abandon_running()
             raise KeyboardInterrupt
         return concurrency
-    finally:
-        if started:
-            ray.shutdown()

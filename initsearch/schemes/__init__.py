@@ -16,7 +16,8 @@ name               kind, module               what
 ``emergence``      step, ``emergence``        emergence-promoting alpha^n depth profile (2024)
 ``risotto``        step, ``risotto``          RISOTTO looks-linear isometry for ReLU ResNets
 ``lsuv``           step (data), ``lsuv``      LSUV layer-sequential unit variance (2016)
-``gradinit``       step (data), ``gradinit``  GradInit learned per-tensor scales (2021)
+``gradinit``       step (data), ``gradinit``  GradInit (2021) at the paper's setting for the family
+``gradinit_fast``  step (data), ``gradinit``  GradInit's rule at a cheap search setting (ours)
 =================  =========================  ===================================================
 """
 from initsearch.schemes import emergence, fixup, gradinit, identity, lsuv, risotto
@@ -28,4 +29,5 @@ from initsearch.schemes.layer import Scheme, scale_  # noqa: F401
 SCHEMES: dict[str, Scheme] = {**_LAYER_SCHEMES, identity.SCHEME.name: identity.SCHEME}
 
 #: Network-level steps by name, in the order a recipe must list them: static, then data.
-STEPS: dict[str, Step] = {s.STEP.name: s.STEP for s in (fixup, emergence, risotto, lsuv, gradinit)}
+STEPS: dict[str, Step] = {s.name: s for s in (fixup.STEP, emergence.STEP, risotto.STEP, lsuv.STEP,
+                                              gradinit.STEP, gradinit.FAST_STEP)}

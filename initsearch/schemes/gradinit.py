@@ -42,26 +42,39 @@ Data-dependent: forwards training batches with :func:`~initsearch.schemes.base.i
 (BN on batch statistics, running statistics and ``num_batches_tracked`` untouched, dropout off,
 modes restored). The loss is ``data.loss`` -- the trial's training loss, so auxiliary heads count.
 
-Options (``Step`` defaults). ``iters``, ``batch_size`` and ``lr`` at 0 take the ``preset``'s
-value; any other value overrides it:
+Two steps share this rule and differ only in their defaults:
+
+* ``gradinit`` -- the paper's setting for the network's family (``roles.topology``, and whether
+  it has normalization layers), from the authors' CIFAR-10 launch scripts
+  (``docs/init-methods.md`` 1.4): **one epoch** of the training data it is given (the paper's
+  390 x 128 is one CIFAR-10 epoch; a protocol's 4,000-image split gives 31 iterations),
+  ``gamma = 1``, normalized-gradient SGD, ``eta = 0.1``, and
+
+  =========================  ===========  ===========  ===========================
+  family (``topology``)      lr, norm     lr, none     batch (|S|)
+  =========================  ===========  ===========  ===========================
+  residual (ResNet-110)      1e-3         5e-2         128
+  plain (VGG-19)             1e-1         1e-2         128
+  dense (DenseNet-100)       1e-2         5e-3         64 (the paper's 780 x 64)
+  =========================  ===========  ===========  ===========================
+
+  A plain MLP takes the VGG row (the paper has no MLP). This is what baselines call GradInit.
+* ``gradinit_fast`` -- a cheap setting for searching (our choice, never reported as GradInit):
+  10 iterations of 32 images, lr 0.04 with normalization (the paper's iters x lr budget,
+  390 x 1e-3), 0.1 without; 1/5-1/3 of a CPU-trial epoch. With BN, lr 0.1 sometimes drove the
+  stem BN scale to the floor and left a heavy-tailed gradient norm; without BN, 0.1 gave the
+  lowest held-out one-step loss of {0.04, 0.1, 0.2}.
+
+Options (``Step`` defaults, the same for both); ``iters``, ``batch_size`` and ``lr`` at 0 take
+the setting's value:
 
 ==============  =================  ====================================================
 option          default            meaning
 ==============  =================  ====================================================
-preset          "paper"            "paper": iters 390, batch 128 (2 x 64), lr 1e-3 with
-                                   normalization layers, 5e-2 without (the authors'
-                                   ResNet-110 +-BN CIFAR-10 runs; 390 iters = 1 epoch).
-                                   "search" (our choice): iters 10, batch 32, lr 0.04
-                                   with normalization (the paper's iters x lr budget,
-                                   390 x 1e-3), 0.1 without; 1/5-1/3 of a CPU-trial
-                                   epoch. With BN, lr 0.1 sometimes drove the stem BN
-                                   scale to the floor and left a heavy-tailed gradient
-                                   norm; without BN, 0.1 gave the lowest held-out
-                                   one-step loss of {0.04, 0.1, 0.2}
-iters           0 (from preset)    scale-optimizer iterations T (constraint steps count)
-batch_size      0 (from preset)    |S| = |S~|; each iteration draws three disjoint
+iters           0 (the setting's)  scale-optimizer iterations T (constraint steps count)
+batch_size      0 (the setting's)  |S| = |S~|; each iteration draws three disjoint
                                    half-batches, so data needs 1.5 x batch_size examples
-lr              0.0 (from preset)  tau, the scale optimizer's learning rate
+lr              0.0 (the setting)  tau, the scale optimizer's learning rate
 eta             0.1                the virtual step's learning rate
 gamma           1.0                gradient-norm cap (the authors' code defaults to inf;
                                    every paper run sets 1)
@@ -80,52 +93,67 @@ step. Measured on the CPU trial setting (ResNet-8-DS width 16, channels_last, th
 deep-supervision loss, 4000 CIFAR-10 images, 1 thread; one training epoch of 31 steps at
 batch 128 took 5.3-6.1 s on the same machine):
 
-* "search", BN: 1.7 s, 14 forwards / 26 backwards (6 constraint + 4 objective steps), 0.33
-  epoch; no BN: 0.9 s, 18 / 22 (2 + 8), 0.18 epoch; worst case, every step a constraint
-  step: 2.3 s (0.39 epoch).
-* "paper", BN: 145 s, 772 forwards / 788 backwards (8 constraint + 382 objective steps), ~25
-  epochs; no BN: 146 s, 741 / 819 (39 constraint steps).
+* ``gradinit_fast``, BN: 1.7 s, 14 forwards / 26 backwards (6 constraint + 4 objective
+  steps), 0.33 epoch; no BN: 0.9 s, 18 / 22 (2 + 8), 0.18 epoch; worst case, every step a
+  constraint step: 2.3 s (0.39 epoch).
+* the paper's 390 x 128, BN: 145 s, 772 forwards / 788 backwards (8 constraint + 382 objective
+  steps), ~25 epochs; no BN: 146 s, 741 / 819 (39 constraint steps). ``gradinit`` on the CPU
+  protocol's 4,000 images runs 31 iterations: about two epochs' worth.
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from initsearch.errors import UsageError
+from initsearch.roles import Roles
 from initsearch.schemes.base import InitData, Step, init_forward_mode
 
-#: ``{preset: (iters, batch_size, lr with normalization layers, lr without)}``; see above.
-PRESETS: dict[str, tuple[int, int, float, float]] = {
-    "paper": (390, 128, 1e-3, 5e-2),
-    "search": (10, 32, 0.04, 0.1),
+#: The paper's setting per family: ``{(topology, has normalization): (lr, batch_size)}``;
+#: ``iters`` is one epoch of the data given. See the table above.
+PAPER: dict[tuple[str, bool], tuple[float, int]] = {
+    ("residual", True): (1e-3, 128), ("residual", False): (5e-2, 128),
+    ("plain", True): (1e-1, 128), ("plain", False): (1e-2, 128),
+    ("dense", True): (1e-2, 64), ("dense", False): (5e-3, 64),
 }
+#: ``gradinit_fast``: ``(iters, batch_size, lr with normalization layers, lr without)``.
+FAST = (10, 32, 0.04, 0.1)
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
-def gradinit_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = None, *,
-              preset: str = "paper", iters: int = 0, batch_size: int = 0, lr: float = 0.0,
-              eta: float = 0.1, gamma: float = 1.0, normalize_grad: bool = True,
-              min_scale: float = 0.01, clip: float = 1.0, alg: str = "sgd") -> dict[str, Any]:
+def gradinit_(model: nn.Module, roles: Roles, data: InitData | None = None, *,
+              iters: int = 0, batch_size: int = 0, lr: float = 0.0, eta: float = 0.1,
+              gamma: float = 1.0, normalize_grad: bool = True, min_scale: float = 0.01,
+              clip: float = 1.0, alg: str = "sgd", fast: bool = False) -> dict[str, Any]:
     """Rescale every parameter tensor of the modules in ``roles`` by GradInit (in place).
 
-    ``iters``, ``batch_size`` and ``lr`` at 0 take the ``preset``'s value; any other value wins.
+    ``iters``, ``batch_size`` and ``lr`` at 0 take the setting's value: the paper's for the
+    network's family (``iters``: one epoch of ``data``), or with ``fast`` the cheap one.
 
     Returns:
         A JSON-able report: ``iterations``, ``constraint_steps``, ``objective_steps``,
         ``forward_passes``, ``backward_passes`` (a double backward counts 2),
         ``double_backwards``, ``initial_grad_norm`` / ``final_grad_norm`` (the
         constraint's norm at the first / last iteration, before its update), ``options`` (as
-        resolved), ``scales`` (``{"path.param": alpha}``) and ``skipped`` (zero tensors).
+        resolved, with the ``family`` read), ``scales`` (``{"path.param": alpha}``) and
+        ``skipped`` (zero tensors).
     """
     if data is None:
         raise UsageError("gradinit needs data: pass data=InitData(x, y)")
-    p_iters, p_batch, lr_norm, lr_free = PRESETS[preset]
-    iters, batch_size = iters or p_iters, batch_size or p_batch
-    lr = lr or (lr_norm if "norm" in roles.values() else lr_free)
+    normed, family = "norm" in roles.values(), roles.topology
+    if fast:
+        f_iters, f_batch, lr_norm, lr_free = FAST
+        iters, batch_size = iters or f_iters, batch_size or f_batch
+        lr = lr or (lr_norm if normed else lr_free)
+    else:
+        p_lr, p_batch = PAPER[family, normed]
+        batch_size, lr = batch_size or p_batch, lr or p_lr
+        iters = iters or max(1, len(data.y) // batch_size)  # one epoch of the data
     half = batch_size // 2
     if half < 1 or len(data.y) < 3 * half:
         raise UsageError(f"gradinit with batch_size={batch_size} draws three half-batches of "
@@ -182,9 +210,8 @@ def gradinit_(model: nn.Module, roles: Mapping[str, str], data: InitData | None 
                     d = [gi / (norms[-1] or 1.0) for gi in g]
                 else:
                     d = g
-                virtual = {n: q - eta * di for n, q, di in zip(names, params, d)}
-                loss = data.loss(functional_call(model, virtual, (xt,)), yt) / eta
-                grads = torch.autograd.grad(loss, block_params, materialize_grads=True)
+                grads = lookahead_grads(model, dict(zip(names, params)), d, eta, block_params,
+                                        (xt, yt), data.loss)
                 fwd, bwd = fwd + 1, bwd + 1
             del g, gnorm  # free the graph of g before the next iteration builds one
             dalpha = torch.stack([(gr * w).sum() for gr, w in zip(grads, w0)]).clamp(-clip, clip)
@@ -210,22 +237,40 @@ def gradinit_(model: nn.Module, roles: Mapping[str, str], data: InitData | None 
         "double_backwards": double,
         "initial_grad_norm": norms[0] if norms else None,
         "final_grad_norm": norms[-1] if norms else None,
-        "options": {"preset": preset, "iters": iters, "batch_size": batch_size, "lr": lr,
-                    "eta": eta, "gamma": gamma, "normalize_grad": normalize_grad,
-                    "min_scale": min_scale, "clip": clip, "alg": alg},
+        "options": {"setting": "fast" if fast else "paper", "family": family, "norm": normed,
+                    "iters": iters, "batch_size": batch_size, "lr": lr, "eta": eta, "gamma": gamma,
+                    "normalize_grad": normalize_grad, "min_scale": min_scale, "clip": clip,
+                    "alg": alg},
         "scales": dict(zip(blocks, alpha.tolist())),
         "skipped": skipped,
     }
 
 
+def lookahead_grads(model: nn.Module, params: dict[str, torch.Tensor], d: list[torch.Tensor],
+                    eta: float, wrt: list[torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor],
+                    loss) -> tuple[torch.Tensor, ...]:
+    """The objective step's gradient: ``d/dW [L(S~; theta - eta * d) / eta]`` for the tensors
+    ``wrt`` -- the loss *after* one virtual step along the constant direction ``d``, evaluated
+    with ``functional_call`` at ``theta'`` (the model's own parameters are never swapped).
+    ``dF/dalpha_i`` is then ``<grad_i, W_i^0>``."""
+    virtual = {n: q - eta * di for (n, q), di in zip(params.items(), d)}
+    x, y = batch
+    objective = loss(functional_call(model, virtual, (x,)), y) / eta
+    return torch.autograd.grad(objective, wrt, materialize_grads=True)
+
+
+_DEFAULTS = {"iters": 0, "batch_size": 0, "lr": 0.0, "eta": 0.1, "gamma": 1.0,
+             "normalize_grad": True, "min_scale": 0.01, "clip": 1.0, "alg": "sgd"}
+_CHOICES = {"alg": ("sgd", "adam"), "normalize_grad": (True, False)}
+_BOUNDS = {"iters": (0, 100_000), "batch_size": (0, 1 << 20), "lr": (0.0, 10.0),
+           "eta": (1e-8, 100.0), "gamma": (1e-12, math.inf), "min_scale": (0.0, 1.0),
+           "clip": (1e-12, math.inf)}
+
 STEP = Step(
-    "gradinit", gradinit_,
-    defaults={"preset": "paper", "iters": 0, "batch_size": 0, "lr": 0.0, "eta": 0.1,
-              "gamma": 1.0, "normalize_grad": True, "min_scale": 0.01, "clip": 1.0, "alg": "sgd"},
-    choices={"preset": tuple(PRESETS), "alg": ("sgd", "adam"), "normalize_grad": (True, False)},
-    bounds={"iters": (0, 100_000), "batch_size": (0, 1 << 20), "lr": (0.0, 10.0),
-            "eta": (1e-8, 100.0), "gamma": (1e-12, math.inf), "min_scale": (0.0, 1.0),
-            "clip": (1e-12, math.inf)},
+    "gradinit", gradinit_, _DEFAULTS, _CHOICES, _BOUNDS, needs_data=True,
+    summary="GradInit (Zhu et al. 2021) at the paper's setting for the family: per-tensor "
+            "scales learned over one epoch so one normalized-SGD step lowers the loss most")
+FAST_STEP = Step(
+    "gradinit_fast", functools.partial(gradinit_, fast=True), _DEFAULTS, _CHOICES, _BOUNDS,
     needs_data=True,
-    summary="GradInit (Zhu et al. 2021): per-tensor scales learned so one normalized-SGD step "
-            "lowers the loss most, with a gradient-norm cap; iters/batch_size/lr 0 = preset's")
+    summary="GradInit's rule at a cheap search setting (10 x 32 images; ours, not the paper's)")

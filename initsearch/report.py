@@ -1,0 +1,136 @@
+"""Report: the confirmed comparison in words and four plots, from the study alone.
+
+``initsearch report [STUDY]`` prints the search table, the confirmed comparison and the verdict,
+and writes PNG plots; ``initsearch run`` logs the same plots to the search's MLflow run
+(``plots/``), so the MLflow UI shows them. The plots are drawn by Optuna's visualization module
+and matplotlib:
+
+* ``val_acc_curves.png`` -- validation accuracy per epoch, mean and min-max band over the
+  confirmation seeds, for every confirmed recipe (the recommendation drawn thick);
+* ``optimization_history.png`` -- the search's objective by trial
+  (:func:`optuna.visualization.matplotlib.plot_optimization_history`);
+* ``param_importances.png`` -- which choices mattered
+  (:func:`~optuna.visualization.matplotlib.plot_param_importances`, PED-ANOVA, which scores the
+  conditional per-role parameters);
+* ``score_by_scheme.png`` -- final score by scheme for each role
+  (:func:`~optuna.visualization.matplotlib.plot_slice` over the ``<role>.init`` choices).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a server or in a Ray worker
+
+import optuna  # noqa: E402
+from matplotlib import pyplot as plt  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from initsearch.errors import UsageError  # noqa: E402
+from initsearch.recommend import Verdict, build_table, verdict_of, SearchResult  # noqa: E402
+
+
+def plots(study: optuna.Study, verdict: Verdict | None) -> dict[str, Any]:
+    """``{file name: matplotlib Figure}``; a plot the study cannot support yet (too few
+    completed trials, one value per parameter) is left out."""
+    from optuna.importance import PedAnovaImportanceEvaluator
+    from optuna.visualization import matplotlib as vis
+
+    figures: dict[str, Any] = {}
+    if verdict is not None and any(r.val is not None for r in verdict.rows):
+        figures["val_acc_curves.png"] = _curves(verdict)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return figures
+    roles = sorted({p for t in complete for p in t.params if p.endswith(".init")})
+    drawers = {
+        "optimization_history.png": lambda: vis.plot_optimization_history(study),
+        "param_importances.png": lambda: vis.plot_param_importances(
+            study, evaluator=PedAnovaImportanceEvaluator()),
+        "score_by_scheme.png": lambda: vis.plot_slice(study, params=roles),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
+        for name, draw in drawers.items():
+            try:
+                axes = draw()
+            except (ValueError, RuntimeError, ZeroDivisionError):
+                continue  # e.g. importances need two completed trials that differ
+            fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            if name == "score_by_scheme.png":
+                fig.suptitle("Final val_acc by scheme, per role (completed trials)")
+                fig.set_size_inches(max(6.0, 3.2 * len(roles)), 4.0)
+            fig.tight_layout()
+            figures[name] = fig
+    return figures
+
+
+def _curves(verdict: Verdict):
+    fig, ax = plt.subplots(figsize=(8, 5))
+    chosen = verdict.recommended.name if verdict.recommended else None
+    for row in verdict.rows:
+        if row.val is None:
+            continue
+        curves = [row.runs[s]["curve"] for s in sorted(row.runs)]
+        epochs = range(1, min(map(len, curves)) + 1)
+        by_epoch = [[c[e - 1] for c in curves] for e in epochs]
+        mean = [100 * sum(v) / len(v) for v in by_epoch]
+        width = 3.0 if row.name == chosen else 1.4
+        line, = ax.plot(list(epochs), mean, lw=width, label=f"{row.name} ({row.kind})")
+        ax.fill_between(list(epochs), [100 * min(v) for v in by_epoch],
+                        [100 * max(v) for v in by_epoch], color=line.get_color(), alpha=0.15)
+    ax.axhline(100 * verdict.chance, color="grey", ls=":", lw=1, label="chance level")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"Confirmation: mean and min-max over {len(verdict.seeds)} fresh seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def close_figures(figures: Iterable[Any]) -> None:
+    for fig in figures:
+        plt.close(fig)
+
+
+def report(study_name: str | None, home: str | os.PathLike | None, out: str | os.PathLike | None
+           ) -> tuple[str, Path, list[str]]:
+    """Read a study (the newest under ``home`` when ``study_name`` is None) and write its plots
+    to ``out`` (default ``report-<study>/``). Returns the text to print, the folder and the
+    files written.
+
+    Raises:
+        UsageError: no such study, or it has no completed trial yet.
+    """
+    from initsearch.study import resolve_home
+
+    journals = resolve_home(home) / "mlruns" / "optuna"
+    if study_name is None:
+        found = sorted(journals.glob("*.journal"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise UsageError(f"no study under {journals}; run a search first or pass --home")
+        study_name = found[-1].stem
+    journal = journals / f"{study_name}.journal"
+    if not journal.exists():
+        known = ", ".join(sorted(p.stem for p in journals.glob("*.journal"))) or "none"
+        raise UsageError(f"no study {study_name!r} in {journals} (studies: {known}); "
+                         "check the name or pass --home")
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise UsageError(f"study {study_name!r} has no completed trial yet; resume it "
+                         f"(initsearch run --study {study_name} --resume) and report again")
+    verdict = verdict_of(study)
+    result = SearchResult(None, build_table(study), study_name, "", verdict)
+    folder = Path(out or f"report-{study_name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    figures = plots(study, verdict)
+    for name, fig in figures.items():
+        fig.savefig(folder / name, dpi=110)
+    close_figures(figures.values())
+    text = "\n\n".join(filter(None, [result.comparison(), verdict.table(), verdict.text]))
+    return text, folder, sorted(figures)
