@@ -180,3 +180,74 @@ def test_static_steps_then_scales_is_the_documented_order():
     Recipe({"conv": RoleInit("he", scale=3.0)}, steps=(StepInit("risotto"),)).apply(b, seed=0)
     ratio = b.stages[0][0].conv1.weight.norm() / a.stages[0][0].conv1.weight.norm()
     assert float(ratio) == pytest.approx(3.0)
+
+
+class _TwoLayerHeadNet(nn.Module):
+    """A deeply-supervised net whose auxiliary head has two layers (conv 1x1 -> ReLU -> pool ->
+    linear), as GoogLeNet's and many user models' do."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = nn.Conv2d(16, 16, 3, padding=1)
+        self.head_conv = nn.Conv2d(16, 8, 1)
+        self.head_fc = nn.Linear(8, 10)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = F.relu(self.stem(x))
+        aux = self.head_fc(F.relu(self.head_conv(h)).mean((2, 3)))
+        out = self.fc(F.relu(self.body(h)).mean((2, 3)))
+        return (out, [aux]) if self.training else out
+
+
+def test_lion_dg_zeroes_only_the_last_layer_of_a_deeper_head(cifar_batch):
+    """LION-DG zeroes the auxiliary *classifier*: the head's earlier layers get the backbone's
+    He init. At step 0 the auxiliary loss sends exactly zero gradient into the backbone and into
+    the head's first layer; within a few steps the first layer moves (deep supervision alive).
+    The last layer's weight grows from 0 at first, so the first layer's gradient starts small."""
+    x, y = cifar_batch
+    torch.manual_seed(0)
+    model = _TwoLayerHeadNet()
+    roles = discover_roles(model)
+    assert (roles["head_conv"], roles["head_fc"]) == ("conv", "aux_head")
+    BASELINES["lion_dg"].apply(model, seed=0)
+    assert not model.head_fc.weight.any() and not model.head_fc.bias.any()
+    w = model.head_conv.weight
+    assert 0.8 < float(w.var() * w[0].numel() / 2) < 1.25  # He fan_in, not zero
+    model.train()
+    _, (aux,) = model(x[:128])
+    first = [model.stem.weight, model.body.weight, model.head_conv.weight, model.head_conv.bias]
+    grads = torch.autograd.grad(F.cross_entropy(aux, y[:128]), first, allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)
+    assert grads[2] is not None  # the graph reaches the head's first layer, with zero gradient
+    start = model.head_conv.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for i in range(10):
+        xb, yb = x[24 * i:24 * (i + 1)], y[24 * i:24 * (i + 1)]
+        out, (aux,) = model(xb)
+        loss = F.cross_entropy(out, yb) + 0.3 * F.cross_entropy(aux, yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert (model.head_conv.weight - start).abs().max() > 1e-5  # zeroed too, it stays exactly 0
+
+
+def _he_ratio(weight: torch.Tensor) -> float:
+    """Var(W) * fan_in / 2: 1 for He-normal fan_in, 1/6 for PyTorch's default."""
+    return float(weight.var() * weight[0].numel() / 2)
+
+
+@pytest.mark.parametrize("arch", DS)
+def test_lion_dg_backbone_and_classifier_are_he(arch):
+    """LION-DG is He everywhere but the auxiliary classifiers: every backbone conv and the main
+    classifier are He-normal fan_in (the main classifier is not zeroed)."""
+    model = build_model(arch, options=DS[arch])
+    BASELINES["lion_dg"].apply(model, seed=0)
+    roles = discover_roles(model)
+    modules = dict(model.named_modules())
+    convs = [modules[p].weight for p, r in roles.items() if r in ("stem", "conv", "branch_last")]
+    pooled = sum(_he_ratio(w) * w.numel() for w in convs) / sum(w.numel() for w in convs)
+    assert 0.9 < pooled < 1.1, pooled
+    classifier = modules[next(p for p, r in roles.items() if r == "classifier")]
+    assert classifier.weight.any() and 0.6 < _he_ratio(classifier.weight) < 1.5

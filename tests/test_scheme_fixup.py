@@ -156,3 +156,15 @@ def test_usage_errors():
     bottlenecks = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1),
                                 *(_ThreeConvBlock(8) for _ in range(16)))
     assert fixup_(bottlenecks, discover_roles(bottlenecks))["factor"] == pytest.approx(16 ** -0.25)
+
+
+def test_fixup_baseline_output_is_zero_and_blocks_identity(cifar_batch):
+    """The Fixup baseline recipe (as searches run it): the classifier is zero, so the network's
+    output is exactly 0 on real images, and every residual block is the identity."""
+    from initsearch.recipe import BASELINES
+    model = _resnet(8)
+    BASELINES["fixup"].apply(model, seed=0)
+    assert not model.classifier.weight.any() and not model.classifier.bias.any()
+    model.eval()
+    assert not model(cifar_batch[0][:64]).any()
+    assert all(_blocks_are_identity(model, cifar_batch[0][:64]))

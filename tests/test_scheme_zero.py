@@ -167,3 +167,24 @@ def test_zero_baseline_recipe_is_seed_independent(norm):
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert all(len(p.detach().abs().unique()) <= 2 for p in a.parameters())
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_zero_baseline_branches_add_nothing_and_output_is_zero(norm, cifar_batch):
+    """ZerO's residual mapping: the last layer of every branch is zero, so on real images every
+    branch's last layer outputs exactly 0 (each block starts as its skip), and the zero
+    classifier makes the network's output exactly 0."""
+    from initsearch.recipe import BASELINES
+    model = _resnet(norm)
+    BASELINES["zerO"].apply(model, seed=0)
+    roles = discover_roles(model)
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, p=p: outputs.__setitem__(p, o))
+             for p, m in model.named_modules() if roles.get(p) == "branch_last"]
+    model.train()
+    logits, _ = model(cifar_batch[0][:64])
+    for h in hooks:
+        h.remove()
+    assert len(outputs) == len(roles.blocks) == 3
+    assert all(not o.any() for o in outputs.values())
+    assert not logits.any()
