@@ -168,8 +168,29 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
     for ok, msg in checks:
         if not ok:
             raise UsageError(f"protocol {where}: {msg}")
+    _check_optimizer(protocol.optimizer, where)
     _check_archs(protocol, where)
     return protocol
+
+
+#: The optimizer's keys: SGD with momentum (``lr`` required), each a number but ``nesterov``.
+_OPTIMIZER = {"lr": float, "momentum": float, "weight_decay": float, "nesterov": bool}
+
+
+def _check_optimizer(optimizer: dict, where: str) -> None:
+    unknown = set(optimizer) - set(_OPTIMIZER)
+    if unknown or "lr" not in optimizer:
+        raise UsageError(f"protocol {where}: optimizer needs lr and takes only "
+                         f"{', '.join(_OPTIMIZER)}{f', not {sorted(unknown)}' if unknown else ''}")
+    for key, kind in _OPTIMIZER.items():
+        value = optimizer.get(key)
+        if key in optimizer and (isinstance(value, bool) != (kind is bool)
+                                 or not isinstance(value, (bool, int, float)) or
+                                 (kind is float and not value >= 0)):
+            hint = " (YAML reads 1.0e4 as text: write 1.0e+4)" if isinstance(value, str) else ""
+            raise UsageError(f"protocol {where}: optimizer.{key} must be "
+                             f"{'true or false' if kind is bool else 'a number >= 0'}, "
+                             f"not {value!r}{hint}")
 
 
 def _check_archs(protocol: Protocol, where: str) -> None:

@@ -52,6 +52,11 @@ def _label(name: str, options: Mapping[str, Any]) -> str:
     return f"{name}:{opts}" if opts else name
 
 
+def _short(value: Any) -> Any:
+    """A searched float as a reader wants it (``1.38`` for ``1.3826900504353046``)."""
+    return f"{value:.3g}" if isinstance(value, float) else value
+
+
 def _parse_label(label: str) -> tuple[str, dict[str, Any]]:
     """The inverse of :func:`_label`; values are read as YAML scalars (``0.1`` is a float)."""
     name, _, opts = label.partition(":")
@@ -256,7 +261,8 @@ class Recipe:
                  for role, init in self.roles.items() if init != RoleInit()]
         if self.layer_scales:
             parts.append(f"+{len(self.layer_scales)} layer scales")
-        parts += [f"then {s.label}" for s in self.steps]
+        parts += [f"then {_label(s.name, {k: _short(v) for k, v in s.options.items()})}"
+                  for s in self.steps]
         return " ".join(parts) or "all default"
 
     def to_dict(self) -> dict[str, Any]:

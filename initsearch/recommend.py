@@ -11,6 +11,9 @@ confirmation alone, on the validation split (decisions), with the test split rep
    seeds: recommend Y``) -- a published scheme is the simpler answer;
 3. else PyTorch's default (``nothing beats PyTorch's default on this protocol``).
 
+Differences are always stated against PyTorch's default when it completed every seed, even at
+chance: a default that does not train is exactly what a recommendation has to beat.
+
 A recipe that diverged on any confirmation seed, or whose mean accuracy is at or below chance
 (:func:`initsearch.stats.chance_level`), is never recommended; if nothing trains, the verdict
 says so and recommends nothing. Without a confirmation (``--confirm-seeds 0``) the search's best
@@ -94,19 +97,21 @@ class Verdict:
         header = ["recipe", "kind", "val acc % [95% CI]", "test acc % [95% CI]",
                   "vs PyTorch default", f"vs best baseline ({best})"]
         lines = [header]
+        chosen = self.recommended.name if self.recommended else None
         for r in self.rows:
+            name = f"* {r.name}" if r.name == chosen else r.name
             if r.val is None:
                 why = r.failures[0] if r.failures else "not run"
-                lines.append([r.name, r.kind, f"failed on {len(r.failures)}/{len(r.runs)} seeds: {why}",
+                lines.append([name, r.kind, f"failed on {len(r.failures)}/{len(r.runs)} seeds: {why}",
                               "", "", ""])
                 continue
-            lines.append([r.name, r.kind, r.val.pct(), r.test.pct(),
+            lines.append([name, r.kind, r.val.pct(), r.test.pct(),
                           r.vs_reference.pp() if r.vs_reference else "-",
                           r.vs_best.pp() if r.vs_best else "-"])
         widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
         title = (f"confirmation: {len(self.seeds)} fresh seeds ({', '.join(map(str, self.seeds))}), "
                  "full protocol; differences paired by seed, p Holm-corrected over the candidates; "
-                 f"chance level {100 * self.chance:.1f}%")
+                 f"chance level {100 * self.chance:.1f}%; * recommended")
         return title + "\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
                                         for row in lines)
 
@@ -127,8 +132,11 @@ def judge(entries: list[Entry], records: dict[str, dict[int, dict]], seeds: list
             row = replace(row, val=estimate([r["val_acc"] for r in done]),
                           test=estimate([r["test_acc"] for r in done]))
         rows.append(row)
+    # the reference is compared against whenever it completed every seed, even at chance (a
+    # default that does not train is exactly what a recommendation should beat); only recipes
+    # above chance may be recommended
+    reference = next((r for r in rows if r.kind == "reference" and r.val is not None), None)
     trained = {r.name: r for r in rows if r.val is not None and r.val.mean > chance}
-    reference = next((r for r in trained.values() if r.kind == "reference"), None)
     baselines = [r for r in trained.values() if r.kind != "candidate"]
     best = max(baselines, key=lambda r: r.val.mean, default=None)
     candidates = [r for r in trained.values() if r.kind == "candidate"]
@@ -152,31 +160,36 @@ def judge(entries: list[Entry], records: dict[str, dict[int, dict]], seeds: list
 
     winners = [c for c in candidates if beats(c.name, cand_vs_ref, reference)
                and beats(c.name, cand_vs_best, best)]
+    no_default = "PyTorch's default diverged on this protocol"
     if winners:
         w = by_name[max(winners, key=lambda c: c.val.mean).name]
-        parts = [f"{w.vs_reference.pp()} vs PyTorch default" if reference else
-                 "PyTorch's default does not train on this protocol"]
+        parts = [w.vs_reference.pp("PyTorch default") if reference else no_default]
         if best is not None and best is not reference:
-            parts.append(f"{w.vs_best.pp()} vs best baseline {best.name}")
+            parts.append(w.vs_best.pp(f"best baseline {best.name}"))
         elif best is None:
             parts.append("no baseline trains above chance")
         text = f"recommend {w.name}: {', '.join(parts)} (val accuracy, {n} seeds)"
         chosen = w
     elif best is not None and best is not reference and (
             reference is None or base_vs_ref[best.name].significant):
-        versus = (f"{base_vs_ref[best.name].pp()} vs PyTorch default" if reference else
-                  "PyTorch's default does not train on this protocol")
-        text = (f"no candidate beats baseline {best.name} on {n} seeds: recommend {best.name} "
-                f"({versus}, val accuracy)")
+        versus = base_vs_ref[best.name].pp("PyTorch default") if reference else no_default
+        text = (f"no candidate beats baseline {best.name} on {n} seeds: recommend {best.name}: "
+                f"{versus} (val accuracy)")
         chosen = by_name[best.name]
-    elif reference is not None:
+    elif reference is not None and reference.name in trained:
         runner = max((r for r in trained.values() if r is not reference), default=None,
                      key=lambda r: r.val.mean)
-        closest = (f"; closest: {runner.name} {by_name[runner.name].vs_reference.pp()}"
+        closest = (f"; closest: {runner.name}, {by_name[runner.name].vs_reference.pp()}"
                    if runner is not None else "")
         text = (f"nothing beats PyTorch's default on this protocol ({n} seeds{closest}): "
                 f"recommend {REFERENCE}")
         chosen = reference
+    elif best is not None:  # the default stays at chance and nothing beats it clearly
+        text = (f"PyTorch's default stays at chance on this protocol and no recipe beats it "
+                f"significantly on {n} seeds (best: {best.name}, "
+                f"{by_name[best.name].vs_reference.pp()}); "
+                "no recommendation: confirm on more seeds")
+        chosen = None
     else:
         text = (f"nothing trained above chance ({100 * chance:.1f}%) on {n} confirmation seeds: "
                 "every recipe diverged or stayed at chance on this protocol; no recommendation")

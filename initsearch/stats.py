@@ -57,11 +57,12 @@ class Paired:
     def to_dict(self) -> dict[str, object]:
         return {"diff": self.diff.to_dict(), "p": self.p, "p_holm": self.p_holm}
 
-    def pp(self) -> str:
-        """``+1.23 pp (95% CI [0.10, 2.36], p=0.041)`` -- the Holm-adjusted p."""
+    def pp(self, versus: str = "") -> str:
+        """``+1.23 pp [vs X ](95% CI [+0.10, +2.36], p=0.041)`` -- the Holm-adjusted p."""
         d = self.diff
-        return (f"{100 * d.mean:+.2f} pp (95% CI [{100 * d.lo:+.2f}, {100 * d.hi:+.2f}], "
-                f"p={self.p_holm:.3g})")
+        label = f" vs {versus}" if versus else ""
+        return (f"{100 * d.mean:+.2f} pp{label} (95% CI [{100 * d.lo:+.2f}, {100 * d.hi:+.2f}], "
+                f"p={self.p_holm:.2g})")
 
 
 def estimate(values: Sequence[float]) -> Estimate:

@@ -32,6 +32,9 @@ CASES = {
     "arch option not key=value": (["--arch-opt", "depth"], "must be KEY=VALUE"),
     "bad arch option value": (["--arch-opt", "norm=layer"], "norm must be one of 'batch', 'none', not 'layer'"),
     "unknown arch option": (["--arch-opt", "wdith=8"], "wdith"),
+    "confirm top zero": (["--confirm-top", "0"], "confirm top must be a whole number >= 1"),
+    "negative confirm seeds": (["--confirm-seeds", "-2"], "confirm seeds must be 0 (off)"),
+    "one confirm seed": (["--confirm-seeds", "1"], "a confidence interval needs two seeds"),
 }
 
 
@@ -82,6 +85,9 @@ def test_gpu_share_without_gpu(capsys, home, data_dir):
     ("pruner: {name: successive_halving, rungs: 3}", "pruner"),
     ("train_size: 10\nbatch_size: 64", "train_size must be at least batch_size"),
     ("epoch: 3", "unknown key(s) ['epoch']"),
+    ("optimizer: {lr: 1.0e4}", "optimizer.lr must be a number >= 0, not '1.0e4' (YAML reads"),
+    ("optimizer: {lr: 0.1, betas: [0.9, 0.99]}", "optimizer needs lr and takes only"),
+    ("confirm_seeds: 1", "confirm_seeds must be 0"),
 ])
 def test_bad_protocol_files(text, message, tmp_path, capsys, home, data_dir):
     path = tmp_path / "proto.yaml"
@@ -103,3 +109,22 @@ def test_unreadable_data(tmp_path, capsys, home, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cannot read CIFAR-10" in err and len(err.splitlines()) == 1
     assert not (home / "mlruns").exists()
+
+
+def test_report_bad_input(capsys, home):
+    """``report`` on a study that does not exist, or that has no completed trial: one line,
+    exit 2, nothing written."""
+    import optuna
+
+    assert main(["report", "--home", str(home)]) == 2
+    assert "no study under" in capsys.readouterr().err
+    journals = home / "mlruns" / "optuna"
+    journals.mkdir(parents=True)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journals / "empty.journal")))
+    optuna.create_study(study_name="empty", storage=storage)
+    for args, message in ((["nope"], "no study 'nope'"), (["empty"], "has no completed trial")):
+        code = main(["report", *args, "--home", str(home), "--out", str(home / "rep")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not (home / "rep").exists()
