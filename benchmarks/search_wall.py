@@ -1,9 +1,11 @@
-"""Benchmark: wall-clock of a whole `initsearch run` and the share spent outside training steps.
+"""Benchmark: wall-clock of a whole `initsearch run` -- search and confirmation -- the share
+spent outside training steps, and the verdict it printed.
 
 Runs the CLI as a subprocess (so process start, imports, Ray start-up, Optuna and MLflow are all
 inside the measured wall), then reads from the MLflow store the seconds every trial spent inside
-training and evaluation steps. The outside share is ``1 - compute / (wall * slots)`` where slots
-is the number of trials that can run at once (idle slots count as overhead).
+init, training and evaluation. The outside share is ``1 - compute / (wall * slots)`` where slots
+is the number of trials that can run at once (idle slots count as overhead). Arguments after
+``--`` go to ``initsearch run`` (e.g. ``-- --arch-opt norm=none --confirm-seeds 5``).
 
     python benchmarks/search_wall.py --budget 50 --data ../shared/data/cifar10 [--backend ray]
 """
@@ -27,7 +29,8 @@ def main() -> None:
     ap.add_argument("--profile", default=None)
     ap.add_argument("--backend", default="ray")
     ap.add_argument("--home", default=None, help="keep the store here (default: a temp dir)")
-    args = ap.parse_args()
+    args, extra = ap.parse_known_args()
+    extra = [a for a in extra if a != "--"]
     home = Path(args.home or tempfile.mkdtemp(prefix="initsearch-bench-")).resolve()
     study = f"bench-{time.strftime('%Y%m%d-%H%M%S')}"
     cmd = [sys.executable, "-m", "initsearch.cli", "run", "--arch", args.arch, "--budget",
@@ -35,6 +38,7 @@ def main() -> None:
            "--home", str(home), "--out", str(home / "best.yaml"), "--no-progress"]
     if args.profile:
         cmd += ["--profile", args.profile]
+    cmd += extra
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -65,8 +69,10 @@ def main() -> None:
             *((f"  {k}", f"{v:.0f} slot-s ({100 * v / (wall * slots):.1f}%)") for k, v in parts.items()),
             ("trials complete / pruned / failed",
              f"{m['n_complete']:.0f} / {m['n_pruned']:.0f} / {m['n_fail']:.0f}"),
-            ("best val_acc", f"{m.get('best_val_acc', float('nan')):.4f}"),
-            ("gain over best baseline", f"{100 * m.get('gain_over_best_baseline', float('nan')):+.2f} pp")]
+            ("confirmation stage (wall)", f"{m['confirm_seconds']:.0f} s "
+                                          f"({100 * m['confirm_seconds'] / wall:.0f}% of the wall)"),
+            ("verdict", next((line[len("verdict: "):] for line in proc.stdout.splitlines()
+                              if line.startswith("verdict: ")), "-"))]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"| {k.ljust(width)} | {v} |" for k, v in rows))
 

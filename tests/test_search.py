@@ -12,6 +12,7 @@ from initsearch.archs import build_model
 from initsearch.errors import UsageError
 from initsearch.protocol import load_protocol
 from initsearch.recipe import Recipe
+from initsearch.schemes import InitData
 from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.study import search
 
@@ -78,7 +79,7 @@ def _check_study(home, result, n_trials):
 
 
 @pytest.mark.parametrize("backend", ["ray", "local"])
-def test_real_search(backend, data_dir, home, tmp_path):
+def test_real_search(backend, data_dir, home, tmp_path, cifar_batch):
     """A real search, confirmed through the same backend under Ray (1 candidate + PyTorch's
     default + 2 best baselines, on 2 fresh seeds) and unconfirmed under the local backend."""
     n = 12  # the 9 baselines that apply to resnet_ds with BN, then 3 sampled trials
@@ -100,8 +101,8 @@ def test_real_search(backend, data_dir, home, tmp_path):
     # the recommended recipe round-trips through its file and applies identically
     path = result.best.save(tmp_path / "best.yaml")
     a, b = build_model("resnet_ds", options={"depth": 8}), build_model("resnet_ds", options={"depth": 8})
-    Recipe.load(path).apply(a, seed=3)
-    result.best.apply(b, seed=3)
+    Recipe.load(path).apply(a, data=InitData(*cifar_batch), seed=3)  # LSUV/GradInit need data
+    result.best.apply(b, data=InitData(*cifar_batch), seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 

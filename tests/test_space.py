@@ -120,7 +120,7 @@ def test_layer_scales_and_steps_are_sampled_and_enqueued():
                     or p.endswith("shortcut.0")}
         assert set(recipe.layer_scales) == expected
         seen |= {s.name for s in recipe.steps}
-    assert seen == {"lsuv", "gradinit"}
+    assert seen == {"lsuv", "gradinit", "gradinit_fast"}
 
 
 def test_enqueued_baselines_are_sampled_exactly():
