@@ -50,7 +50,7 @@ def main() -> None:
 
     client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name(f"initsearch-{args.arch}")
-    parent = client.search_runs([exp.experiment_id], f"tags.study = '{study}'")[0]
+    parent = client.search_runs([exp.experiment_id], f"tags.study = '{study}' and tags.role = 'search'")[0]
     m = parent.data.metrics
     compute, slots = m["compute_seconds"], m["slots"]
     outside = wall * slots - compute

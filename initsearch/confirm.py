@@ -63,12 +63,6 @@ class ConfirmJob:
     entry: Entry
     seed: int
 
-    name = property(lambda self: self.entry.name)
-    recipe = property(lambda self: self.entry.recipe)
-    baseline = property(lambda self: self.entry.baseline)
-    source_trial = property(lambda self: self.entry.source_trial)
-    params = property(lambda self: self.entry.params)
-
     @property
     def record_name(self) -> str:
         return f"{_PREFIX}{self.entry.key}/{self.seed}"
@@ -102,7 +96,8 @@ def select(study: optuna.Study, top: int, chance: float) -> list[Entry]:
     else:  # the space could not express it: it is still the reference
         reference = BASELINES[REFERENCE]
         entries[recipe_key(reference)] = Entry(REFERENCE, reference, REFERENCE, None)
-    for t in [t for t in complete if t.user_attrs.get(Attr.BASELINE) not in (None, REFERENCE)][:N_BASELINES]:
+    others = [t for t in complete if t.user_attrs.get(Attr.BASELINE) not in (None, REFERENCE)]
+    for t in others[:N_BASELINES]:
         add(t)
     baseline_keys = set(entries)
     candidates = [t for t in complete if t.user_attrs.get(Attr.BASELINE) is None]
@@ -116,17 +111,14 @@ def select(study: optuna.Study, top: int, chance: float) -> list[Entry]:
 
 
 def write_record(study: optuna.Study, job: ConfirmJob, record: dict[str, Any]) -> None:
-    study.set_user_attr(job.record_name, {"name": job.name, "seed": job.seed, **record})
+    study.set_user_attr(job.record_name, {"name": job.entry.name, "seed": job.seed, **record})
 
 
 def records(study: optuna.Study, entries: list[Entry], seeds: list[int]) -> dict[str, dict[int, dict]]:
     """``{entry name: {seed: record}}`` of the jobs of ``entries`` x ``seeds`` already run."""
     attrs = study.user_attrs
-    out: dict[str, dict[int, dict]] = {}
-    for e in entries:
-        got = {s: attrs[f"{_PREFIX}{e.key}/{s}"] for s in seeds if f"{_PREFIX}{e.key}/{s}" in attrs}
-        out[e.name] = got
-    return out
+    return {e.name: {s: attrs[job.record_name] for s in seeds
+                     if (job := ConfirmJob(e, s)).record_name in attrs} for e in entries}
 
 
 def pending(study: optuna.Study, entries: list[Entry], seeds: list[int]) -> list[ConfirmJob]:
@@ -156,16 +148,17 @@ class ConfirmDriver(Driver):
     def ask(self) -> TrialConfig:
         number, job = self._next, self._queue[self._next]
         self._next += 1
+        e = job.entry
         run_id = self.tracker.start_trial(
-            f"confirm-{job.name}-seed{job.seed}", job.recipe, job.params, self.plan_for(job.recipe),
-            {"stage": "confirm", "seed": str(job.seed), "baseline": job.baseline or "",
-             "trial": "" if job.source_trial is None else str(job.source_trial)})
-        self._live[number] = LiveTrial(run_id, never_prune=True, job=job)
-        return TrialConfig(number, job.recipe.to_dict(), {**self.protocol.to_dict(), "seeds": [job.seed]})
+            f"confirm-{e.name}-seed{job.seed}", e.recipe, e.params, self.plan_for(e.recipe),
+            {"stage": "confirm", "seed": str(job.seed), "baseline": e.baseline or "",
+             "trial": "" if e.source_trial is None else str(e.source_trial)})
+        self._live[number] = LiveTrial(run_id, job)
+        return TrialConfig(number, e.recipe.to_dict(), {**self.protocol.to_dict(), "seeds": [job.seed]})
 
     def _settle(self, number: int, live: LiveTrial, error: str | None) -> TrialState:
         state = TrialState.FAIL if error is not None else TrialState.COMPLETE
-        write_record(self.study, live.job, {
+        write_record(self.study, live.handle, {
             "state": state.name, "epochs": int(live.last.get("epoch", 0)), "curve": live.curve,
             "val_acc": None if error else live.last.get("val_acc"),
             "test_acc": None if error else live.last.get("test_acc"),

@@ -1,6 +1,11 @@
 """One study end to end (:func:`search`, exported as ``initsearch.search``): validate everything,
-then run it. The module is not called ``search`` so that importing it never shadows the function
-on the package.
+search, confirm the best on fresh seeds, recommend. The module is not called ``search`` so that
+importing it never shadows the function on the package.
+
+One backend session (one Ray start) serves both stages: the :class:`StudyDriver` runs the search,
+then a :class:`~initsearch.confirm.ConfirmDriver` the confirmation; the verdict is read from what
+the study recorded (:func:`~initsearch.recommend.verdict_of`), the same way ``initsearch report``
+reads it later.
 
 All input is checked before anything is written: a bad arch, dataset, profile, space, budget,
 data directory or tracking store raises :class:`~initsearch.errors.UsageError` with nothing

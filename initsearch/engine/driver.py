@@ -51,9 +51,8 @@ class LiveTrial:
     """A trial in flight: its MLflow run, what it reported so far, and how it is to end."""
 
     run_id: str
-    never_prune: bool
-    trial: optuna.Trial | None = None
-    job: Any = None  # what a driver other than the study's runs (a confirmation job)
+    handle: Any  # the driver's own record of it: an Optuna trial, a confirmation job
+    never_prune: bool = False
     last: dict[str, Any] = field(default_factory=dict)
     curve: list[float] = field(default_factory=list)
     pruned: bool = False
@@ -120,13 +119,11 @@ class Driver(abc.ABC):
                                     for k in ("init_seconds", "train_seconds", "eval_seconds"))
         self.tracker.log_epoch(live.run_id, metrics, epoch)
         live.diverged = diverged(metrics)
-        if live.diverged:
-            return True
-        if live.trial is not None:
-            live.trial.report(float(metrics["val_acc"]), step=epoch)
-            if not live.never_prune and epoch < self.protocol.epochs and live.trial.should_prune():
-                live.pruned = True
-        return live.pruned
+        return bool(live.diverged) or self._observe(live, epoch, float(metrics["val_acc"]))
+
+    def _observe(self, live: LiveTrial, epoch: int, val_acc: float) -> bool:
+        """A finite epoch's score: True to stop the trial early (prune). Never, by default."""
+        return False
 
     @timed
     def finish(self, number: int, error: str | None = None) -> None:
@@ -210,12 +207,18 @@ class StudyDriver(Driver):
             baseline or f"trial-{trial.number:03d}", recipe, trial.params, self.plan_for(recipe),
             {"stage": "search", "trial": str(trial.number), "baseline": baseline or ""})
         trial.set_user_attr(Attr.RUN_ID, run_id)
-        self._live[trial.number] = LiveTrial(run_id, never_prune=baseline is not None, trial=trial)
+        self._live[trial.number] = LiveTrial(run_id, trial, never_prune=baseline is not None)
         self._asked += 1
         return TrialConfig(trial.number, recipe.to_dict(), self.protocol.to_dict())
 
+    def _observe(self, live: LiveTrial, epoch: int, val_acc: float) -> bool:
+        live.handle.report(val_acc, step=epoch)
+        if not live.never_prune and epoch < self.protocol.epochs and live.handle.should_prune():
+            live.pruned = True
+        return live.pruned
+
     def _settle(self, number: int, live: LiveTrial, error: str | None) -> TrialState:
-        trial = live.trial
+        trial = live.handle
         trial.set_user_attr(Attr.EPOCHS, int(live.last.get("epoch", 0)))
         if "test_acc" in live.last:
             trial.set_user_attr(Attr.TEST_ACC, float(live.last["test_acc"]))
