@@ -166,6 +166,8 @@ def judge(entries: list[Entry], records: dict[str, dict[int, dict]], seeds: list
         parts = [w.vs_reference.pp("PyTorch default") if reference else no_default]
         if best is not None and best is not reference:
             parts.append(w.vs_best.pp(f"best baseline {best.name}"))
+        elif best is reference:
+            parts.append("PyTorch's default is also the best confirmed baseline")
         elif best is None:
             parts.append("no baseline trains above chance")
         text = f"recommend {w.name}: {', '.join(parts)} (val accuracy, {n} seeds)"
