@@ -24,7 +24,6 @@ from initsearch.errors import UsageError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 PARENT_TAG = "mlflow.parentRunId"
-logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -58,9 +57,11 @@ class Tracker:
     """Writes one search into MLflow through a single client (no fluent global state)."""
 
     def __init__(self, uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        from mlflow.exceptions import MlflowException
+        # after the import: MLflow sets its loggers up when imported (no "creating tables" chatter)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
         self.uri = uri
         self.client = MlflowClient(uri)
