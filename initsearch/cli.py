@@ -145,7 +145,7 @@ def _schemes(args: argparse.Namespace) -> int:
 
     print("layer schemes (chosen per role):")
     for s in SCHEMES.values():
-        opts = " ".join(f"{k}={'|'.join(v)}" for k, v in s.options.items())
+        opts = " ".join(f"{k}={'|'.join(map(str, v))}" for k, v in s.options.items())
         where = "conv/linear" if s.weight_layers_only else "any layer"
         print(f"  {s.name:13s} {where:12s} {opts}")
     print("steps (after the layer schemes; static first, then data-dependent):")

@@ -2,8 +2,14 @@
 
 A protocol fixes everything but the init, so that trials differ only by their recipe: the data
 subset and its split, epochs (the highest fidelity) and the pruner's rungs, optimizer, learning
-rate schedule, batch size, auxiliary-loss weight, augmentation, seeds, and how many CPU threads
-/ GPU share a trial gets. See ``trials/cpu.yaml`` for every key with a comment.
+rate schedule, gradient clipping, batch size, auxiliary-loss weight, augmentation, seeds, and how
+many CPU threads / GPU share a trial gets. See ``trials/cpu.yaml`` for every key with a comment.
+
+The optimizer (``optimizer.name``, default ``sgd``) is SGD with momentum (``lr``, ``momentum``
+0.9, ``nesterov`` true, ``weight_decay`` 0) or AdamW (``lr``, ``betas`` [0.9, 0.999], ``eps``
+1e-8, ``weight_decay`` 0.01 -- PyTorch's defaults; ViT recipes such as DeiT use 0.05); absent
+keys take these defaults. Weight decay never applies to biases, 1-d parameters or the
+parameters of norm, embedding, token, layer-scale and scalar units (:func:`initsearch.trial.param_groups`).
 """
 from __future__ import annotations
 
@@ -23,6 +29,9 @@ TRIALS_DIR = Path(__file__).resolve().parent.parent / "trials"
 PRUNERS = ("successive_halving", "hyperband", "median", "none")
 _NOT_CONTENT = ("name", "description", "archs", "threads_per_trial", "gpus_per_trial",
                 "confirm_seeds")
+#: Keys added after protocols were first hashed: left out of :meth:`Protocol.content_hash` while
+#: off (None), so a protocol that does not use them keeps its hash.
+_NEW_OFF = ("grad_clip",)
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict,
           "tuple": (list, tuple)}
 
@@ -45,6 +54,7 @@ class Protocol:
                                                      "nesterov": True, "weight_decay": 5e-4})
     lr_schedule: str = "cosine"                # cosine | linear | constant, over all `epochs`
     warmup_epochs: float = 0.0
+    grad_clip: float | None = None             # max global gradient norm per step (None: off)
     aux_loss_weight: float = 0.3
     label_smoothing: float = 0.0
     crop_padding: int = 4
@@ -61,7 +71,8 @@ class Protocol:
         as applied to one architecture (:meth:`for_arch`); its name and description, the other
         architectures' sections, the trial placement (threads, GPU share) and the confirmation's
         seed count are left out."""
-        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_CONTENT}
+        d = {k: v for k, v in self.to_dict().items() if k not in _NOT_CONTENT
+             and not (k in _NEW_OFF and v is None)}  # a key left off keeps the hash it had
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
@@ -78,11 +89,12 @@ class Protocol:
     def for_arch(self, arch: str | None) -> tuple["Protocol", dict[str, Any]]:
         """This protocol as it applies to ``arch`` (a built-in name; None for a user's model):
         the ``archs.<arch>`` overrides applied (``optimizer`` merged key by key, so ``{lr: ...}``
-        keeps the momentum; every other key replaced whole), and the architecture options sized
-        for this protocol."""
+        keeps the momentum -- unless it names another optimizer, which replaces it whole; every
+        other key replaced whole), and the architecture options sized for this protocol."""
         section = dict(self.archs.get(arch, {}) if arch else {})
         options = section.pop("options", {})
-        merged = {k: {**self.optimizer, **v} if k == "optimizer" else v for k, v in section.items()}
+        merged = {k: _merge_optimizer(self.optimizer, v) if k == "optimizer" else v
+                  for k, v in section.items()}
         if "seeds" in merged:
             merged["seeds"] = tuple(merged["seeds"])
         return replace(self, **merged), dict(options)
@@ -141,7 +153,8 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
         ok = (value is None and "None" in annotation) or (
             isinstance(value, _TYPES[base]) and (base == "bool" or not isinstance(value, bool)))
         if not ok:
-            raise UsageError(f"protocol {where}: {key} must be {annotation}, not {value!r}")
+            hint = _YAML_HINT if isinstance(value, str) and base == "float" else ""
+            raise UsageError(f"protocol {where}: {key} must be {annotation}, not {value!r}{hint}")
     if "seeds" in body:
         body["seeds"] = tuple(body["seeds"])
     protocol = Protocol(name=name, **body)
@@ -162,6 +175,8 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
         (len(protocol.seeds) >= 1, "seeds must list at least one seed"),
         (protocol.threads_per_trial >= 1, "threads_per_trial must be >= 1"),
         (protocol.gpus_per_trial >= 0, "gpus_per_trial must be >= 0"),
+        (protocol.grad_clip is None or protocol.grad_clip > 0,
+         f"grad_clip must be > 0 (the max global gradient norm) or null (off), not {protocol.grad_clip!r}"),
         (protocol.confirm_seeds >= 0 and protocol.confirm_seeds != 1,
          "confirm_seeds must be 0 (no confirmation) or >= 2 (a confidence interval needs two)"),
     ]
@@ -173,24 +188,55 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
     return protocol
 
 
-#: The optimizer's keys: SGD with momentum (``lr`` required), each a number but ``nesterov``.
-_OPTIMIZER = {"lr": float, "momentum": float, "weight_decay": float, "nesterov": bool}
+#: Each optimizer's keys (``lr`` required, ``name`` picks the optimizer, default ``sgd``): a
+#: number >= 0, ``nesterov`` true or false, ``betas`` two numbers in [0, 1).
+OPTIMIZERS = {
+    "sgd": {"lr": float, "momentum": float, "nesterov": bool, "weight_decay": float},
+    "adamw": {"lr": float, "betas": tuple, "eps": float, "weight_decay": float},
+}
+_YAML_HINT = " (YAML reads 1.0e4 as text: write 1.0e+4)"
+
+
+def _merge_optimizer(base: dict, override: dict) -> dict:
+    """``override`` over ``base`` key by key when both name the same optimizer; else ``override``."""
+    same = override.get("name", base.get("name", "sgd")) == base.get("name", "sgd")
+    return {**base, **override} if same else dict(override)
 
 
 def _check_optimizer(optimizer: dict, where: str) -> None:
-    unknown = set(optimizer) - set(_OPTIMIZER)
+    name = optimizer.get("name", "sgd")
+    if not isinstance(name, str) or name not in OPTIMIZERS:
+        raise UsageError(f"protocol {where}: optimizer.name must be {' or '.join(OPTIMIZERS)}, "
+                         f"not {name!r}")
+    table = OPTIMIZERS[name]
+    unknown = set(optimizer) - set(table) - {"name"}
     if unknown or "lr" not in optimizer:
+        fix = "".join(f"; {', '.join(sorted(unknown & set(t)))} belong(s) to {o}: set name: {o}"
+                      for o, t in OPTIMIZERS.items() if o != name and unknown & set(t))
         raise UsageError(f"protocol {where}: optimizer needs lr and takes only "
-                         f"{', '.join(_OPTIMIZER)}{f', not {sorted(unknown)}' if unknown else ''}")
-    for key, kind in _OPTIMIZER.items():
+                         f"{', '.join(['name', *table])} for {name}"
+                         f"{f', not {sorted(unknown)}' if unknown else ''}{fix}")
+    for key, kind in table.items():
         value = optimizer.get(key)
-        if key in optimizer and (isinstance(value, bool) != (kind is bool)
-                                 or not isinstance(value, (bool, int, float)) or
-                                 (kind is float and not value >= 0)):
-            hint = " (YAML reads 1.0e4 as text: write 1.0e+4)" if isinstance(value, str) else ""
+        if key not in optimizer:
+            continue
+        if kind is tuple:
+            if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
+                    isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                    for b in value)):
+                hint = _YAML_HINT if any(isinstance(b, str) for b in
+                                         (value if isinstance(value, (list, tuple)) else ())) else ""
+                raise UsageError(f"protocol {where}: optimizer.{key} must be two numbers in [0, 1), "
+                                 f"e.g. [0.9, 0.999], not {value!r}{hint}")
+        elif (isinstance(value, bool) != (kind is bool) or not isinstance(value, (bool, int, float))
+              or (kind is float and not value >= 0)):
+            hint = _YAML_HINT if isinstance(value, str) else ""
             raise UsageError(f"protocol {where}: optimizer.{key} must be "
                              f"{'true or false' if kind is bool else 'a number >= 0'}, "
                              f"not {value!r}{hint}")
+    if name == "sgd" and optimizer.get("nesterov", True) and optimizer.get("momentum", 0.9) == 0:
+        raise UsageError(f"protocol {where}: optimizer.nesterov needs momentum > 0; "
+                         "set nesterov: false or a momentum")
 
 
 def _check_archs(protocol: Protocol, where: str) -> None:

@@ -40,7 +40,8 @@ import yaml
 from torch import nn
 
 from initsearch.errors import UsageError
-from initsearch.roles import ROLES, WEIGHT_ROLES, Roles, discover_roles, parameterized_modules
+from initsearch.roles import ROLES, WEIGHT_ROLES, Roles, discover_roles, matrices, units
+from initsearch.roles.units import shape
 from initsearch.schemes import SCHEMES, STEPS, InitData, fixup, identity, scale_
 
 FORMAT, VERSION = "initsearch.recipe", 1
@@ -132,11 +133,13 @@ class StepInit:
 
 @dataclass(frozen=True)
 class InitReport:
-    """What :meth:`Recipe.apply` did: the per-layer plan, each step's report, the wall time."""
+    """What :meth:`Recipe.apply` did: the per-unit plan, each step's report, the wall time, and
+    the model's roles (pass them on instead of discovering them again)."""
 
     plan: list[dict[str, Any]]
     steps: dict[str, dict[str, Any]]
     seconds: float
+    roles: Roles | None = None
 
     @property
     def forward_passes(self) -> int:
@@ -178,7 +181,7 @@ class Recipe:
             init = self.roles.get(role)
             if init and SCHEMES[init.scheme].weight_layers_only:
                 raise UsageError(f"scheme {init.scheme!r} does not apply to role {role!r}; "
-                                 "use default or zero")
+                                 "use default, zero or normal")
         names = [s.name for s in self.steps]
         if len(set(names)) != len(names):
             raise UsageError(f"recipe lists an init step twice ({', '.join(names)}); list each once")
@@ -192,20 +195,19 @@ class Recipe:
             raise UsageError(f"layer_scales must be positive numbers, not {bad}")
 
     def plan(self, model: nn.Module, roles: Roles | None = None) -> list[dict[str, Any]]:
-        """Per-layer details: path, type, shape, role, scheme, options, scale (role x layer) --
+        """Per-unit details: path, type, shape, role, scheme, options, scale (role x layer) --
         without applying. Steps are not part of the plan: they act on the whole network.
-        ``roles`` saves discovering them again."""
+        ``roles`` (the model's, with this recipe's overrides) saves discovering them again."""
         roles = roles if roles is not None else discover_roles(model, self.role_overrides)
         missing = sorted(set(self.layer_scales) - set(roles))
         if missing:
             raise UsageError(f"recipe {self.name!r} scales layer(s) {', '.join(missing)} that the model "
                              "lacks; the recipe was made for another architecture")
-        modules = parameterized_modules(model)
+        found = units(model)
         rows = []
         for path, role in roles.items():
-            module, init = modules[path], self.roles.get(role, RoleInit())
-            row = {"path": path, "type": type(module).__name__,
-                   "shape": list(getattr(module, "weight", next(module.parameters())).shape),
+            unit, init = found[path], self.roles.get(role, RoleInit())
+            row = {"path": path, "type": type(unit).__name__, "shape": shape(unit),
                    "role": role, **init.to_dict()}
             if path in self.layer_scales:
                 row["scale"] = init.scale * self.layer_scales[path]
@@ -213,7 +215,7 @@ class Recipe:
         return rows
 
     def apply(self, model: nn.Module, data: InitData | None = None,
-              seed: int | None = None) -> InitReport:
+              seed: int | None = None, roles: Roles | None = None) -> InitReport:
         """Initialize ``model`` in place (see the module docstring for the order of operations).
 
         Args:
@@ -223,37 +225,44 @@ class Recipe:
             seed: if given, the init draws from a private RNG stream seeded with it, so the
                 same recipe, model and seed give bit-identical weights (the global RNG is
                 left as it was).
+            roles: the model's roles under this recipe's overrides, if already discovered
+                (discovery traces the model; a search discovers once per model).
 
         Returns:
-            An :class:`InitReport`: the per-layer plan, each step's report, the seconds taken.
+            An :class:`InitReport`: the per-unit plan, each step's report, the seconds taken,
+            the roles.
         """
         t0 = time.perf_counter()
-        roles = discover_roles(model, self.role_overrides)
+        roles = roles if roles is not None else discover_roles(model, self.role_overrides)
         plan = self.plan(model, roles)
         needs_data = [s.name for s in self.steps if s.needs_data]
         if needs_data and data is None:
             raise UsageError(f"recipe {self.name!r} runs {', '.join(needs_data)}, which need data: "
                              "pass data=InitData(x, y) to Recipe.apply")
-        modules = parameterized_modules(model)
+        found = units(model)
         reports: dict[str, dict[str, Any]] = {}
         with torch.random.fork_rng(devices=_devices(model), enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
             for row in plan:
-                module, init = modules[row["path"]], self.roles.get(row["role"], RoleInit())
-                if not SCHEMES[init.scheme].applies_to(module):
+                unit, init = found[row["path"]], self.roles.get(row["role"], RoleInit())
+                scheme = SCHEMES[init.scheme]
+                if not scheme.applies_to(unit):
                     raise UsageError(f"scheme {init.scheme!r} cannot initialize {row['path']} "
                                      f"({row['type']}, role {row['role']}); choose another scheme")
-                SCHEMES[init.scheme].fn(module, **init.options)
+                # a packed q/k/v projection is three matrices, each with its own fan; PyTorch's
+                # default acts on the whole layer
+                for part in [unit] if scheme.name == "default" else matrices(unit, row["role"]):
+                    scheme.fn(part, **init.options)
             for step in self.steps:
                 if not step.needs_data:
                     reports[step.name] = STEPS[step.name](model, roles, None, **step.options)
             for row in plan:
-                scale_(modules[row["path"]], row.get("scale", 1.0))
+                scale_(found[row["path"]], row.get("scale", 1.0))
             for step in self.steps:
                 if step.needs_data:
                     reports[step.name] = STEPS[step.name](model, roles, data, **step.options)
-        return InitReport(plan, reports, time.perf_counter() - t0)
+        return InitReport(plan, reports, time.perf_counter() - t0, roles)
 
     def summary(self) -> str:
         """One line: ``stem=he x1.3 conv=orthogonal ...`` (roles left at default are omitted)."""
@@ -366,6 +375,12 @@ ABOUT: dict[str, str] = {
              "branches; needs a normalization-free ResNet",
     "skipinit": "SkipInit (De & Smith 2020): He, every branch multiplier 0; needs a "
                 "normalization-free ResNet",
+    "gpt2": "GPT-2 (Radford et al. 2019): every weight and position embedding N(0, 0.02^2), then "
+            "each residual branch's last layer x 1/sqrt(N); transformers",
+    "tfixup": "T-Fixup (Huang et al. 2020): Xavier, v/out/MLP x 0.67 N^(-1/4), embedding for a "
+              "(9N)^(-1/4) stream; transformers without LayerNorm",
+    "mimetic": "mimetic attention (Trockman & Kolter 2023): PyTorch's default elsewhere, "
+               "W_q^T W_k ~ 0.7 Z + 0.7 I and W_O W_V = 0.4 Z - 0.4 I per attention",
 }
 
 #: Published schemes that every search evaluates first, on the same protocol and seeds (those
@@ -383,28 +398,37 @@ BASELINES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(_he_everywhere(), "risotto", steps=(StepInit("risotto"),)),
     Recipe(_roles(fixup.FIXUP_ROLES), "fixup", steps=(StepInit("fixup"),)),
     Recipe(_roles(fixup.SKIPINIT_ROLES), "skipinit"),
+    Recipe({**{r: RoleInit("normal") for r in WEIGHT_ROLES}, "pos_embedding": RoleInit("normal")},
+           "gpt2", steps=(StepInit("gpt2"),)),
+    Recipe({}, "tfixup", steps=(StepInit("tfixup"),)),
+    Recipe({}, "mimetic", steps=(StepInit("mimetic"),)),
 )}
 
 #: Roles a baseline needs in the model to mean anything (else it is skipped, not run).
 _REQUIRES = {"lion_dg": {"aux_head"}, "lsuv_lion_dg": {"aux_head"}, "risotto": {"branch_last"},
              "zerO": {"branch_last"}, "fixup": {"branch_last", "branch_scale", "scalar_bias"},
-             "skipinit": {"branch_last", "branch_scale"}}
+             "skipinit": {"branch_last", "branch_scale"}, "gpt2": {"attn_out"},
+             "tfixup": {"attn_out"}, "mimetic": {"attn_out"}}
 
 
-def why_not(baseline: str, model: nn.Module, overrides: Mapping[str, str] | None = None) -> str | None:
-    """None if the baseline applies to ``model`` (its layers labelled with ``overrides``), else
-    why not: a role it needs is missing (LION-DG needs auxiliary heads, Fixup and SkipInit a
-    normalization-free ResNet with branch scalars, ...), or its layer schemes or structural
-    step refuse the model (ZerO on an even kernel, RISOTTO on bottleneck blocks, Fixup on
-    branches of unequal length, ...) -- found by applying it, data steps left out, to a copy."""
+def why_not(baseline: str, model: nn.Module, overrides: Mapping[str, str] | None = None,
+            roles: Roles | None = None) -> str | None:
+    """None if the baseline applies to ``model`` (its layers labelled with ``overrides``; pass
+    ``roles`` if already discovered), else why not: a role it needs is missing (LION-DG needs
+    auxiliary heads, Fixup and SkipInit a normalization-free ResNet with branch scalars, ...),
+    or its layer schemes or structural step refuse the model (ZerO on an even kernel, RISOTTO
+    on bottleneck blocks, Fixup on branches of unequal length, ...) -- found by applying it,
+    data steps left out, to a copy."""
     recipe = replace(BASELINES[baseline], role_overrides=dict(overrides or {}))
-    roles = discover_roles(model, recipe.role_overrides)
+    roles = roles if roles is not None else discover_roles(model, recipe.role_overrides)
     missing = sorted(_REQUIRES.get(baseline, set()) - set(roles.values()))
     if missing:
         return f"needs {', '.join(missing)} layers"
     try:
         replace(recipe, steps=tuple(s for s in recipe.steps if not s.needs_data)).apply(
-            copy.deepcopy(model), seed=0)
+            copy.deepcopy(model), seed=0, roles=roles)
     except UsageError as exc:
         return str(exc)
+    except Exception as exc:  # noqa: BLE001 -- a scheme that cannot handle this model
+        return f"fails on this model ({type(exc).__name__}: {str(exc)[:150]})"
     return None

@@ -31,12 +31,14 @@ that apply to it. Roles the space does not list keep PyTorch's default init.
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
+import torch
 import yaml
 from torch import nn
 
@@ -85,7 +87,9 @@ class Space:
 
     def bind(self, model: nn.Module) -> "Space":
         """This space for ``model``: only the roles it has, ``layer_scales`` globs expanded to
-        its layer paths (each must match a layer), and the baselines that apply to it."""
+        its layer paths (each must match a layer), only the static steps that apply to it
+        (T-Fixup refuses a model with LayerNorm, Fixup one without residual blocks, ...), and
+        the baselines that apply to it. The model's roles are discovered once, here."""
         roles = discover_roles(model, self.role_overrides)
         layers = {}
         for pattern, bounds in self.layer_scales.items():
@@ -96,9 +100,13 @@ class Space:
             layers.update(dict.fromkeys(matched, bounds))
         present = frozenset(roles.values())
         refused = {name: why for name in BASELINES
-                   if (why := why_not(name, model, self.role_overrides))}
+                   if (why := why_not(name, model, self.role_overrides, roles))}
+        steps = {slot: tuple(c for c in choices if c is None or c.step.needs_data
+                             or _applies(c.step, model, roles))
+                 for slot, choices in self.steps.items()}
         return replace(self, roles={r: rs for r, rs in self.roles.items() if r in present},
-                       layer_scales=layers, present_roles=present, inapplicable=refused)
+                       layer_scales=layers, steps=steps, present_roles=present,
+                       inapplicable=refused)
 
     def sample(self, trial: optuna.Trial, name: str | None = None) -> Recipe:
         """Draw a recipe from the space (define-by-run, so enqueued params are honoured);
@@ -182,6 +190,17 @@ class Space:
                 continue
             out[name] = recipe
         return out
+
+
+def _applies(step: StepInit, model: nn.Module, roles) -> bool:
+    """The static step runs on (a copy of) the model without refusing it (or failing on it: a
+    step that cannot handle some model must not stop the search, only leave the space)."""
+    try:
+        with torch.random.fork_rng(devices=[]):  # the global stream is not the probe's to use
+            STEPS[step.name](copy.deepcopy(model), roles, None, **step.options)
+    except Exception:  # noqa: BLE001 -- any failure means: not for this model
+        return False
+    return True
 
 
 def _labels(choices) -> list[str]:

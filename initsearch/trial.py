@@ -8,6 +8,12 @@ and ``init_passes`` -- the init's cost -- after the first, ``test_acc`` after th
 Data stays on the training device as one tensor; every epoch is augmented in one batched call
 and sliced into minibatches (no DataLoader). With several seeds the replicas train in lockstep
 and the metrics are their means.
+
+The optimizer is the protocol's (:func:`make_optimizer`: SGD with Nesterov momentum, or AdamW)
+over two parameter groups (:func:`param_groups`): weight decay on conv/linear weights, none on
+biases, 1-d parameters and the units whose role (from the recipe's plan) is a norm, embedding,
+token, layer scale or scalar. The learning rate warms up linearly for ``warmup_epochs``, then
+follows ``lr_schedule``; with ``grad_clip`` the global gradient norm is clipped every step.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from torch.nn import functional as F
 from initsearch.data import Splits, augment, standardize
 from initsearch.protocol import Protocol
 from initsearch.recipe import Recipe
+from initsearch.roles import tensors, units
 from initsearch.schemes import InitData
 
 
@@ -74,6 +81,63 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+#: Roles whose units' parameters never decay (biases and 1-d parameters never decay either).
+NO_DECAY_ROLES = ("norm", "embedding", "pos_embedding", "token", "layer_scale", "branch_scale",
+                  "scalar_bias")
+
+
+def param_groups(model: nn.Module, plan: list[dict], weight_decay: float) -> list[dict]:
+    """Two optimizer groups covering every parameter of ``model`` once: ``weight_decay`` on the
+    rest, none on every parameter with ``ndim <= 1`` (biases, norm affines, scalars) and on the
+    parameters of the plan rows whose role is in :data:`NO_DECAY_ROLES`; parameters no row
+    names decay when ``ndim > 1``. A row's ``path`` names a unit (:func:`initsearch.roles.units`:
+    a layer's own parameters, or a tensor a container owns directly, such as a class token)."""
+    found = units(model)
+    exempt = {id(t) for row in plan if row["role"] in NO_DECAY_ROLES
+              for t in tensors(found[row["path"]])}
+    decay, rest = [], []
+    for q in model.parameters():  # shared parameters once, in registration order
+        (rest if q.ndim <= 1 or id(q) in exempt else decay).append(q)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, plan: list[dict], config: dict) -> torch.optim.Optimizer:
+    """The protocol's optimizer (``config`` is its ``optimizer`` mapping, checked by
+    :mod:`initsearch.protocol`) over :func:`param_groups`: ``name`` ``sgd`` (default; momentum
+    0.9, Nesterov, weight_decay 0) or ``adamw`` (betas (0.9, 0.999), eps 1e-8, weight_decay 0.01)."""
+    name = config.get("name", "sgd")
+    if name == "sgd":
+        return torch.optim.SGD(param_groups(model, plan, config.get("weight_decay", 0)),
+                               lr=config["lr"], momentum=config.get("momentum", 0.9),
+                               nesterov=config.get("nesterov", True))
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups(model, plan, config.get("weight_decay", 0.01)),
+                                 lr=config["lr"], betas=tuple(config.get("betas", (0.9, 0.999))),
+                                 eps=config.get("eps", 1e-8))
+    raise ValueError(f"unknown optimizer {name!r}; choose sgd or adamw")
+
+
+def make_scheduler(opt: torch.optim.Optimizer, p: Protocol,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule over all ``p.epochs``: :func:`lr_factor` times each group's lr."""
+    total, warmup = p.epochs * steps_per_epoch, round(p.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total, warmup, p.lr_schedule))
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               p: Protocol) -> torch.Tensor:
+    """One optimizer step on a minibatch (the loss detached); the global gradient norm is
+    clipped to ``p.grad_clip`` after the backward pass, before the step."""
+    loss = deep_supervision_loss(model(x), y, p.aux_loss_weight, p.label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if p.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)
+    opt.step()
+    return loss.detach()
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Linear warm-up for ``warmup`` steps, then cosine / linear decay to 0, or constant."""
     if step < warmup:
@@ -101,8 +165,6 @@ def run_trial(config: TrialConfig, splits: Splits,
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = map(to_dev, (splits.train, splits.val,
                                                                         splits.test))
     steps_per_epoch = len(train_y) // p.batch_size  # drop the ragged last batch: keeps BN sane
-    total_steps = p.epochs * steps_per_epoch
-    warmup = round(p.warmup_epochs * steps_per_epoch)
 
     replicas, init_seconds, init_passes = [], 0.0, 0
     for seed in p.seeds:
@@ -114,14 +176,8 @@ def run_trial(config: TrialConfig, splits: Splits,
         report = recipe.apply(model, data=init_data, seed=seed)
         init_seconds += _now(device) - t_init
         init_passes += report.forward_passes + report.backward_passes
-        decay = [q for q in model.parameters() if q.ndim > 1]  # no weight decay on BN and biases
-        rest = [q for q in model.parameters() if q.ndim <= 1]
-        opt = torch.optim.SGD([{"params": decay, "weight_decay": p.optimizer.get("weight_decay", 0)},
-                               {"params": rest, "weight_decay": 0.0}],
-                              lr=p.optimizer["lr"], momentum=p.optimizer.get("momentum", 0.9),
-                              nesterov=p.optimizer.get("nesterov", True))
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, total_steps, warmup, p.lr_schedule))
+        opt = make_optimizer(model, report.plan, p.optimizer)
+        sched = make_scheduler(opt, p, steps_per_epoch)
         replicas.append(_Replica(model, opt, sched, torch.Generator(device).manual_seed(seed)))
 
     for epoch in range(1, p.epochs + 1):
@@ -149,12 +205,8 @@ def _train_epoch(r: _Replica, x: torch.Tensor, y: torch.Tensor, p: Protocol) -> 
     total, steps = torch.zeros((), device=y.device), len(y) // p.batch_size
     for i in range(steps):
         idx = order[i * p.batch_size:(i + 1) * p.batch_size]
-        loss = deep_supervision_loss(r.model(x[idx]), y[idx], p.aux_loss_weight, p.label_smoothing)
-        r.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        r.opt.step()
+        total += train_step(r.model, r.opt, x[idx], y[idx], p)  # no .item() per step: no GPU sync
         r.sched.step()
-        total += loss.detach()  # no .item() per step: it would sync the GPU
     return float(total) / steps
 
 

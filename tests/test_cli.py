@@ -87,6 +87,9 @@ def test_gpu_share_without_gpu(capsys, home, data_dir):
     ("epoch: 3", "unknown key(s) ['epoch']"),
     ("optimizer: {lr: 1.0e4}", "optimizer.lr must be a number >= 0, not '1.0e4' (YAML reads"),
     ("optimizer: {lr: 0.1, betas: [0.9, 0.99]}", "optimizer needs lr and takes only"),
+    ("optimizer: {name: adamw, lr: 1.0e-3, momentum: 0.9}", "belong(s) to sgd: set name: sgd"),
+    ("optimizer: {name: adamw, lr: 1e-3}", "optimizer.lr must be a number >= 0, not '1e-3' (YAML"),
+    ("grad_clip: -1", "grad_clip must be > 0"),
     ("confirm_seeds: 1", "confirm_seeds must be 0"),
 ])
 def test_bad_protocol_files(text, message, tmp_path, capsys, home, data_dir):

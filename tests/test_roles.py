@@ -170,15 +170,17 @@ class _BareParameter(nn.Module):
         return self.out(self.body(self.entry(x)).mean((2, 3))) * self.gain
 
 
-def test_unlabelable_module_names_the_module_and_the_fix():
+def test_an_unclassifiable_parameter_names_its_path_and_the_fix():
+    """A gain on the output is neither a token, a position embedding nor a branch multiplier:
+    discovery stops with one line naming the parameter path and the override."""
     model = _BareParameter()
-    with pytest.raises(UsageError, match=r"cannot label \(root\) \(_BareParameter\).*"
-                                         r"role_overrides \(e.g. '': scalar_bias"):
+    with pytest.raises(UsageError, match=r"cannot label gain \(a parameter of shape \(\)\).*"
+                                         r"role_overrides \(e.g. 'gain': scalar_bias"):
         discover_roles(model)
-    roles = discover_roles(model, overrides={"": "linear"})
+    roles = discover_roles(model, overrides={"gain": "branch_scale"})
     assert roles["entry"] == "stem" and roles["out"] == "classifier"
     assert [roles[f"body.{i}.b"] for i in (0, 1)] == ["branch_last"] * 2
-    roles = discover_roles(model, overrides={"": "linear", "body.*.a": "shortcut"})
+    roles = discover_roles(model, overrides={"gain": "branch_scale", "body.*.a": "shortcut"})
     assert roles["body.0.a"] == "shortcut" and roles["body.0.b"] == "branch_last"
 
 
@@ -186,7 +188,7 @@ def test_bad_overrides_are_usage_errors():
     model = build_model("resnet_ds", options={"depth": 8})
     with pytest.raises(UsageError, match="unknown role"):
         discover_roles(model, overrides={"stem": "trunk"})
-    with pytest.raises(UsageError, match="matches no parameterized module"):
+    with pytest.raises(UsageError, match="matches no layer or parameter"):
         discover_roles(model, overrides={"nothing.here": "conv"})
 
 
@@ -215,12 +217,14 @@ class _LayerScaleNet(nn.Module):
 
 
 def test_layer_scale_blocks_are_traced_through():
-    with pytest.raises(UsageError, match=r"cannot label blocks.0 \(Block\), blocks.1 \(Block\)"):
-        discover_roles(_LayerScaleNet())
-    roles = discover_roles(_LayerScaleNet(), {"blocks.0": "branch_scale", "blocks.1": "branch_scale"})
+    """A block owning its layer-scale ``gamma`` beside child layers is traced through; the gamma
+    is labelled by what it does (it multiplies the branch) and recorded as the branch's scale."""
+    roles = discover_roles(_LayerScaleNet())
     assert roles.source == "graph"
     assert [b.branch for b in roles.blocks] == [
         (f"blocks.{i}.dw", f"blocks.{i}.pw1", f"blocks.{i}.pw2") for i in (0, 1)]
+    assert [b.scale for b in roles.blocks] == ["blocks.0.gamma", "blocks.1.gamma"]
+    assert roles["blocks.0.gamma"] == roles["blocks.1.gamma"] == "layer_scale"
     assert roles["blocks.1.pw2"] == "branch_last" and roles["patchify"] == "stem"
 
 

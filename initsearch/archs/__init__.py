@@ -14,6 +14,7 @@ from initsearch.archs.densenet import DenseNet
 from initsearch.archs.mlp import MLP
 from initsearch.archs.resnet import ResNet
 from initsearch.archs.vgg import VGG
+from initsearch.archs.vit import PostLNTransformer, ViT
 from initsearch.errors import UsageError
 
 
@@ -39,6 +40,13 @@ ARCHS: dict[str, Arch] = {
                 {"depth": 11, "width": 64, "norm": "batch", "fc_layers": 1, "fc_width": 512}),
     "mlp": Arch("mlp", MLP, "deep MLP on flattened images (depth hidden layers of width units)",
                 {"depth": 8, "width": 512, "activation": "relu", "norm": "none"}),
+    "vit": Arch("vit", ViT, "pre-LN Vision Transformer for 32x32 images (Dosovitskiy et al. 2021)",
+                {"patch_size": 4, "depth": 6, "width": 192, "heads": 3, "mlp_ratio": 4,
+                 "norm": "layer"}),
+    "transformer_postln": Arch("transformer_postln", PostLNTransformer,
+                               "Post-LN Transformer encoder (Vaswani et al. 2017) on the same "
+                               "patches", {"patch_size": 4, "depth": 6, "width": 192, "heads": 3,
+                                           "mlp_ratio": 4, "norm": "layer"}),
 }
 
 
@@ -100,13 +108,22 @@ def flops_per_image(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from torch.utils.flop_counter import sdpa_flop_count
+
     modes = {m: m.training for m in model.modules()}
     model.eval()
+    # nn.MultiheadAttention's eval fast path and CPU's fused attention are invisible to the
+    # counter: take the plain path, and count the CPU kernel as attention
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    cpu_sdpa = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    mapping = {cpu_sdpa: lambda q, k, v, *args, out_shape=None, **kw: sdpa_flop_count(q, k, v)}
     try:
         device = next(model.parameters()).device
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
             model(torch.zeros(1, *input_shape, device=device))
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, mode in modes.items():
             m.training = mode
     return counter.get_total_flops()

@@ -20,7 +20,8 @@ name               kind, module               what
 ``gradinit_fast``  step (data), ``gradinit``  GradInit's rule at a cheap search setting (ours)
 =================  =========================  ===================================================
 """
-from initsearch.schemes import emergence, fixup, gradinit, identity, lsuv, risotto
+from initsearch.schemes import (emergence, fixup, gpt2, gradinit, identity, lsuv, mimetic, risotto,
+                                tfixup)
 from initsearch.schemes.base import InitData, Step, init_forward_mode  # noqa: F401
 from initsearch.schemes.layer import SCHEMES as _LAYER_SCHEMES
 from initsearch.schemes.layer import Scheme, scale_  # noqa: F401
@@ -29,5 +30,6 @@ from initsearch.schemes.layer import Scheme, scale_  # noqa: F401
 SCHEMES: dict[str, Scheme] = {**_LAYER_SCHEMES, identity.SCHEME.name: identity.SCHEME}
 
 #: Network-level steps by name, in the order a recipe must list them: static, then data.
-STEPS: dict[str, Step] = {s.name: s for s in (fixup.STEP, emergence.STEP, risotto.STEP, lsuv.STEP,
-                                              gradinit.STEP, gradinit.FAST_STEP)}
+STEPS: dict[str, Step] = {s.name: s for s in (
+    fixup.STEP, emergence.STEP, risotto.STEP, gpt2.STEP, tfixup.STEP, mimetic.STEP, lsuv.STEP,
+    gradinit.STEP, gradinit.FAST_STEP)}

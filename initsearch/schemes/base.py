@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from initsearch.errors import UsageError
-from initsearch.roles import ROLES
+from initsearch.roles import ROLES, units
 
 _NORMS = (nn.modules.batchnorm._BatchNorm,)
 
@@ -85,8 +85,9 @@ def init_forward_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def modules_by_path(model: nn.Module, paths) -> dict[str, nn.Module]:
-    named = dict(model.named_modules())
-    return {p: named[p] for p in paths}
+    """The units at ``paths`` (layers, or tensors a container owns)."""
+    found = units(model)
+    return {p: found[p] for p in paths}
 
 
 def select(roles: Mapping[str, str], include: Sequence[str] | str, step: str) -> list[str]:

@@ -32,6 +32,13 @@ the paper's "weights"), and every bias (so with non-zero biases the function doe
 With BN after a conv, scaling that conv changes only its effective learning rate (~1/factor^2);
 the paper reports that BN "enables larger scaling factors".
 
+Transformers (``roles.topology == "transformer"``). The paper reports machine-translation gains
+but not which matrices count (UNVERIFIED, transformer-inits.md section 5). Here the counted
+unit is a *transformer layer* -- an attention block and the MLP block after it -- and every
+weight matrix of layer ``l`` (q/k/v, output projection, MLP) is multiplied by
+``alpha^(l - c)``; embeddings, position embeddings, tokens, norms, biases and the classifier
+are not scaled. ``include`` is not used on transformers.
+
 Data: none. Cost: one multiply per counted weight.
 """
 from __future__ import annotations
@@ -42,15 +49,30 @@ import torch
 from torch import nn
 
 from initsearch.errors import UsageError
-from initsearch.roles import ROLES, WEIGHT_ROLES
-from initsearch.schemes.base import InitData, Step, modules_by_path, select
-from initsearch.schemes.layer import WEIGHT_LAYERS
+from initsearch.roles import ROLES, WEIGHT_ROLES, ResidualBlock, Roles, units
+from initsearch.schemes.base import InitData, Step, select
+from initsearch.schemes.layer import WEIGHT_LAYERS, scale_
 
 MAIN_PATH = ("stem", "conv", "branch_last", "linear", "classifier")
 
 
 @torch.no_grad()
-def emergence_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = None,
+def transformer_layers(roles: Roles) -> list[list[str]]:
+    """The weight layers of each transformer layer, in order: an attention block and the blocks
+    after it up to the next attention (its MLP)."""
+    layers: list[list[str]] = []
+    for block in roles.blocks:
+        if _is_attention(block, roles) or not layers:
+            layers.append([])
+        layers[-1].extend(block.branch)
+    return layers
+
+
+def _is_attention(block: ResidualBlock, roles: Mapping[str, str]) -> bool:
+    return any(roles[p].startswith("attn_") for p in block.branch)
+
+
+def emergence_(model: nn.Module, roles: Roles, data: InitData | None = None,
                alpha: float = 1.2, centre: str = "middle",
                include: Sequence[str] = MAIN_PATH) -> dict:
     """Scale the weight of counted layer ``i`` by ``alpha^(i - c)`` (see the module docstring).
@@ -75,18 +97,23 @@ def emergence_(model: nn.Module, roles: Mapping[str, str], data: InitData | None
         if item in ROLES and item not in WEIGHT_ROLES:
             raise UsageError(f"emergence scales conv/linear weights only: include roles among "
                              f"{', '.join(WEIGHT_ROLES)}, not {item!r}")
-    modules = modules_by_path(model, select(roles, include, "emergence"))
-    counted = [p for p, m in modules.items() if isinstance(m, WEIGHT_LAYERS)]
+    found = units(model)
+    if roles.topology == "transformer":
+        counted = transformer_layers(roles)
+    else:
+        counted = [[p] for p in select(roles, include, "emergence")
+                   if isinstance(found[p], WEIGHT_LAYERS)]
     if not counted:
         raise UsageError(f"emergence counts no conv/linear layer with include={include}; "
                          "name roles or module globs that have weights")
     n = len(counted)
     c = (n - 1) / 2 if centre == "middle" else float(n // 2)
     layers = []
-    for i, path in enumerate(counted):
+    for i, paths in enumerate(counted):
         factor = alpha ** (i - c)
-        modules[path].weight.mul_(factor)
-        layers.append({"path": path, "exponent": i - c, "factor": factor})
+        for path in paths:
+            scale_(found[path], factor)
+            layers.append({"path": path, "exponent": i - c, "factor": factor})
     return {"layers": layers, "alpha": alpha, "centre": c, "forward_passes": 0,
             "backward_passes": 0}
 

@@ -44,6 +44,7 @@ from torch import nn
 from initsearch.errors import UsageError
 from initsearch.roles import Roles
 from initsearch.schemes.base import InitData, Step, modules_by_path
+from initsearch.schemes.layer import scale_
 
 #: Fixup's recipe, ``{role: (scheme, options)}``; the ``fixup`` step runs after it.
 FIXUP_ROLES: dict[str, tuple[str, dict]] = {
@@ -91,8 +92,8 @@ def fixup_(model: nn.Module, roles: Roles, data: InitData | None = None) -> dict
     # m = 1: the branch is only its zero last layer; nothing to scale (the exponent is undefined).
     factor = n_branches ** (-1.0 / (2 * m - 2)) if m > 1 else 1.0
     scaled = [p for b in blocks for p in b.branch[:-1]]
-    for module in modules_by_path(model, scaled).values():
-        module.weight.mul_(factor)
+    for unit in modules_by_path(model, scaled).values():
+        scale_(unit, factor)
     return {"layers": scaled, "residual_branches": n_branches, "layers_per_branch": m,
             "factor": factor, "forward_passes": 0, "backward_passes": 0}
 

@@ -56,17 +56,22 @@ Two steps share this rule and differ only in their defaults:
   residual (ResNet-110)      1e-3         5e-2         128
   plain (VGG-19)             1e-1         1e-2         128
   dense (DenseNet-100)       1e-2         5e-3         64 (the paper's 780 x 64)
+  transformer (IWSLT'14)     2.5e-3       2.5e-3       128 (ours: the paper batches
+                                                       <= 6,000 tokens)
   =========================  ===========  ===========  ===========================
 
-  A plain MLP takes the VGG row (the paper has no MLP). This is what baselines call GradInit.
+  A plain MLP takes the VGG row (the paper has no MLP). A transformer takes the authors'
+  fairseq setting (``TRANSFORMER``): the Adam variant (``A[g] = sign(g)``, L1 norm), eta 1e-3,
+  gamma 1000, no clip, LayerNorm weight scales capped at 100, RescaleAdam with beta2 0.98 and
+  *separate* second moments for constraint and objective steps (the CIFAR code shares one).
+  This is what baselines call GradInit.
 * ``gradinit_fast`` -- a cheap setting for searching (our choice, never reported as GradInit):
   10 iterations of 32 images, lr 0.04 with normalization (the paper's iters x lr budget,
   390 x 1e-3), 0.1 without; 1/5-1/3 of a CPU-trial epoch. With BN, lr 0.1 sometimes drove the
   stem BN scale to the floor and left a heavy-tailed gradient norm; without BN, 0.1 gave the
   lowest held-out one-step loss of {0.04, 0.1, 0.2}.
 
-Options (``Step`` defaults, the same for both); ``iters``, ``batch_size`` and ``lr`` at 0 take
-the setting's value:
+Options (``Step`` defaults, the same for both); 0 and "auto" take the setting's value:
 
 ==============  =================  ====================================================
 option          default            meaning
@@ -75,13 +80,16 @@ iters           0 (the setting's)  scale-optimizer iterations T (constraint step
 batch_size      0 (the setting's)  |S| = |S~|; each iteration draws three disjoint
                                    half-batches, so data needs 1.5 x batch_size examples
 lr              0.0 (the setting)  tau, the scale optimizer's learning rate
-eta             0.1                the virtual step's learning rate
-gamma           1.0                gradient-norm cap (the authors' code defaults to inf;
-                                   every paper run sets 1)
+eta             0.0 (the setting)  the virtual step's learning rate (CIFAR 0.1)
+gamma           0.0 (the setting)  gradient-norm cap (CIFAR 1: the authors' code defaults
+                                   to inf, every paper run sets 1; transformer 1000)
 normalize_grad  True               sgd: step along g / ||g||_2 (all paper CIFAR runs)
 min_scale       0.01               floor on weight scales (biases: 0)
-clip            1.0                clip of each dF/dalpha_i
-alg             "sgd"              "sgd" or "adam" (the step GradInit tunes the init for)
+max_scale       0.0 (the setting)  ceiling on norm-layer weight scales (transformer 100)
+clip            0.0 (the setting)  clip of each dF/dalpha_i (CIFAR 1; transformer off)
+alg             "auto"             "sgd" or "adam" (the step GradInit tunes the init for);
+                                   auto: the setting's (sgd on CIFAR nets, adam on
+                                   transformers)
 ==============  =================  ====================================================
 
 Cost: an objective step is 2 forwards + 2 backwards (the first backward keeps its graph in
@@ -111,29 +119,40 @@ from torch import nn
 from torch.func import functional_call
 
 from initsearch.errors import UsageError
-from initsearch.roles import Roles
+from initsearch.roles import Roles, units
 from initsearch.schemes.base import InitData, Step, init_forward_mode
 
-#: The paper's setting per family: ``{(topology, has normalization): (lr, batch_size)}``;
+#: The CIFAR runs' setting, common to every convolutional family (``0``/``"auto"`` options take it).
+CIFAR = {"alg": "sgd", "eta": 0.1, "gamma": 1.0, "clip": 1.0, "max_scale": math.inf, "beta2": 0.999,
+         "shared_second_moment": True}
+#: The fairseq (IWSLT'14 Post-LN Transformer) setting: the Adam variant, eta 1e-3, gamma 1000
+#: (the config default; the script sets none), no clip, LayerNorm scales capped at 100, beta2
+#: 0.98 and separate second moments for constraint and objective steps.
+TRANSFORMER = {"alg": "adam", "eta": 1e-3, "gamma": 1000.0, "clip": 1e8, "max_scale": 100.0,
+               "beta2": 0.98, "shared_second_moment": False}
+#: The paper's setting per family, ``{(topology, has normalization): (lr, batch_size, rest)}``;
 #: ``iters`` is one epoch of the data given. See the table above.
-PAPER: dict[tuple[str, bool], tuple[float, int]] = {
-    ("residual", True): (1e-3, 128), ("residual", False): (5e-2, 128),
-    ("plain", True): (1e-1, 128), ("plain", False): (1e-2, 128),
-    ("dense", True): (1e-2, 64), ("dense", False): (5e-3, 64),
+PAPER: dict[tuple[str, bool], tuple[float, int, dict]] = {
+    ("residual", True): (1e-3, 128, CIFAR), ("residual", False): (5e-2, 128, CIFAR),
+    ("plain", True): (1e-1, 128, CIFAR), ("plain", False): (1e-2, 128, CIFAR),
+    ("dense", True): (1e-2, 64, CIFAR), ("dense", False): (5e-3, 64, CIFAR),
+    ("transformer", True): (2.5e-3, 128, TRANSFORMER), ("transformer", False): (2.5e-3, 128, TRANSFORMER),
 }
 #: ``gradinit_fast``: ``(iters, batch_size, lr with normalization layers, lr without)``.
 FAST = (10, 32, 0.04, 0.1)
-_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+_BETA1, _EPS = 0.9, 1e-8
 
 
 def gradinit_(model: nn.Module, roles: Roles, data: InitData | None = None, *,
-              iters: int = 0, batch_size: int = 0, lr: float = 0.0, eta: float = 0.1,
-              gamma: float = 1.0, normalize_grad: bool = True, min_scale: float = 0.01,
-              clip: float = 1.0, alg: str = "sgd", fast: bool = False) -> dict[str, Any]:
-    """Rescale every parameter tensor of the modules in ``roles`` by GradInit (in place).
+              iters: int = 0, batch_size: int = 0, lr: float = 0.0, eta: float = 0.0,
+              gamma: float = 0.0, normalize_grad: bool = True, min_scale: float = 0.01,
+              max_scale: float = 0.0, clip: float = 0.0, alg: str = "auto",
+              fast: bool = False) -> dict[str, Any]:
+    """Rescale every parameter tensor of the units in ``roles`` by GradInit (in place).
 
-    ``iters``, ``batch_size`` and ``lr`` at 0 take the setting's value: the paper's for the
-    network's family (``iters``: one epoch of ``data``), or with ``fast`` the cheap one.
+    ``iters``, ``batch_size``, ``lr``, ``eta``, ``gamma``, ``max_scale`` and ``clip`` at 0 and
+    ``alg="auto"`` take the setting's value: the paper's for the network's family (``iters``:
+    one epoch of ``data``), or with ``fast`` the cheap one.
 
     Returns:
         A JSON-able report: ``iterations``, ``constraint_steps``, ``objective_steps``,
@@ -146,41 +165,50 @@ def gradinit_(model: nn.Module, roles: Roles, data: InitData | None = None, *,
     if data is None:
         raise UsageError("gradinit needs data: pass data=InitData(x, y)")
     normed, family = "norm" in roles.values(), roles.topology
+    p_lr, p_batch, rest = PAPER[family, normed]
     if fast:
         f_iters, f_batch, lr_norm, lr_free = FAST
         iters, batch_size = iters or f_iters, batch_size or f_batch
         lr = lr or (lr_norm if normed else lr_free)
     else:
-        p_lr, p_batch = PAPER[family, normed]
         batch_size, lr = batch_size or p_batch, lr or p_lr
         iters = iters or max(1, len(data.y) // batch_size)  # one epoch of the data
+    alg = rest["alg"] if alg == "auto" else alg
+    eta, gamma, clip = eta or rest["eta"], gamma or rest["gamma"], clip or rest["clip"]
+    max_scale = max_scale or rest["max_scale"]
     half = batch_size // 2
     if half < 1 or len(data.y) < 3 * half:
         raise UsageError(f"gradinit with batch_size={batch_size} draws three half-batches of "
                          f"{half} per iteration; it needs batch_size >= 2 and at least "
                          f"{max(3, 3 * half)} examples (got {len(data.y)})")
 
-    # Every trainable parameter enters g and the virtual step; those of role modules get a scale.
+    # Every trainable parameter enters g and the virtual step; those of role units get a scale.
     names, params = zip(*[(n, q) for n, q in model.named_parameters() if q.requires_grad])
-    named = dict(model.named_modules())
-    blocks, block_params, skipped, seen = [], [], [], set()
-    for path in roles:
-        for pname, q in named[path].named_parameters(recurse=False):
-            key = f"{path}.{pname}" if path else pname
+    found = units(model)
+    blocks, block_params, skipped, seen, capped = [], [], [], set(), []
+    for path, role in roles.items():
+        unit = found[path]
+        own = ([(path, unit)] if isinstance(unit, torch.Tensor) else
+               [(f"{path}.{n}" if path else n, q) for n, q in unit.named_parameters(recurse=False)])
+        for key, q in own:
             if id(q) in seen:  # a shared tensor gets one scale
                 continue
             seen.add(id(q))
             if q.requires_grad and torch.any(q != 0):
                 blocks.append(key)
                 block_params.append(q)
+                capped.append(role == "norm" and not key.endswith("bias"))
             else:
                 skipped.append(key)
     w0 = [q.detach().clone() for q in block_params]
     like = {"device": params[0].device, "dtype": params[0].dtype}
     floor = torch.tensor([0.0 if k.endswith("bias") else min_scale for k in blocks], **like)
+    ceiling = torch.tensor([max_scale if c else math.inf for c in capped], **like)
     alpha = torch.ones(len(blocks), **like)
     m = {"constraint": torch.zeros_like(alpha), "objective": torch.zeros_like(alpha)}
-    v = torch.zeros_like(alpha)
+    separate = not rest["shared_second_moment"]
+    v = {"constraint": torch.zeros_like(alpha), "objective": torch.zeros_like(alpha)}
+    beta2 = rest["beta2"]
     count = {"constraint": 0, "objective": 0}
     fwd = bwd = double = 0
     norms = []
@@ -218,11 +246,12 @@ def gradinit_(model: nn.Module, roles: Roles, data: InitData | None = None, *,
             count[branch] += 1
             total = count["constraint"] + count["objective"]
             m[branch].mul_(_BETA1).add_(dalpha, alpha=1 - _BETA1)
-            v.mul_(_BETA2).addcmul_(dalpha, dalpha, value=1 - _BETA2)
+            second = v[branch] if separate else v["objective"]
+            second.mul_(beta2).addcmul_(dalpha, dalpha, value=1 - beta2)
             m_hat = m[branch] / (1 - _BETA1 ** count[branch])
-            v_hat = v / (1 - _BETA2 ** total)
+            v_hat = second / (1 - beta2 ** (count[branch] if separate else total))
             live = alpha > 0  # a tensor whose scale hit 0 (a bias at its floor) stays untouched
-            new = torch.maximum(alpha - lr * m_hat / (v_hat.sqrt() + _EPS), floor)
+            new = torch.clamp(alpha - lr * m_hat / (v_hat.sqrt() + _EPS), floor, ceiling)
             alpha = torch.where(live, new, alpha)
             with torch.no_grad():
                 for q, w, a in zip(block_params, w0, alpha):
@@ -239,8 +268,8 @@ def gradinit_(model: nn.Module, roles: Roles, data: InitData | None = None, *,
         "final_grad_norm": norms[-1] if norms else None,
         "options": {"setting": "fast" if fast else "paper", "family": family, "norm": normed,
                     "iters": iters, "batch_size": batch_size, "lr": lr, "eta": eta, "gamma": gamma,
-                    "normalize_grad": normalize_grad, "min_scale": min_scale, "clip": clip,
-                    "alg": alg},
+                    "normalize_grad": normalize_grad, "min_scale": min_scale,
+                    "max_scale": max_scale, "clip": clip, "alg": alg, "beta2": beta2},
         "scales": dict(zip(blocks, alpha.tolist())),
         "skipped": skipped,
     }
@@ -259,12 +288,12 @@ def lookahead_grads(model: nn.Module, params: dict[str, torch.Tensor], d: list[t
     return torch.autograd.grad(objective, wrt, materialize_grads=True)
 
 
-_DEFAULTS = {"iters": 0, "batch_size": 0, "lr": 0.0, "eta": 0.1, "gamma": 1.0,
-             "normalize_grad": True, "min_scale": 0.01, "clip": 1.0, "alg": "sgd"}
-_CHOICES = {"alg": ("sgd", "adam"), "normalize_grad": (True, False)}
+_DEFAULTS = {"iters": 0, "batch_size": 0, "lr": 0.0, "eta": 0.0, "gamma": 0.0,
+             "normalize_grad": True, "min_scale": 0.01, "max_scale": 0.0, "clip": 0.0, "alg": "auto"}
+_CHOICES = {"alg": ("auto", "sgd", "adam"), "normalize_grad": (True, False)}
 _BOUNDS = {"iters": (0, 100_000), "batch_size": (0, 1 << 20), "lr": (0.0, 10.0),
-           "eta": (1e-8, 100.0), "gamma": (1e-12, math.inf), "min_scale": (0.0, 1.0),
-           "clip": (1e-12, math.inf)}
+           "eta": (0.0, 100.0), "gamma": (0.0, math.inf), "min_scale": (0.0, 1.0),
+           "max_scale": (0.0, math.inf), "clip": (0.0, math.inf)}
 
 STEP = Step(
     "gradinit", gradinit_, _DEFAULTS, _CHOICES, _BOUNDS, needs_data=True,

@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from initsearch.errors import UsageError
+from initsearch.roles import matrices
 from initsearch.schemes.layer import Scheme
 
 #: ZerO's ResNet mapping, ``{role: (scheme, options)}``; see the module docstring.
@@ -99,33 +100,37 @@ def zero_matrix(m: int, n: int, c: str = "code", dtype: torch.dtype = torch.floa
 
 
 @torch.no_grad()
-def identity_(module: nn.Module, c: str = "code") -> None:
+def identity_(module, c: str = "code") -> None:
     """ZerO init of a conv/linear layer (Algorithm 1 or 2), bias 0. ``c``: ``"code"`` (1/sqrt(p))
     or ``"paper"`` (sqrt(2)/sqrt(p)), used only where the layer grows (see the module docstring).
+    Any matrix (a linear layer, an embedding, a q/k/v block of an attention) takes Algorithm 1.
 
     Raises:
         UsageError: a conv kernel with an even size (no centre tap).
     """
     if c not in ("code", "paper"):
         raise UsageError(f"ZerO option c={c!r}: use 'code' or 'paper'")
+    if not isinstance(module, nn.modules.conv._ConvNd):
+        for m in matrices(module):
+            m.weight.copy_(zero_matrix(*m.weight.shape, c, m.weight.dtype, m.weight.device))
+            if getattr(m, "bias", None) is not None:
+                m.bias.zero_()
+        return
     w = module.weight
-    if isinstance(module, nn.Linear):
-        w.copy_(zero_matrix(*w.shape, c, w.dtype, w.device))
+    kernel = w.shape[2:]
+    if any(k % 2 == 0 for k in kernel):
+        raise UsageError(f"ZerO (identity) needs odd kernel sizes for a centre tap; "
+                         f"{type(module).__name__} has kernel {tuple(kernel)}: "
+                         "use another scheme")
+    groups = module.groups
+    # A conv weight is (out, in/groups, ...); a transposed conv's is (in, out/groups, ...).
+    rows, cols = w.shape[:2]
+    if module.transposed:
+        block = zero_matrix(cols, rows // groups, c, w.dtype, w.device).T
     else:
-        kernel = w.shape[2:]
-        if any(k % 2 == 0 for k in kernel):
-            raise UsageError(f"ZerO (identity) needs odd kernel sizes for a centre tap; "
-                             f"{type(module).__name__} has kernel {tuple(kernel)}: "
-                             "use another scheme")
-        groups = module.groups
-        # A conv weight is (out, in/groups, ...); a transposed conv's is (in, out/groups, ...).
-        rows, cols = w.shape[:2]
-        if module.transposed:
-            block = zero_matrix(cols, rows // groups, c, w.dtype, w.device).T
-        else:
-            block = zero_matrix(rows // groups, cols, c, w.dtype, w.device)
-        w.zero_()
-        w[(slice(None), slice(None), *(k // 2 for k in kernel))] = block.repeat(groups, 1)
+        block = zero_matrix(rows // groups, cols, c, w.dtype, w.device)
+    w.zero_()
+    w[(slice(None), slice(None), *(k // 2 for k in kernel))] = block.repeat(groups, 1)
     if module.bias is not None:
         module.bias.zero_()
 

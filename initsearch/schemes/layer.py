@@ -1,8 +1,12 @@
-"""Init schemes: one small in-place function per scheme, acting on one module.
+"""Init schemes: one small in-place function per scheme, acting on one unit.
 
-Every scheme takes a module (a conv/linear layer, or a normalization layer where noted) and
-re-initializes its parameters in place; names end in ``_`` as in ``torch.nn.init``. After the
-scheme, :func:`scale_` multiplies the weight by the recipe's per-role scale.
+Every scheme takes one unit (:mod:`initsearch.roles.units`): a conv/linear layer, a
+normalization layer where noted, one q/k/v block of an attention's packed in-projection (a
+:class:`~initsearch.roles.units.Part`: :meth:`Recipe.apply <initsearch.recipe.Recipe.apply>`
+hands the blocks over one by one, so each gets its own fan), or a tensor a container owns (a
+class token, a position embedding) -- and re-initializes it in place; names end in ``_`` as in
+``torch.nn.init``. After the scheme, :func:`scale_` multiplies the weight by the recipe's per-role
+scale.
 
 ``fan_in`` of a conv weight ``(c_out, c_in, k_h, k_w)`` is ``c_in*k_h*k_w``; ``fan_out`` is
 ``c_out*k_h*k_w``. Biases are set to zero by every scheme except ``default``.
@@ -21,7 +25,15 @@ scheme          rule                                                           l
                 (semi-)orthogonal matrix times ``gain`` (sqrt(2) for ReLU)
 ``zero``        all weights and biases 0 (norm: gamma=0, beta=0). On auxiliary   all
                 heads this is LION-DG's rule (see :data:`initsearch.recipe.BASELINES`)
+``normal``      N(0, std^2), bias 0, with a fixed ``std`` (GPT-2 and ViT use 0.02  any weight
+                for every matrix and embedding; ViT 0.02 for position
+                embeddings)
 ==============  =============================================================  ==============
+
+An attention (``nn.MultiheadAttention``) under ``default`` gets PyTorch's own init of its packed
+in-projection (Xavier over the whole ``3d x d`` matrix: std ``1/sqrt(2d)`` per block); under the
+other schemes each q/k/v block is one ``d x d`` matrix. A tensor a container owns has no
+``reset_parameters``: ``default`` keeps what the model built.
 
 None of these needs data; each costs one pass over the layer's weights.
 """
@@ -33,60 +45,79 @@ from typing import Callable
 import torch
 from torch import nn
 
-WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
+from initsearch.roles import Part, matrices, tensors, weight
+
+#: Units with a weight matrix and a fan (the schemes marked conv/linear act on these).
+WEIGHT_LAYERS = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttention, Part)
 
 
 @torch.no_grad()
-def default_(module: nn.Module) -> None:
-    """PyTorch's default init for the module's type (its own ``reset_parameters``); a module
+def default_(unit) -> None:
+    """PyTorch's default init for the unit's type (its own ``reset_parameters``); a unit
     without one keeps the values it was constructed with, which are its default."""
-    if hasattr(module, "reset_parameters"):
-        module.reset_parameters()
+    reset = getattr(unit, "reset_parameters", None) or getattr(unit, "_reset_parameters", None)
+    if isinstance(unit, nn.Module) and reset is not None:
+        reset()
 
 
 @torch.no_grad()
-def he_(module: nn.Module, distribution: str = "normal", mode: str = "fan_in") -> None:
+def he_(unit, distribution: str = "normal", mode: str = "fan_in") -> None:
     """He/Kaiming init for ReLU: variance ``2 / fan`` (He et al., ICCV 2015), bias 0."""
     init = nn.init.kaiming_normal_ if distribution == "normal" else nn.init.kaiming_uniform_
-    init(module.weight, mode=mode, nonlinearity="relu")
-    _zero_bias(module)
+    for m in matrices(unit):
+        init(m.weight, mode=mode, nonlinearity="relu")
+        _zero_bias(m)
 
 
 @torch.no_grad()
-def xavier_(module: nn.Module, distribution: str = "normal") -> None:
+def xavier_(unit, distribution: str = "normal") -> None:
     """Glorot/Xavier init: variance ``2 / (fan_in + fan_out)`` (AISTATS 2010), bias 0."""
     init = nn.init.xavier_normal_ if distribution == "normal" else nn.init.xavier_uniform_
-    init(module.weight)
-    _zero_bias(module)
+    for m in matrices(unit):
+        init(m.weight)
+        _zero_bias(m)
 
 
 @torch.no_grad()
-def orthogonal_(module: nn.Module, gain: str = "relu") -> None:
+def orthogonal_(unit, gain: str = "relu") -> None:
     """(Semi-)orthogonal flattened weight times ``gain`` (Saxe et al., ICLR 2014), bias 0."""
-    # Drawn into a contiguous tensor: torch's orthogonal_ views the weight as a matrix, which
-    # fails on a channels_last conv weight.
-    w = torch.empty(module.weight.shape, dtype=module.weight.dtype, device=module.weight.device)
-    module.weight.copy_(nn.init.orthogonal_(w, gain=nn.init.calculate_gain(gain)))
-    _zero_bias(module)
+    for m in matrices(unit):
+        # Drawn into a contiguous tensor: torch's orthogonal_ views the weight as a matrix,
+        # which fails on a channels_last conv weight.
+        w = torch.empty(m.weight.shape, dtype=m.weight.dtype, device=m.weight.device)
+        m.weight.copy_(nn.init.orthogonal_(w, gain=nn.init.calculate_gain(gain)))
+        _zero_bias(m)
 
 
 @torch.no_grad()
-def zero_(module: nn.Module) -> None:
-    """Every parameter of the module exactly 0 (for a norm layer: gamma = beta = 0)."""
-    for p in module.parameters(recurse=False):
+def normal_(unit, std: float = 0.02) -> None:
+    """Every weight entry from N(0, std^2), bias 0: GPT-2's and ViT's rule (std 0.02)."""
+    for m in matrices(unit):
+        weight(m).normal_(0.0, std)
+        _zero_bias(m)
+
+
+@torch.no_grad()
+def zero_(unit) -> None:
+    """Every parameter of the unit exactly 0 (for a norm layer: gamma = beta = 0)."""
+    for p in tensors(unit):
         p.zero_()
 
 
 @torch.no_grad()
-def scale_(module: nn.Module, scale: float) -> None:
-    """Multiply the weight (a norm layer's gamma) by ``scale``; biases are left alone."""
-    if scale != 1.0 and getattr(module, "weight", None) is not None:
-        module.weight.mul_(scale)
+def scale_(unit, scale: float) -> None:
+    """Multiply the weight (a norm layer's gamma, an owned tensor itself, every q/k/v block of
+    an attention) by ``scale``; biases are left alone."""
+    if scale != 1.0:
+        for m in matrices(unit):
+            w = weight(m)
+            if w is not None:
+                w.mul_(scale)
 
 
-def _zero_bias(module: nn.Module) -> None:
-    if getattr(module, "bias", None) is not None:
-        module.bias.zero_()
+def _zero_bias(unit) -> None:
+    if getattr(unit, "bias", None) is not None:
+        unit.bias.zero_()
 
 
 @dataclass(frozen=True)
@@ -98,8 +129,8 @@ class Scheme:
     options: dict[str, tuple[str, ...]] = field(default_factory=dict)
     weight_layers_only: bool = True
 
-    def applies_to(self, module: nn.Module) -> bool:
-        return isinstance(module, WEIGHT_LAYERS) or not self.weight_layers_only
+    def applies_to(self, unit) -> bool:
+        return isinstance(unit, WEIGHT_LAYERS) or not self.weight_layers_only
 
     def check_options(self, options: dict) -> str | None:
         """None if ``options`` are valid for this scheme, else what is wrong."""
@@ -118,4 +149,5 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("xavier", xavier_, {"distribution": ("normal", "uniform")}),
     Scheme("orthogonal", orthogonal_, {"gain": ("relu", "linear")}),
     Scheme("zero", zero_, weight_layers_only=False),
+    Scheme("normal", normal_, {"std": (0.02, 0.01, 0.002)}, weight_layers_only=False),
 )}

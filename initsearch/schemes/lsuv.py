@@ -21,8 +21,9 @@ Orthonormal pre-init. The paper's first step (orthonormal weights, zero biases) 
 here: a recipe chooses the ``orthogonal`` layer scheme (:func:`initsearch.schemes.layer.
 orthogonal_`) for the roles it wants, and this step only rescales what the layer schemes drew.
 
-Layers touched. The conv/linear modules whose role (or path glob) is in ``include`` -- by
-default every weight role, auxiliary heads and classifier included. Two kinds are skipped and
+Layers touched. The conv/linear modules (and attentions' projections) whose role (or path glob)
+is in ``include`` -- by default every weight role, auxiliary heads and classifier included;
+embedding tables are looked up, not applied to the data, and are left alone. Two kinds are skipped and
 reported: a layer whose weight is all zero (its output variance cannot be set by rescaling, and
 dividing by a zero variance would blow it up) and a layer the forward pass never runs (e.g. a
 head used only in some mode). A layer that runs more than once per forward (weight sharing) is
@@ -34,6 +35,15 @@ skips the zero heads, so they stay exactly zero and the auxiliary losses send ex
 gradient into the backbone at step 0, while every backbone layer gets unit variance. This is
 the same result as the abstract's order (LSUV on the backbone, then zero the heads): the side
 taps feed nothing back, so a head's value changes no backbone variance.
+
+Attention. Every linear map is brought to unit output variance, also inside an attention. An
+``nn.MultiheadAttention`` (role ``attn_qkv``) computes its q, k and v projections and its output
+projection (``out_proj``, role ``attn_out``) in one functional call that no hook on the
+projections sees, so they are measured where they are visible: each q/k/v block's output is
+computed from the attention's own inputs (``F.linear(query, W_q, b_q)``, ...) and that block is
+rescaled; ``out_proj``'s output is the attention's output. A layer that a model only uses
+through its weight in a function (torchvision's Swin) is never called, so it is reported as not
+run and left alone.
 
 Data dependence and BatchNorm. One minibatch of ``batch_size`` from :meth:`InitData.batch`,
 forwarded in :func:`~initsearch.schemes.base.init_forward_mode`: train-mode forward, so every
@@ -58,9 +68,10 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from initsearch.errors import UsageError
-from initsearch.roles import WEIGHT_ROLES
+from initsearch.roles import WEIGHT_ROLES, matrices
 from initsearch.schemes.base import InitData, Step, init_forward_mode, select
 from initsearch.schemes.layer import WEIGHT_LAYERS
 
@@ -99,20 +110,21 @@ def lsuv_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = No
     if data is None:
         raise UsageError("lsuv needs data: pass data=InitData(x, y)")
     named = dict(model.named_modules())
-    layers = {p: named[p] for p in select(roles, include, "lsuv")
-              if isinstance(named[p], WEIGHT_LAYERS)}
+    probes = {p: probe for path in select(roles, include, "lsuv")
+              if isinstance(named.get(path), WEIGHT_LAYERS) and not isinstance(named[path], nn.Embedding)
+              for p, probe in _probes(path, named).items()}
     x, _ = data.batch(batch_size)
 
     rows: list[dict[str, Any]] = []
     with init_forward_mode(model), torch.no_grad():
-        order = _execution_order(model, x, layers)
+        order = _execution_order(model, x, probes)
         passes = 1
-        for path in order:
-            row, n = _unit_variance_(model, x, path, layers[path], roles[path], tol, max_iter)
+        for key in order:
+            row, n = _unit_variance_(model, x, key, probes[key], roles[probes[key].path], tol, max_iter)
             rows.append(row)
             passes += n
-    rows += [_row(p, roles[p], skipped="not run by the forward pass") for p in layers
-             if p not in order]
+    rows += [_row(k, roles[p.path], skipped="not run by the forward pass") for k, p in probes.items()
+             if k not in order]
     return {
         "layers": rows,
         "forward_passes": passes,
@@ -122,18 +134,48 @@ def lsuv_(model: nn.Module, roles: Mapping[str, str], data: InitData | None = No
     }
 
 
-def _execution_order(model: nn.Module, x: torch.Tensor,
-                     layers: Mapping[str, nn.Module]) -> list[str]:
-    """Paths of ``layers`` in the order one forward pass first calls them."""
+class _Probe:
+    """Where one linear map's output is seen: the module whose forward hook sees it, how to read
+    it there, and the weight (and bias) to rescale."""
+
+    def __init__(self, path: str, module: nn.Module, weight: torch.Tensor,
+                 bias: torch.Tensor | None = None, block: int | None = None) -> None:
+        self.path, self.module, self.weight, self.bias, self.block = path, module, weight, bias, block
+
+    def output(self, args: tuple, kwargs: dict, out: Any) -> torch.Tensor:
+        if self.block is None:  # the module's own output (an attention returns a tuple)
+            return out[0] if isinstance(out, tuple) else out
+        name = ("query", "key", "value")[self.block]  # q/k/v from the attention's inputs
+        source = args[self.block] if len(args) > self.block else kwargs[name]
+        return F.linear(source, self.weight, self.bias)
+
+
+def _probes(path: str, named: Mapping[str, nn.Module]) -> dict[str, _Probe]:
+    """The linear maps of one layer: itself, or an attention's q, k and v blocks (its output
+    projection is a unit of its own, seen at the attention's output)."""
+    module = named[path]
+    parent = named.get(path.rpartition(".")[0]) if "." in path else None
+    if isinstance(module, nn.MultiheadAttention):
+        return {f"{path}[{'qkv'[i]}]": _Probe(path, module, m.weight, m.bias, block=i)
+                for i, m in enumerate(matrices(module))}
+    if isinstance(parent, nn.MultiheadAttention) and module is parent.out_proj:
+        return {path: _Probe(path, parent, module.weight)}
+    return {path: _Probe(path, module, module.weight)}
+
+
+def _execution_order(model: nn.Module, x: torch.Tensor, probes: Mapping[str, _Probe]) -> list[str]:
+    """Keys of ``probes`` in the order one forward pass first shows their outputs."""
     order: list[str] = []
 
-    def record(path: str):
+    def record(keys: list[str]):
         def hook(module, inputs, output):
-            if path not in order:
-                order.append(path)
+            order.extend(k for k in keys if k not in order)
         return hook
 
-    handles = [m.register_forward_hook(record(p)) for p, m in layers.items()]
+    by_module: dict[nn.Module, list[str]] = {}
+    for key, probe in probes.items():
+        by_module.setdefault(probe.module, []).append(key)
+    handles = [m.register_forward_hook(record(keys)) for m, keys in by_module.items()]
     try:
         model(x)
     finally:
@@ -142,15 +184,15 @@ def _execution_order(model: nn.Module, x: torch.Tensor,
     return order
 
 
-def _output_variance(model: nn.Module, x: torch.Tensor, layer: nn.Module) -> float:
-    """Variance over all elements of ``layer``'s output, forwarding only as far as ``layer``."""
+def _output_variance(model: nn.Module, x: torch.Tensor, probe: _Probe) -> float:
+    """Variance over all elements of the probed output, forwarding only as far as it."""
     seen: list[float] = []
 
-    def hook(module, inputs, output):
-        seen.append(torch.var(output.detach().double(), correction=0).item())
+    def hook(module, args, kwargs, output):
+        seen.append(torch.var(probe.output(args, kwargs, output).detach().double(), correction=0).item())
         raise _Stop
 
-    handle = layer.register_forward_hook(hook)
+    handle = probe.module.register_forward_hook(hook, with_kwargs=True)
     try:
         model(x)
     except _Stop:
@@ -160,22 +202,22 @@ def _output_variance(model: nn.Module, x: torch.Tensor, layer: nn.Module) -> flo
     return seen[0]
 
 
-def _unit_variance_(model: nn.Module, x: torch.Tensor, path: str, layer: nn.Module, role: str,
+def _unit_variance_(model: nn.Module, x: torch.Tensor, key: str, probe: _Probe, role: str,
                     tol: float, max_iter: int) -> tuple[dict[str, Any], int]:
-    """LSUV's inner loop on one layer; returns its report row and the forward passes used."""
-    if not layer.weight.any():
-        return _row(path, role, skipped="zero weight"), 0
-    var = first = _output_variance(model, x, layer)
+    """LSUV's inner loop on one linear map; returns its report row and the forward passes used."""
+    if not probe.weight.any():
+        return _row(key, role, skipped="zero weight"), 0
+    var = first = _output_variance(model, x, probe)
     passes, iterations = 1, 0
     while abs(var - 1) >= tol and iterations < max_iter:
         if not (math.isfinite(var) and var > 0):  # nothing to divide by: report, leave alone
-            return _row(path, role, first, var, iterations, False,
+            return _row(key, role, first, var, iterations, False,
                         skipped=f"output variance {var} cannot be rescaled to 1"), passes
-        layer.weight.div_(math.sqrt(var))
+        probe.weight.div_(math.sqrt(var))
         iterations += 1
-        var = _output_variance(model, x, layer)
+        var = _output_variance(model, x, probe)
         passes += 1
-    return _row(path, role, first, var, iterations, abs(var - 1) < tol), passes
+    return _row(key, role, first, var, iterations, abs(var - 1) < tol), passes
 
 
 def _row(path: str, role: str, initial: float | None = None, variance: float | None = None,
