@@ -174,11 +174,13 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def _refused(model, overrides=None) -> dict[str, str]:
+def _refused(model, overrides=None, roles=None) -> dict[str, str]:
     """Baselines that do not apply to ``model``, with why (see :func:`recipe.why_not`)."""
     from initsearch.recipe import BASELINES, why_not
+    from initsearch.roles import discover_roles
 
-    return {name: why for name in BASELINES if (why := why_not(name, model, overrides))}
+    roles = roles if roles is not None else discover_roles(model, overrides)
+    return {name: why for name in BASELINES if (why := why_not(name, model, overrides, roles))}
 
 
 def _archs(args: argparse.Namespace) -> int:
@@ -207,10 +209,10 @@ def _archs(args: argparse.Namespace) -> int:
         roles = discover_roles(model)
         present = [r for r in ROLES if r in roles.values()]
         print(f"  {'roles':10s} {', '.join(f'{r} {list(roles.values()).count(r)}' for r in present)}"
-              f"; {len(roles.blocks)} residual blocks")
-        refused = _refused(model)
+              f"; {roles.topology}, {len(roles.blocks)} residual blocks")
+        refused = _refused(model, roles=roles)
         print(f"  {'baselines':10s} {', '.join(n for n in BASELINES if n not in refused)}")
-        if a.defaults.get("norm") == "batch":  # the normalization-free variant may admit more
+        if a.defaults.get("norm") in ("batch", "layer"):  # the normalization-free variant may admit more
             more = set(refused) - set(_refused(build_model(a.name, options={"norm": "none"})))
             if more:
                 print(f"  {'norm=none':10s} also {', '.join(n for n in BASELINES if n in more)}")
@@ -246,12 +248,14 @@ def _roles(args: argparse.Namespace) -> int:
     shown = " ".join(f"{k}={v}" for k, v in options.items())
     print(f"\n{arch}{' ' + shown if shown else ''}: {params / 1e6:.3f}M params, "
           f"{flops_per_image(model) / 1e6:.1f} MFLOPs/image; roles read from the {roles.source}; "
-          f"space {space.name} (role_overrides: {dict(space.role_overrides) or 'none'})")
+          f"{roles.topology}; space {space.name} (role_overrides: "
+          f"{dict(space.role_overrides) or 'none'})")
     for b in roles.blocks:
         print(f"residual block {b.path or '(root)'}: branch {' -> '.join(b.branch)}"
               f"{f'; shortcut {b.shortcut}' if b.shortcut else ''}"
-              f"{f'; scale {b.scale}' if b.scale else ''}")
-    refused = _refused(model, space.role_overrides)
+              f"{f'; scale {b.scale}' if b.scale else ''}"
+              f"{f'; {b.norm}-norm' if b.norm else ''}")
+    refused = _refused(model, space.role_overrides, roles)
     print(f"baselines that apply: {', '.join(n for n in BASELINES if n not in refused)}")
     for name, why in refused.items():
         print(f"  not {name}: {why}")

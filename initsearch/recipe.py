@@ -45,6 +45,7 @@ from initsearch.roles.units import shape
 from initsearch.schemes import SCHEMES, STEPS, InitData, fixup, identity, scale_
 
 FORMAT, VERSION = "initsearch.recipe", 1
+EXAMPLE_INPUT = (3, 32, 32)  #: one image's shape, for probing a model (CIFAR-10)
 
 
 def _label(name: str, options: Mapping[str, Any]) -> str:
@@ -398,7 +399,9 @@ BASELINES: dict[str, Recipe] = {r.name: r for r in (
     Recipe(_he_everywhere(), "risotto", steps=(StepInit("risotto"),)),
     Recipe(_roles(fixup.FIXUP_ROLES), "fixup", steps=(StepInit("fixup"),)),
     Recipe(_roles(fixup.SKIPINIT_ROLES), "skipinit"),
-    Recipe({**{r: RoleInit("normal") for r in WEIGHT_ROLES}, "pos_embedding": RoleInit("normal")},
+    Recipe({r: RoleInit("normal") for r in ("embedding", "pos_embedding", "attn_qkv", "attn_q",
+                                            "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out",
+                                            "linear", "classifier")},
            "gpt2", steps=(StepInit("gpt2"),)),
     Recipe({}, "tfixup", steps=(StepInit("tfixup"),)),
     Recipe({}, "mimetic", steps=(StepInit("mimetic"),)),
@@ -417,16 +420,22 @@ def why_not(baseline: str, model: nn.Module, overrides: Mapping[str, str] | None
     ``roles`` if already discovered), else why not: a role it needs is missing (LION-DG needs
     auxiliary heads, Fixup and SkipInit a normalization-free ResNet with branch scalars, ...),
     or its layer schemes or structural step refuse the model (ZerO on an even kernel, RISOTTO
-    on bottleneck blocks, Fixup on branches of unequal length, ...) -- found by applying it,
-    data steps left out, to a copy."""
+    on bottleneck blocks, Fixup on branches of unequal length, ...) or a data step cannot run
+    on it (GradInit without second derivatives) -- found by applying it to a copy, data steps
+    only probed on a random :data:`EXAMPLE_INPUT` batch."""
     recipe = replace(BASELINES[baseline], role_overrides=dict(overrides or {}))
     roles = roles if roles is not None else discover_roles(model, recipe.role_overrides)
     missing = sorted(_REQUIRES.get(baseline, set()) - set(roles.values()))
     if missing:
         return f"needs {', '.join(missing)} layers"
     try:
+        trial = copy.deepcopy(model)
         replace(recipe, steps=tuple(s for s in recipe.steps if not s.needs_data)).apply(
-            copy.deepcopy(model), seed=0, roles=roles)
+            trial, seed=0, roles=roles)
+        for step in recipe.steps:
+            if step.needs_data and STEPS[step.name].probe is not None:
+                device = next(trial.parameters()).device
+                STEPS[step.name].probe(trial, roles, torch.randn(4, *EXAMPLE_INPUT, device=device))
     except UsageError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 -- a scheme that cannot handle this model

@@ -27,7 +27,10 @@ def _check_resnet(roles, aux):
     assert [b.path for b in roles.blocks if b.shortcut] == ["stages.1.0", "stages.2.0"]
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+CONV_ARCHS = sorted(a for a in ARCHS if a not in ("vit", "transformer_postln"))
+
+
+@pytest.mark.parametrize("arch", CONV_ARCHS)
 @pytest.mark.parametrize("norm", ["batch", "none"])
 def test_builtin_arch_roles(arch, norm):
     options = load_protocol("smoke").for_arch(arch)[1]  # tiny sizes
@@ -56,6 +59,114 @@ def test_builtin_arch_roles(arch, norm):
         assert counts["conv"] == 7 and "aux_head" not in counts
     else:  # mlp, 3 hidden layers
         assert [roles[p] for p in weights] == ["stem", "linear", "linear", "classifier"]
+
+
+@pytest.mark.parametrize("arch, placement", [("vit", "pre"), ("transformer_postln", "post")])
+@pytest.mark.parametrize("norm", ["layer", "none"])
+def test_builtin_transformer_roles(arch, placement, norm):
+    """Every unit of the built-in transformers by what it does: patch embedding, the class
+    token and position embedding the model owns, each attention's packed q/k/v and output
+    projection, the MLP's layers, norms, classifier; an attention block and an MLP block per
+    layer, with the norm placement of the arch (none without LayerNorm)."""
+    options = {**load_protocol("smoke").for_arch(arch)[1], "depth": 3, "norm": norm}
+    roles = discover_roles(build_model(arch, options=options))
+    assert roles.source == "graph" and roles.topology == "transformer"
+    assert (roles["patch_embed"], roles["class_token"], roles["pos_embedding"]) == (
+        "embedding", "token", "pos_embedding")
+    for i in range(3):
+        assert (roles[f"blocks.{i}.attn"], roles[f"blocks.{i}.attn.out_proj"],
+                roles[f"blocks.{i}.mlp.0"], roles[f"blocks.{i}.mlp.2"]) == (
+            "attn_qkv", "attn_out", "mlp_in", "mlp_out")
+    assert roles["classifier"] == "classifier"
+    assert [b.branch for b in roles.blocks] == [
+        branch for i in range(3) for branch in ((f"blocks.{i}.attn", f"blocks.{i}.attn.out_proj"),
+                                                (f"blocks.{i}.mlp.0", f"blocks.{i}.mlp.2"))]
+    assert {b.norm for b in roles.blocks} == {placement if norm == "layer" else None}
+    assert ("norm" in roles.values()) == (norm == "layer")
+
+
+class _SoftmaxAttention(nn.Module):
+    """A hand-written attention, as timm and many papers write it: separate or packed
+    projections, softmax(q k^T) v, an output projection; a pre-LN block with a layer scale."""
+
+    def __init__(self, d, packed):
+        super().__init__()
+        self.packed = packed
+        if packed:
+            self.qkv = nn.Linear(d, 3 * d)
+        else:
+            self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1) if self.packed else (self.q(x), self.k(x), self.v(x))
+        return self.proj((q @ k.transpose(-2, -1) / 4).softmax(-1) @ v)
+
+
+class _HandWrittenViT(nn.Module):
+    def __init__(self, packed=True, sdpa=False):
+        super().__init__()
+        self.sdpa = sdpa
+        self.patch = nn.Conv2d(3, 16, 8, 8)
+        self.cls = nn.Parameter(torch.zeros(1, 1, 16))
+        self.pos = nn.Parameter(torch.zeros(1, 17, 16))
+        self.ln1, self.ln2 = nn.LayerNorm(16), nn.LayerNorm(16)
+        self.attn = _SoftmaxAttention(16, packed)
+        self.gamma = nn.Parameter(torch.full((16,), 1e-4))
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.patch(x).flatten(2).transpose(1, 2)
+        h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], 1) + self.pos
+        if self.sdpa:
+            a = self.ln1(h)
+            q, k, v = self.attn.qkv(a).chunk(3, -1)
+            h = h + self.gamma * self.attn.proj(F.scaled_dot_product_attention(q, k, v))
+        else:
+            h = h + self.gamma * self.attn(self.ln1(h))
+        h = h + self.fc2(F.gelu(self.fc1(self.ln2(h))))
+        return self.head(h[:, 0])
+
+
+@pytest.mark.parametrize("packed, sdpa", [(True, False), (False, False), (True, True)],
+                         ids=["qkv", "separate", "sdpa"])
+def test_hand_written_attention_is_read_from_the_graph(packed, sdpa):
+    """q/k/v and the output projection found from softmax(q k^T) v or a
+    scaled_dot_product_attention call, under any name; the owned tensors by how they meet the
+    data: concatenated (token), added (position embedding), multiplying a branch (layer scale)."""
+    roles = discover_roles(_HandWrittenViT(packed, sdpa))
+    projections = {"attn.qkv": "attn_qkv"} if packed else {
+        "attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v"}
+    assert {p: roles[p] for p in projections} == projections
+    assert (roles["attn.proj"], roles["fc1"], roles["fc2"]) == ("attn_out", "mlp_in", "mlp_out")
+    assert (roles["cls"], roles["pos"], roles["gamma"], roles["patch"], roles["head"]) == (
+        "token", "pos_embedding", "layer_scale", "embedding", "classifier")
+    assert [b.scale for b in roles.blocks] == ["gamma", None]
+    assert [b.norm for b in roles.blocks] == ["pre", "pre"]
+
+
+def test_pytorch_transformer_layers_read_from_their_layout():
+    """nn.TransformerEncoder cannot be traced by fx (its fast path branches on tensor
+    properties); discovery reads its known layout: Post-LN or Pre-LN blocks, roles inside."""
+    for norm_first, placement in ((False, "post"), (True, "pre")):
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.stem = nn.Conv2d(3, 32, 8, 8)
+                layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, norm_first=norm_first)
+                self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+                self.fc = nn.Linear(32, 10)
+
+            def forward(self, x):
+                return self.fc(self.enc(self.stem(x).flatten(2).transpose(1, 2)).mean(1))
+
+        roles = discover_roles(Net())
+        assert roles.source == "graph" and roles.topology == "transformer"
+        assert (roles["stem"], roles["enc.layers.1.self_attn"], roles["enc.layers.1.self_attn.out_proj"],
+                roles["enc.layers.1.linear1"], roles["enc.layers.1.linear2"]) == (
+            "embedding", "attn_qkv", "attn_out", "mlp_in", "mlp_out")
+        assert len(roles.blocks) == 4 and {b.norm for b in roles.blocks} == {placement}
 
 
 class _FlatResidual(nn.Module):

@@ -206,3 +206,31 @@ def test_arch_options_are_recorded_and_bind_the_space(data_dir, home):
     with pytest.raises(UsageError, match="arch_options"):  # resume refuses other options
         search("resnet_ds", data_dir=data_dir, budget=2, profile="smoke", confirm=OFF,
                run=_run(home, "nf", resume=True))
+
+
+def test_real_search_on_vit_through_ray(data_dir, home):
+    """A transformer end to end: the vit space bound to the model (T-Fixup dropped: the model
+    has LayerNorm), its transformer baselines first, AdamW from the protocol, through Ray."""
+    result = search("vit", data_dir=data_dir, budget=9, profile="smoke",
+                    run=_run(home, "vit", "ray"), confirm=OFF)
+    study = _study(home, "vit")
+    baselines = [t.user_attrs.get("baseline") for t in study.trials]
+    assert baselines[:7] == ["pytorch_default", "he", "lsuv", "gradinit", "emergence", "gpt2",
+                             "mimetic"]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    sampled = [t for t in study.trials if not t.user_attrs.get("baseline")]
+    assert len(sampled) == 2 and all("steps.static" in t.params for t in sampled)
+    assert all("tfixup" not in str(t.params.get("steps.static")) for t in study.trials)
+    client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("initsearch-vit")
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert len(children) == 9 and {c.data.tags["state"] for c in children} <= {"COMPLETE", "PRUNED"}
+    gradinit = next(c for c in children if c.data.tags["baseline"] == "gradinit")
+    assert gradinit.data.metrics["init_passes"] > 0  # GradInit ran (its Adam setting) in the trial
+    import yaml
+    from mlflow.artifacts import download_artifacts
+
+    protocol = yaml.safe_load(open(download_artifacts(run_id=result.parent_run_id,
+                                                      artifact_path="protocol.yaml",
+                                                      tracking_uri=client.tracking_uri)))
+    assert protocol["optimizer"]["name"] == "adamw"

@@ -11,9 +11,10 @@ from initsearch.space import load_space
 
 
 def test_shipped_spaces_and_profiles_load():
-    for name in ("resnet_ds", "default"):
-        space = load_space(name)
-        assert set(space.baselines()) == set(BASELINES)
+    transformer_only = {"gpt2", "tfixup", "mimetic"}
+    assert set(load_space("resnet_ds").baselines()) == set(BASELINES) - transformer_only
+    assert set(load_space("default").baselines()) == set(BASELINES)
+    assert transformer_only <= set(load_space("vit").baselines())
     for name in ("cpu", "gpu", "smoke"):
         assert load_protocol(name).epochs >= 1
 
@@ -27,6 +28,9 @@ EXPECTED = {
                     "emergence"},
     "vgg": {"pytorch_default", "he", "lsuv", "gradinit", "emergence"},
     "mlp": {"pytorch_default", "he", "lsuv", "gradinit", "emergence"},
+    "vit": {"pytorch_default", "he", "lsuv", "gradinit", "emergence", "gpt2", "mimetic"},
+    "transformer_postln": {"pytorch_default", "he", "lsuv", "gradinit", "emergence", "gpt2",
+                           "mimetic"},
 }
 
 
@@ -101,7 +105,7 @@ def test_space_extends_another(tmp_path):
 @pytest.mark.parametrize("norm, absent", [("batch", {"fixup", "skipinit"}), ("none", set())])
 def test_bound_space_runs_the_baselines_that_apply(norm, absent):
     space = load_space("resnet_ds").bind(build_model("resnet_ds", options={"depth": 8, "norm": norm}))
-    assert set(space.baselines()) == set(BASELINES) - absent
+    assert set(space.baselines()) == set(BASELINES) - absent - {"gpt2", "tfixup", "mimetic"}
     assert ("norm" in space.roles) == (norm == "batch")  # roles the model lacks are not searched
     plain = load_space("resnet_ds").bind(build_model("resnet_ds", options={"depth": 8, "aux_stages": ()}))
     assert "lion_dg" not in plain.baselines() and "aux_head" not in plain.roles
@@ -171,3 +175,15 @@ def test_malformed_space_files(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(UsageError, match=message):
         load_space(str(path))
+
+
+def test_bind_drops_the_structural_steps_that_refuse_the_model():
+    """T-Fixup needs a transformer without LayerNorm, Fixup residual blocks, mimetic an
+    nn.MultiheadAttention: a bound space offers only the steps that run on its model."""
+    static = lambda space: {c.step.name for c in space.steps["static"] if c}  # noqa: E731
+    vit = dict(depth=2, width=32, heads=2, patch_size=8)
+    assert static(load_space("vit").bind(build_model("vit", options=vit))) == {
+        "gpt2", "mimetic", "emergence"}
+    assert "tfixup" in static(load_space("vit").bind(build_model("vit", options={**vit, "norm": "none"})))
+    assert static(load_space("default").bind(build_model("vgg", options={"width": 4}))) == {
+        "risotto", "emergence"}  # no residual blocks: no fixup, gpt2; no attention: no tfixup, mimetic

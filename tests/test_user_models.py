@@ -130,8 +130,14 @@ def test_archs_lists_sizes_flops_roles_and_baselines(capsys):
         assert ("lion_dg" in body.split("baselines")[1].split("\n")[0]) == arch.endswith("_ds")
     roles_lines = [line for line in sections if line.startswith("  roles")]
     assert [line.rsplit("; ", 1)[1] for line in roles_lines] == [
-        "9 residual blocks", "9 residual blocks", "0 residual blocks", "0 residual blocks",
-        "0 residual blocks"]  # resnet, resnet_ds (ResNet-20), densenet_ds, vgg, mlp
+        "residual, 9 residual blocks", "residual, 9 residual blocks", "dense, 0 residual blocks",
+        "plain, 0 residual blocks", "plain, 0 residual blocks", "transformer, 12 residual blocks",
+        "transformer, 12 residual blocks"]  # resnet, resnet_ds (ResNet-20), densenet_ds, vgg, mlp, vit, postln
+    vit = sections[next(i for i, line in enumerate(sections) if line.startswith("vit "))
+                   :next(i for i, line in enumerate(sections) if line.startswith("transformer_postln "))]
+    assert any("gpt2" in line and "mimetic" in line for line in vit if line.startswith("  baselines"))
+    post = sections[next(i for i, line in enumerate(sections) if line.startswith("transformer_postln ")):]
+    assert any(line.startswith("  norm=none") and "tfixup" in line for line in post)
 
 
 class Patchify(nn.Module):

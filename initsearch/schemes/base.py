@@ -121,6 +121,10 @@ class Step:
     bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     needs_data: bool = False
     summary: str = ""
+    #: For a data step: ``probe(model, roles, x)`` raises UsageError when the step cannot run on
+    #: the model at all (e.g. it needs second derivatives the model lacks); ``x`` is a small
+    #: example input. Lets a search leave such a baseline out instead of failing its trials.
+    probe: Callable[..., None] | None = None
 
     def check_options(self, options: Mapping[str, Any]) -> str | None:
         """None if ``options`` are valid for this step, else what is wrong."""

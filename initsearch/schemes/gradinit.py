@@ -38,6 +38,9 @@ in ``roles``). A tensor that is zero at the start (biases, BN beta, zeroed heads
 layers) or whose scale reaches 0 (a bias at its floor) is never touched again; zero tensors
 still enter ``g`` and the virtual step, as they do in training. No role is special-cased.
 
+Attention runs on PyTorch's math kernel during GradInit: the fused kernels (flash,
+memory-efficient) have no double backward.
+
 Data-dependent: forwards training batches with :func:`~initsearch.schemes.base.init_forward_mode`
 (BN on batch statistics, running statistics and ``num_batches_tracked`` untouched, dropout off,
 modes restored). The loss is ``data.loss`` -- the trial's training loss, so auxiliary heads count.
@@ -213,7 +216,7 @@ def gradinit_(model: nn.Module, roles: Roles, data: InitData | None = None, *,
     fwd = bwd = double = 0
     norms = []
 
-    with init_forward_mode(model):
+    with init_forward_mode(model), _differentiable_attention():
         for _ in range(iters):
             x, y = data.batch(3 * half)
             xs, ys = x[:2 * half], y[:2 * half]  # S = B_a u B_b
@@ -227,7 +230,7 @@ def gradinit_(model: nn.Module, roles: Roles, data: InitData | None = None, *,
             norms.append(float(gnorm.detach()))
             if norms[-1] > gamma:
                 branch = "constraint"
-                grads = torch.autograd.grad(gnorm, block_params, materialize_grads=True)
+                grads = _double_backward(gnorm, block_params)
                 bwd, double = bwd + 2, double + 1
             else:
                 branch = "objective"
@@ -275,6 +278,36 @@ def gradinit_(model: nn.Module, roles: Roles, data: InitData | None = None, *,
     }
 
 
+def _differentiable_attention():
+    """Fused attention kernels (flash, memory-efficient) have no double backward: GradInit's
+    constraint needs one, so attention runs on PyTorch's plain math kernel meanwhile."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _double_backward(gnorm: torch.Tensor, wrt: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The constraint step's gradient of ``||g||`` -- a double backward, which some operations
+    (e.g. hardsigmoid, in MobileNetV3) do not implement: that is one clear error."""
+    try:
+        return torch.autograd.grad(gnorm, wrt, materialize_grads=True)
+    except RuntimeError as exc:
+        raise UsageError(f"gradinit needs second derivatives (its gradient-norm constraint), and "
+                         f"this model has an operation without them ({str(exc).splitlines()[0][:120]})"
+                         "; use another data step") from None
+
+
+def probe(model: nn.Module, roles: Roles, x: torch.Tensor) -> None:
+    """Raise UsageError if GradInit cannot run on ``model``: one double backward on ``x``."""
+    with init_forward_mode(model), _differentiable_attention():
+        out = model(x)
+        main = out[0] if isinstance(out, tuple) else out
+        params = [q for q in model.parameters() if q.requires_grad]
+        g = torch.autograd.grad(main.square().mean(), params, create_graph=True,
+                                materialize_grads=True)
+        _double_backward(torch.sqrt(sum(gi.pow(2).sum() for gi in g)), params)
+
+
 def lookahead_grads(model: nn.Module, params: dict[str, torch.Tensor], d: list[torch.Tensor],
                     eta: float, wrt: list[torch.Tensor], batch: tuple[torch.Tensor, torch.Tensor],
                     loss) -> tuple[torch.Tensor, ...]:
@@ -296,10 +329,10 @@ _BOUNDS = {"iters": (0, 100_000), "batch_size": (0, 1 << 20), "lr": (0.0, 10.0),
            "max_scale": (0.0, math.inf), "clip": (0.0, math.inf)}
 
 STEP = Step(
-    "gradinit", gradinit_, _DEFAULTS, _CHOICES, _BOUNDS, needs_data=True,
+    "gradinit", gradinit_, _DEFAULTS, _CHOICES, _BOUNDS, needs_data=True, probe=probe,
     summary="GradInit (Zhu et al. 2021) at the paper's setting for the family: per-tensor "
             "scales learned over one epoch so one normalized-SGD step lowers the loss most")
 FAST_STEP = Step(
     "gradinit_fast", functools.partial(gradinit_, fast=True), _DEFAULTS, _CHOICES, _BOUNDS,
-    needs_data=True,
+    needs_data=True, probe=probe,
     summary="GradInit's rule at a cheap search setting (10 x 32 images; ours, not the paper's)")

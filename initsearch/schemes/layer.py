@@ -44,6 +44,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 
 from initsearch.roles import Part, matrices, tensors, weight
 
@@ -58,6 +59,8 @@ def default_(unit) -> None:
     reset = getattr(unit, "reset_parameters", None) or getattr(unit, "_reset_parameters", None)
     if isinstance(unit, nn.Module) and reset is not None:
         reset()
+    if isinstance(unit, NonDynamicallyQuantizableLinear) and unit.bias is not None:
+        unit.bias.zero_()  # an attention's out_proj: nn.MultiheadAttention zeroes its bias
 
 
 @torch.no_grad()
