@@ -44,7 +44,7 @@ from torch import nn
 
 from initsearch.errors import UsageError
 from initsearch.recipe import BASELINES, Recipe, RoleInit, StepInit, why_not
-from initsearch.roles import ROLES, discover_roles
+from initsearch.roles import ROLES, Roles, discover_roles
 from initsearch.schemes import STEPS
 
 FORMAT, VERSION = "initsearch.space", 1
@@ -84,6 +84,7 @@ class Space:
     steps: Mapping[str, tuple[StepChoice | None, ...]] = field(default_factory=dict)
     present_roles: frozenset[str] | None = None  # set by bind(): the roles the model has
     inapplicable: Mapping[str, str] = field(default_factory=dict)  # by bind(): baseline -> why not
+    model_roles: Roles | None = None  # by bind(): the model's roles, discovered once, passed on
 
     def bind(self, model: nn.Module) -> "Space":
         """This space for ``model``: only the roles it has, ``layer_scales`` globs expanded to
@@ -106,7 +107,7 @@ class Space:
                  for slot, choices in self.steps.items()}
         return replace(self, roles={r: rs for r, rs in self.roles.items() if r in present},
                        layer_scales=layers, steps=steps, present_roles=present,
-                       inapplicable=refused)
+                       inapplicable=refused, model_roles=roles)
 
     def sample(self, trial: optuna.Trial, name: str | None = None) -> Recipe:
         """Draw a recipe from the space (define-by-run, so enqueued params are honoured);

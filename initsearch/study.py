@@ -104,7 +104,8 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         model_fn = functools.partial(build_model, arch, options=arch_opts)
     probe = _build_probe(model_fn)
     space_obj = load_space(space or named_space).bind(probe)  # labels every layer, or fails clearly
-    plan_for = functools.partial(_plan, probe)
+    roles = space_obj.model_roles  # discovered once, when the space was bound to the model
+    plan_for = functools.partial(_plan, probe, roles)
     splits = load_splits(dataset, data_dir, train_size=protocol.train_size,
                          val_size=protocol.val_size, test_size=protocol.test_size,
                          split_seed=protocol.split_seed)
@@ -160,12 +161,12 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     if run.backend == "ray":
         from initsearch.engine.ray_backend import RayBackend
 
-        backend = RayBackend(splits, model_fn, threads=protocol.threads_per_trial,
+        backend = RayBackend(splits, model_fn, roles, threads=protocol.threads_per_trial,
                              gpus_per_trial=protocol.gpus_per_trial, storage=state / "ray")
     else:
         from initsearch.engine.local import LocalBackend
 
-        backend = LocalBackend(splits, model_fn)
+        backend = LocalBackend(splits, model_fn, roles)
     try:
         with backend:
             if driver.remaining:
@@ -236,8 +237,8 @@ def _build_probe(model_fn: Callable[[], nn.Module]) -> nn.Module:
     return model
 
 
-def _plan(probe: nn.Module, recipe) -> list[dict]:
-    return recipe.plan(probe)
+def _plan(probe: nn.Module, roles, recipe) -> list[dict]:
+    return recipe.plan(probe, roles)
 
 
 def _study_name(study: str | None, resume: bool, journals: Path, label: str, dataset: str) -> str:

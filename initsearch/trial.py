@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from initsearch.data import Splits, augment, standardize
 from initsearch.protocol import Protocol
 from initsearch.recipe import Recipe
-from initsearch.roles import tensors, units
+from initsearch.roles import Roles, tensors, units
 from initsearch.schemes import InitData
 
 
@@ -154,9 +154,11 @@ class _Replica:
     gen: torch.Generator
 
 
-def run_trial(config: TrialConfig, splits: Splits,
-              model_fn: Callable[[], nn.Module]) -> Iterator[dict]:
-    """Train ``config.recipe`` under ``config.protocol``; yield metrics after every epoch."""
+def run_trial(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module],
+              roles: Roles | None = None) -> Iterator[dict]:
+    """Train ``config.recipe`` under ``config.protocol``; yield metrics after every epoch.
+    ``roles``: the model's roles under the recipe's overrides, if already discovered (a search
+    discovers them once and hands them to every trial)."""
     p = Protocol.from_dict(config.protocol)
     recipe = Recipe.from_dict(config.recipe)
     device = resolve_device(p.device)
@@ -173,7 +175,7 @@ def run_trial(config: TrialConfig, splits: Splits,
         t_init = _now(device)
         init_data = InitData(train_x, train_y, seed=seed, loss=functools.partial(
             deep_supervision_loss, aux_weight=p.aux_loss_weight, label_smoothing=p.label_smoothing))
-        report = recipe.apply(model, data=init_data, seed=seed)
+        report = recipe.apply(model, data=init_data, seed=seed, roles=roles)
         init_seconds += _now(device) - t_init
         init_passes += report.forward_passes + report.backward_passes
         opt = make_optimizer(model, report.plan, p.optimizer)

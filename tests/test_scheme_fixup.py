@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from initsearch.archs import build_model
 from initsearch.archs.resnet import BasicBlock
 from initsearch.errors import UsageError
-from initsearch.roles import discover_roles, parameterized_modules
+from initsearch.roles import discover_roles, units
 from initsearch.schemes import SCHEMES, STEPS
 from initsearch.schemes.fixup import FIXUP_ROLES, SKIPINIT_ROLES, fixup_
 
@@ -19,7 +19,7 @@ def _resnet(depth, width=8):
 
 def _init(model, table, step=False):
     """Apply ``{role: (scheme, options)}`` by role, then (Fixup) the step; returns its report."""
-    roles, modules = discover_roles(model), parameterized_modules(model)
+    roles, modules = discover_roles(model), units(model)
     for path, role in roles.items():
         if role in table:
             scheme, options = table[role]

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from initsearch.archs import build_model
 from initsearch.errors import UsageError
-from initsearch.roles import discover_roles, parameterized_modules
+from initsearch.roles import discover_roles, units
 from initsearch.schemes import SCHEMES
 from initsearch.schemes.identity import ZERO_ROLES, hadamard, identity_
 
@@ -22,7 +22,7 @@ def _resnet(norm, width=8, depth=8):
 
 def _init(model, table):
     """Apply ``{role: (scheme, options)}`` to every module by role; roles not named keep theirs."""
-    modules = parameterized_modules(model)
+    modules = units(model)
     for path, role in discover_roles(model).items():
         if role in table:
             scheme, opts = table[role]

@@ -8,14 +8,16 @@ from torch import nn
 
 from initsearch.data import Splits
 from initsearch.engine.driver import Driver
+from initsearch.roles import Roles
 from initsearch.trial import run_trial
 
 
 class LocalBackend:
     """Runs a driver's trials one after another in this process (torch uses every core)."""
 
-    def __init__(self, splits: Splits, model_fn: Callable[[], nn.Module]) -> None:
-        self.splits, self.model_fn = splits, model_fn
+    def __init__(self, splits: Splits, model_fn: Callable[[], nn.Module],
+                 roles: Roles | None = None) -> None:
+        self.splits, self.model_fn, self.roles = splits, model_fn, roles
 
     def __enter__(self) -> "LocalBackend":
         return self
@@ -29,7 +31,7 @@ class LocalBackend:
             config = driver.ask()
             error = None
             try:
-                for metrics in run_trial(config, self.splits, self.model_fn):
+                for metrics in run_trial(config, self.splits, self.model_fn, self.roles):
                     if driver.report(config.number, metrics):
                         break  # pruned or diverged: leaving the generator ends the trial
             except KeyboardInterrupt:

@@ -29,6 +29,7 @@ from torch import nn
 
 from initsearch.data import Splits
 from initsearch.engine.driver import Driver
+from initsearch.roles import Roles
 from initsearch.trial import TrialConfig, run_trial
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune status tables: we draw our own bar
@@ -84,12 +85,12 @@ class DriverPruningScheduler(FIFOScheduler):
         _finish(self.driver, trial.config["trial"]["number"], self.solo_flag, text)
 
 
-def _ray_trial(config: dict, splits: Splits, model_fn: Callable[[], nn.Module], threads: int,
-               solo_flag: Path, all_threads: int) -> None:
+def _ray_trial(config: dict, splits: Splits, model_fn: Callable[[], nn.Module], roles: Roles | None,
+               threads: int, solo_flag: Path, all_threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    for metrics in run_trial(TrialConfig.from_dict(config["trial"]), splits, model_fn):
+    for metrics in run_trial(TrialConfig.from_dict(config["trial"]), splits, model_fn, roles):
         tune.report(metrics)
         if solo_flag.exists():  # the last trial runs alone: use the threads the others freed
             torch.set_num_threads(all_threads)
@@ -103,9 +104,9 @@ class RayBackend:
     """Runs drivers' trials through Ray Tune; one Ray session serves every driver of a search
     (the search, then its confirmation), started on entry and shut down on exit."""
 
-    def __init__(self, splits: Splits, model_fn: Callable[[], nn.Module], *, threads: int,
-                 gpus_per_trial: float, storage: Path) -> None:
-        self.splits, self.model_fn = splits, model_fn
+    def __init__(self, splits: Splits, model_fn: Callable[[], nn.Module], roles: Roles | None, *,
+                 threads: int, gpus_per_trial: float, storage: Path) -> None:
+        self.splits, self.model_fn, self.roles = splits, model_fn, roles
         self.threads, self.gpus_per_trial, self.storage = threads, gpus_per_trial, storage.resolve()
         self._started = False
 
@@ -144,7 +145,8 @@ class RayBackend:
         solo_flag.unlink(missing_ok=True)  # left by an earlier session of a resumed study
         trainable = tune.with_resources(
             tune.with_parameters(_ray_trial, splits=self.splits, model_fn=self.model_fn,
-                                 threads=self.threads, solo_flag=solo_flag, all_threads=cpus),
+                                 roles=self.roles, threads=self.threads, solo_flag=solo_flag,
+                                 all_threads=cpus),
             {"cpu": self.threads, "gpu": self.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
