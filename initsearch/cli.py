@@ -35,7 +35,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--study", help="study name (default <arch>-<dataset>-<time>)")
     run.add_argument("--resume", action="store_true", help="continue --study (or the newest one)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--tracking-uri", help="MLflow store (default sqlite in ./mlruns)")
+    run.add_argument("--tracking-uri", help="MLflow store: http://host:port of a tracking server, "
+                     "or a database URI (env MLFLOW_TRACKING_URI; default sqlite in ./mlruns)")
+    run.add_argument("--storage", metavar="URL",
+                     help="Optuna storage: an RDB URL such as postgresql://user:pw@host/db lets "
+                     "several drivers share the study (default: a journal file in ./mlruns/optuna)")
+    run.add_argument("--ray-address", metavar="ADDR",
+                     help="run trials on this Ray cluster (env RAY_ADDRESS; default: start Ray here)")
+    run.add_argument("--ray-storage", metavar="PATH_OR_URI",
+                     help="Tune's storage, shared by the cluster's nodes (default ./mlruns/ray)")
     run.add_argument("--out", default=None, help="best recipe file (default best-<study>.yaml)")
     run.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, fractions allowed")
     run.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
@@ -97,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("pass either --arch or --model, not both")
     run = RunConfig(name=args.study, resume=args.resume, backend=args.backend,
                     gpus_per_trial=args.gpus_per_trial, home=args.home,
-                    tracking_uri=args.tracking_uri, progress=not args.no_progress)
+                    tracking_uri=args.tracking_uri, progress=not args.no_progress,
+                    storage=args.storage, ray_address=args.ray_address, ray_storage=args.ray_storage)
     confirm = ConfirmConfig(top=args.confirm_top, seeds=args.confirm_seeds)
     result = search(args.model or args.arch or "resnet_ds", dataset=args.dataset, data_dir=args.data,
                     budget=args.budget, profile=args.profile, space=args.space,

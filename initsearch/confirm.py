@@ -156,8 +156,11 @@ class ConfirmDriver(Driver):
         self._live[number] = LiveTrial(run_id, job)
         return TrialConfig(number, e.recipe.to_dict(), {**self.protocol.to_dict(), "seeds": [job.seed]})
 
-    def _settle(self, number: int, live: LiveTrial, error: str | None) -> TrialState:
+    def _settle(self, number: int, live: LiveTrial, error: str | None,
+                infrastructure: bool) -> TrialState:
         state = TrialState.FAIL if error is not None else TrialState.COMPLETE
+        if infrastructure:  # not the recipe's result: left unrecorded, so --resume runs it again
+            return state
         write_record(self.study, live.handle, {
             "state": state.name, "epochs": int(live.last.get("epoch", 0)), "curve": live.curve,
             "val_acc": None if error else live.last.get("val_acc"),

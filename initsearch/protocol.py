@@ -10,19 +10,26 @@ The optimizer (``optimizer.name``, default ``sgd``) is SGD with momentum (``lr``
 1e-8, ``weight_decay`` 0.01 -- PyTorch's defaults; ViT recipes such as DeiT use 0.05); absent
 keys take these defaults. Weight decay never applies to biases, 1-d parameters or the
 parameters of norm, embedding, token, layer-scale and scalar units (:func:`initsearch.trial.param_groups`).
+
+A protocol file is checked by the pydantic models below (:class:`ProtocolFile`: each key's type
+and range, the optimizer a union on its ``name``), then by the rules that relate keys. The models
+only check: :class:`Protocol` is built from the file's own values, so that its content hash does
+not move with pydantic's coercions (``warmup_epochs: 0`` stays the int 0, not 0.0).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import optuna
 import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from initsearch.errors import UsageError
+from initsearch.schema import StrictModel, refuse, validate
 
 FORMAT, VERSION = "initsearch.protocol", 1
 TRIALS_DIR = Path(__file__).resolve().parent.parent / "trials"
@@ -32,8 +39,6 @@ _NOT_CONTENT = ("name", "description", "archs", "threads_per_trial", "gpus_per_t
 #: Keys added after protocols were first hashed: left out of :meth:`Protocol.content_hash` while
 #: off (None), so a protocol that does not use them keeps its hash.
 _NEW_OFF = ("grad_clip",)
-_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict,
-          "tuple": (list, tuple)}
 
 
 @dataclass(frozen=True)
@@ -139,62 +144,147 @@ def load_protocol(name_or_path: str | None = None) -> Protocol:
 
 
 def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT or raw.get("version") != VERSION:
-        raise UsageError(f"protocol {where}: needs 'format: {FORMAT}' and 'version: {VERSION}'")
+    """The protocol in ``raw`` (a file's YAML, read from ``where``), called ``name``.
+
+    Raises:
+        UsageError: one line naming the file, the key and what it must be.
+    """
+    what = f"protocol {where}"
+    checked = validate(ProtocolFile, raw, what)
     body = {k: v for k, v in raw.items() if k not in ("format", "version")}
-    known = {f.name: f for f in fields(Protocol)}
-    unknown = set(body) - set(known)
-    if unknown:
-        raise UsageError(f"protocol {where}: unknown key(s) {sorted(unknown)}; "
-                         f"allowed: {', '.join(k for k in known if k != 'name')}")
-    for key, value in body.items():  # check each value against the field's annotation
-        annotation = known[key].type
-        base = annotation.split("[")[0].split("|")[0].strip()
-        ok = (value is None and "None" in annotation) or (
-            isinstance(value, _TYPES[base]) and (base == "bool" or not isinstance(value, bool)))
-        if not ok:
-            hint = _YAML_HINT if isinstance(value, str) and base == "float" else ""
-            raise UsageError(f"protocol {where}: {key} must be {annotation}, not {value!r}{hint}")
     if "seeds" in body:
         body["seeds"] = tuple(body["seeds"])
     protocol = Protocol(name=name, **body)
     try:
         protocol.make_pruner()
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"protocol {where}: pruner {protocol.pruner}: {exc}") from None
+        raise UsageError(f"{what}: pruner {protocol.pruner}: {exc}") from None
+    sgd = checked.optimizer if isinstance(checked.optimizer, Sgd) else None
     checks = [
         (protocol.train_size is None or protocol.train_size >= protocol.batch_size,
          "train_size must be at least batch_size"),
-        (protocol.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
-        (isinstance(protocol.epochs, int) and protocol.epochs >= 1, "epochs must be an integer >= 1"),
-        (protocol.pruner.get("name", "successive_halving") in PRUNERS,
-         f"pruner.name must be one of {', '.join(PRUNERS)}"),
-        (protocol.batch_size >= 1 and protocol.val_size >= 1, "batch_size and val_size must be >= 1"),
-        (protocol.lr_schedule in ("cosine", "linear", "constant"),
-         "lr_schedule must be cosine, linear or constant"),
-        (len(protocol.seeds) >= 1, "seeds must list at least one seed"),
-        (protocol.threads_per_trial >= 1, "threads_per_trial must be >= 1"),
-        (protocol.gpus_per_trial >= 0, "gpus_per_trial must be >= 0"),
-        (protocol.grad_clip is None or protocol.grad_clip > 0,
-         f"grad_clip must be > 0 (the max global gradient norm) or null (off), not {protocol.grad_clip!r}"),
-        (protocol.confirm_seeds >= 0 and protocol.confirm_seeds != 1,
+        (protocol.confirm_seeds != 1,
          "confirm_seeds must be 0 (no confirmation) or >= 2 (a confidence interval needs two)"),
+        (not (sgd and sgd.nesterov and sgd.momentum == 0),
+         "optimizer.nesterov needs momentum > 0; set nesterov: false or a momentum"),
     ]
     for ok, msg in checks:
         if not ok:
-            raise UsageError(f"protocol {where}: {msg}")
-    _check_optimizer(protocol.optimizer, where)
+            raise UsageError(f"{what}: {msg}")
     _check_archs(protocol, where)
     return protocol
 
 
-#: Each optimizer's keys (``lr`` required, ``name`` picks the optimizer, default ``sgd``): a
-#: number >= 0, ``nesterov`` true or false, ``betas`` two numbers in [0, 1).
-OPTIMIZERS = {
-    "sgd": {"lr": float, "momentum": float, "nesterov": bool, "weight_decay": float},
-    "adamw": {"lr": float, "betas": tuple, "eps": float, "weight_decay": float},
-}
-_YAML_HINT = " (YAML reads 1.0e4 as text: write 1.0e+4)"
+_RATE = "a number >= 0"
+
+
+class Sgd(StrictModel):
+    """SGD with momentum; the defaults are :func:`initsearch.trial.make_optimizer`'s."""
+
+    name: Literal["sgd"] = "sgd"
+    lr: float = Field(ge=0, description=_RATE)
+    momentum: float = Field(0.9, ge=0, description=_RATE)
+    nesterov: bool = True
+    weight_decay: float = Field(0.0, ge=0, description=_RATE)
+
+
+class AdamW(StrictModel):
+    """AdamW; the defaults are :func:`initsearch.trial.make_optimizer`'s."""
+
+    name: Literal["adamw"]
+    lr: float = Field(ge=0, description=_RATE)
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        [0.9, 0.999], min_length=2, max_length=2,
+        description="two numbers in [0, 1), e.g. [0.9, 0.999]")
+    eps: float = Field(1e-8, ge=0, description=_RATE)
+    weight_decay: float = Field(0.01, ge=0, description=_RATE)
+
+
+_OPTIMIZERS: dict[str, type[StrictModel]] = {"sgd": Sgd, "adamw": AdamW}
+
+
+def _optimizer_keys(value: Any) -> Any:
+    """Name the optimizer (absent: sgd), and refuse a missing lr or an unknown key with the fix
+    (a key of the other optimizer: switch to it). An unknown name is the union's to report."""
+    if not isinstance(value, dict):
+        return value
+    value = {"name": "sgd", **value}
+    model = _OPTIMIZERS.get(value["name"]) if isinstance(value["name"], str) else None
+    if model is None:
+        return value
+    unknown = set(value) - set(model.model_fields)
+    if unknown or "lr" not in value:
+        fix = "".join(f"; {', '.join(sorted(unknown & set(other.model_fields)))} belong(s) to "
+                      f"{o}: set name: {o}" for o, other in _OPTIMIZERS.items()
+                      if other is not model and unknown & set(other.model_fields))
+        raise refuse(f"needs lr and takes only {', '.join(model.model_fields)} for {value['name']}"
+                     f"{f', not {sorted(unknown, key=str)}' if unknown else ''}{fix}")
+    return value
+
+
+Optimizer = Annotated[Sgd | AdamW, Field(discriminator="name"), BeforeValidator(_optimizer_keys)]
+
+
+class Pruner(BaseModel):
+    """``name`` picks Optuna's pruner; the other keys are its options, checked by building it
+    (:meth:`Protocol.make_pruner`)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: Literal[PRUNERS] = "successive_halving"
+
+
+def _positive_clip(value: float) -> float:
+    """``grad_clip`` when on: a norm > 0 (null, off, never gets here)."""
+    if value <= 0:
+        raise refuse(f"must be > 0 (the max global gradient norm) or null (off), not {value!r}")
+    return value
+
+
+class _Keys(StrictModel):
+    """Every protocol key with its type and range. Each may be left out -- :class:`Protocol`
+    holds the defaults, so a default of None here only means "absent" and is never used."""
+
+    description: str = None
+    device: Literal["auto", "cpu", "cuda"] = None
+    train_size: int | None = Field(None, ge=1)
+    val_size: int = Field(None, ge=1)
+    test_size: int | None = Field(None, ge=1)
+    split_seed: int = None
+    epochs: int = Field(None, ge=1, description="an integer >= 1")
+    pruner: Pruner = None
+    batch_size: int = Field(None, ge=1)
+    eval_batch_size: int = Field(None, ge=1)
+    optimizer: Optimizer = None
+    lr_schedule: Literal["cosine", "linear", "constant"] = None
+    warmup_epochs: float = Field(None, ge=0)
+    grad_clip: Annotated[float, AfterValidator(_positive_clip)] | None = None
+    aux_loss_weight: float = Field(None, ge=0)
+    label_smoothing: float = Field(None, ge=0, le=1)
+    crop_padding: int = Field(None, ge=0)
+    flip: bool = None
+    seeds: list[int] = Field(None, min_length=1)
+    threads_per_trial: int = Field(None, ge=1)
+    gpus_per_trial: float = Field(None, ge=0)
+    channels_last: bool = None
+    confirm_seeds: int = Field(None, ge=0)
+
+
+class ProtocolFile(_Keys):
+    """A protocol file. Its ``archs`` sections are checked one by one, each as an
+    :class:`ArchSection` and once applied (:func:`_check_archs`), so an error names the arch."""
+
+    format: Literal[FORMAT]
+    version: Literal[VERSION]
+    archs: dict[str, dict[str, Any]] = {}
+
+
+class ArchSection(_Keys):
+    """``archs.<arch>``: the arch's sizes (``options``) and the protocol keys it overrides;
+    its ``optimizer`` may give only the keys it changes (merged key by key,
+    :meth:`Protocol.for_arch`)."""
+
+    options: dict[str, Any] = {}
+    optimizer: dict[str, Any] = None
 
 
 def _merge_optimizer(base: dict, override: dict) -> dict:
@@ -203,58 +293,16 @@ def _merge_optimizer(base: dict, override: dict) -> dict:
     return {**base, **override} if same else dict(override)
 
 
-def _check_optimizer(optimizer: dict, where: str) -> None:
-    name = optimizer.get("name", "sgd")
-    if not isinstance(name, str) or name not in OPTIMIZERS:
-        raise UsageError(f"protocol {where}: optimizer.name must be {' or '.join(OPTIMIZERS)}, "
-                         f"not {name!r}")
-    table = OPTIMIZERS[name]
-    unknown = set(optimizer) - set(table) - {"name"}
-    if unknown or "lr" not in optimizer:
-        fix = "".join(f"; {', '.join(sorted(unknown & set(t)))} belong(s) to {o}: set name: {o}"
-                      for o, t in OPTIMIZERS.items() if o != name and unknown & set(t))
-        raise UsageError(f"protocol {where}: optimizer needs lr and takes only "
-                         f"{', '.join(['name', *table])} for {name}"
-                         f"{f', not {sorted(unknown)}' if unknown else ''}{fix}")
-    for key, kind in table.items():
-        value = optimizer.get(key)
-        if key not in optimizer:
-            continue
-        if kind is tuple:
-            if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(
-                    isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
-                    for b in value)):
-                hint = _YAML_HINT if any(isinstance(b, str) for b in
-                                         (value if isinstance(value, (list, tuple)) else ())) else ""
-                raise UsageError(f"protocol {where}: optimizer.{key} must be two numbers in [0, 1), "
-                                 f"e.g. [0.9, 0.999], not {value!r}{hint}")
-        elif (isinstance(value, bool) != (kind is bool) or not isinstance(value, (bool, int, float))
-              or (kind is float and not value >= 0)):
-            hint = _YAML_HINT if isinstance(value, str) else ""
-            raise UsageError(f"protocol {where}: optimizer.{key} must be "
-                             f"{'true or false' if kind is bool else 'a number >= 0'}, "
-                             f"not {value!r}{hint}")
-    if name == "sgd" and optimizer.get("nesterov", True) and optimizer.get("momentum", 0.9) == 0:
-        raise UsageError(f"protocol {where}: optimizer.nesterov needs momentum > 0; "
-                         "set nesterov: false or a momentum")
-
-
 def _check_archs(protocol: Protocol, where: str) -> None:
-    """``archs`` maps built-in architectures to ``{options: {...}, <protocol key>: value}``;
-    each must give a valid protocol once applied (:meth:`Protocol.for_arch`)."""
+    """Each ``archs`` section names a built-in architecture, is a valid :class:`ArchSection`,
+    and gives a valid protocol once applied (:meth:`Protocol.for_arch`)."""
     from initsearch.archs import ARCHS
 
-    allowed = {f.name for f in fields(Protocol)} - {"name", "archs"}
-    for arch, section in protocol.archs.items():
+    for arch in protocol.archs:
         if arch not in ARCHS:
             raise UsageError(f"protocol {where}: archs.{arch}: unknown architecture; "
                              f"choose from {', '.join(ARCHS)}")
-        if not isinstance(section, dict) or not isinstance(section.get("options", {}), dict) \
-                or set(section) - allowed - {"options"}:
-            raise UsageError(f"protocol {where}: archs.{arch} must be {{options: {{...}}, "
-                             f"<protocol key>: value}} with keys among: {', '.join(sorted(allowed))}")
-        if "optimizer" in section and not isinstance(section["optimizer"], dict):
-            raise UsageError(f"protocol {where}: archs.{arch}.optimizer must be a mapping")
+        validate(ArchSection, protocol.archs[arch], f"protocol {where} (archs.{arch})")
         applied = {k: v for k, v in protocol.for_arch(arch)[0].to_dict().items()
                    if k not in ("name", "archs")}
         parse_protocol({"format": FORMAT, "version": VERSION, **applied}, protocol.name,

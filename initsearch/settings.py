@@ -31,8 +31,16 @@ class RunConfig:
         gpus_per_trial: GPU share per trial under Ray (fractions allowed); ``None``: the
             profile's.
         home: the folder holding ``mlruns/`` (``None``: ``$INITSEARCH_HOME`` or the cwd).
-        tracking_uri: the MLflow store (``None``: ``sqlite:///<home>/mlruns/mlflow.db``).
+        tracking_uri: the MLflow store (``None``: ``$MLFLOW_TRACKING_URI``, else
+            ``sqlite:///<home>/mlruns/mlflow.db``); ``http://host:port`` for a tracking server.
         progress: draw progress bars on stderr.
+        storage: where the Optuna study lives (``None``: the journal file
+            ``<home>/mlruns/optuna/<study>.journal``, one driver at a time); an RDB URL
+            (``postgresql://user:pw@host/db``) lets several drivers share one study.
+        ray_address: the Ray cluster to run trials on (``None``: ``$RAY_ADDRESS``, else a Ray
+            started for this search on this machine).
+        ray_storage: Tune's experiment storage, a path or URI every node can reach on a
+            cluster (``None``: ``<home>/mlruns/ray``).
     """
 
     name: str | None = None
@@ -42,6 +50,9 @@ class RunConfig:
     home: str | os.PathLike | None = None
     tracking_uri: str | None = None
     progress: bool = False
+    storage: str | None = None
+    ray_address: str | None = None
+    ray_storage: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

@@ -31,25 +31,29 @@ that apply to it. Roles the space does not list keep PyTorch's default init.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+
 import copy
 import fnmatch
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import optuna
 import torch
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from initsearch.errors import UsageError
 from initsearch.recipe import BASELINES, Recipe, RoleInit, StepInit, why_not
 from initsearch.roles import ROLES, Roles, discover_roles
+from initsearch.schema import StrictModel, validate
 from initsearch.schemes import STEPS
 
 FORMAT, VERSION = "initsearch.space", 1
 SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
-_KEYS = ("description", "roles", "layer_scales", "steps", "role_overrides")
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,24 @@ class Space:
             out[name] = recipe
         return out
 
+    def content(self) -> dict[str, Any]:
+        """What the search draws from, as plain data: the roles with their choices and scale
+        ranges, the layer scales, the step slots, the role overrides and -- once bound -- the
+        roles the model has and the baselines that apply. Name and description are left out."""
+        return {"roles": {r: [[c.to_dict() for c in rs.choices], rs.scale and list(rs.scale)]
+                             for r, rs in sorted(self.roles.items())},
+                   "layer_scales": {g: list(b) for g, b in sorted(self.layer_scales.items())},
+                   "steps": {slot: [c and [c.step.label, {k: list(r) for k, r in c.ranges.items()}]
+                                    for c in cs]
+                             for slot, cs in sorted(self.steps.items())},
+                   "role_overrides": dict(sorted(self.role_overrides.items())),
+                   "present_roles": sorted(self.present_roles or ()),
+                   "baselines": sorted(self.baselines())}
+
+    def content_hash(self) -> str:
+        """SHA-256 of :meth:`content`: two spaces with the same hash sample the same recipes."""
+        return hashlib.sha256(json.dumps(self.content(), sort_keys=True).encode()).hexdigest()
+
 
 def _applies(step: StepInit, model: nn.Module, roles) -> bool:
     """The static step runs on (a copy of) the model without refusing it (or failing on it: a
@@ -269,49 +291,88 @@ def _read(name_or_path: str, seen: tuple[str, ...]) -> tuple[Any, Path]:
     return merged, path
 
 
-def parse_space(raw: Any, name: str, where: str) -> Space:
-    def bad(msg: str) -> UsageError:
-        return UsageError(f"space file {where}: {msg}")
+class _Options(BaseModel):
+    """A choice given with options (``{scheme: he, mode: fan_out}``): the options are the
+    scheme's or the step's own, checked by :class:`RoleInit` / :class:`StepInit`."""
 
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise bad(f"missing 'format: {FORMAT}' at the top")
-    if raw.get("version") != VERSION:
-        raise bad(f"version {raw.get('version')!r} is not supported; use version: {VERSION}")
-    extra = set(raw) - {"format", "version", *_KEYS}
-    if extra:
-        raise bad(f"unknown key(s) {sorted(extra)}; allowed: {', '.join(_KEYS)}")
-    if not isinstance(raw.get("roles"), dict) or not raw["roles"]:
-        raise bad("'roles' must map at least one role to {init: [...], scale: [lo, hi]}")
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SchemeSpec(_Options):
+    scheme: str
+
+
+class StepSpec(_Options):
+    step: str
+
+
+#: A log-uniform range's shape; :func:`_bounds` checks its values.
+Bounds = Annotated[list[float], Field(min_length=2, max_length=2,
+                                      description="[lo, hi], two numbers")]
+Slot = Annotated[list[str | StepSpec | None], Field(
+    min_length=1, description="a list of steps: none, a step name or {step: name, option: value}")]
+Role = Annotated[Literal[ROLES], Field(description=f"a role: {', '.join(ROLES)}")]
+
+
+class RoleSpec(StrictModel):
+    init: list[str | SchemeSpec] = Field(
+        min_length=1,
+        description="a list of init choices: scheme names or {scheme: name, option: value}")
+    scale: Bounds | None = None
+
+
+class SpaceFile(StrictModel):
+    """A space file's shape, once ``extends`` is resolved (:func:`_read`)."""
+
+    format: Literal[FORMAT]
+    version: Literal[VERSION]
+    description: str = ""
+    roles: dict[str, Annotated[RoleSpec, Field(description="{init: [choices...], scale: [lo, hi]}")]] \
+        = Field(min_length=1,
+                description="a mapping of at least one role to {init: [...], scale: [lo, hi]}")
+    layer_scales: dict[str, Bounds] | None = Field(
+        None, description="a mapping of module-path globs to [lo, hi]")
+    steps: dict[str, Slot] | None = Field(
+        None, description="a mapping of slot names to lists of steps, e.g. {data: [none, lsuv]}")
+    role_overrides: dict[str, Role] | None = Field(
+        None, description="a mapping of module-path globs to roles")
+
+
+def parse_space(raw: Any, name: str, where: str) -> Space:
+    """The space in ``raw`` (a file's YAML, ``extends`` resolved, read from ``where``): its shape
+    checked by :class:`SpaceFile`, then what the shape cannot say -- known roles, schemes and
+    steps that apply, ranges that hold 1, static step slots first, a baseline to compare with.
+
+    Raises:
+        UsageError: one line naming the file, the key and what it must be.
+    """
+    what = f"space file {where}"
+    spec = validate(SpaceFile, raw, what)
+
+    def bad(msg: str) -> UsageError:
+        return UsageError(f"{what}: {msg}")
+
     roles = {}
-    for role, spec in raw["roles"].items():
+    for role, rs in spec.roles.items():
         if role not in ROLES:
             raise bad(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
-        if not isinstance(spec, dict) or set(spec) - {"init", "scale"} or not spec.get("init"):
-            raise bad(f"roles.{role} must be {{init: [choices...], scale: [lo, hi]}}")
         choices = []
-        for c in spec["init"]:
+        for c in rs.init:
             try:
-                if isinstance(c, str):
-                    choices.append(RoleInit(c))
-                elif isinstance(c, dict) and "scheme" in c:
-                    choices.append(RoleInit(c["scheme"], {k: v for k, v in c.items() if k != "scheme"}))
-                else:
-                    raise UsageError(f"choice {c!r} must be a scheme name or {{scheme: ..., option: ...}}")
+                choices.append(RoleInit(c) if isinstance(c, str) else RoleInit(c.scheme, c.options))
                 Recipe({role: choices[-1]})  # checks the scheme applies to this role
             except UsageError as exc:
                 raise bad(f"roles.{role}.init: {exc}") from None
-        scale = spec.get("scale")
-        roles[role] = RoleSpace(tuple(choices), None if scale is None else
-                                _bounds(scale, f"roles.{role}.scale", bad))
-    layer_scales = raw.get("layer_scales") or {}
-    if not isinstance(layer_scales, dict):
-        raise bad("layer_scales must map module-path globs to [lo, hi]")
-    layer_scales = {str(g): _bounds(b, f"layer_scales[{g!r}]", bad) for g, b in layer_scales.items()}
-    steps = _parse_steps(raw.get("steps") or {}, bad)
-    overrides = raw.get("role_overrides") or {}
-    if not isinstance(overrides, dict) or not all(v in ROLES for v in overrides.values()):
-        raise bad(f"role_overrides must map module-path globs to roles ({', '.join(ROLES)})")
-    space = Space(name, roles, raw.get("description", ""), overrides, layer_scales, steps)
+        roles[role] = RoleSpace(tuple(choices), None if rs.scale is None else
+                                _bounds(rs.scale, f"roles.{role}.scale", bad))
+    layer_scales = {g: _bounds(b, f"layer_scales[{g!r}]", bad)
+                    for g, b in (spec.layer_scales or {}).items()}
+    steps = _parse_steps(spec.steps or {}, bad)
+    space = Space(name, roles, spec.description, dict(spec.role_overrides or {}), layer_scales, steps)
     if not space.baselines():
         raise bad("the space can express none of the baselines "
                   f"({', '.join(BASELINES)}); add 'default' to each role's init")
@@ -330,31 +391,27 @@ def _bounds(value: Any, what: str, bad, around_one: bool = True) -> tuple[float,
     return float(value[0]), float(value[1])
 
 
-def _parse_steps(raw: Any, bad) -> dict[str, tuple[StepChoice | None, ...]]:
-    if not isinstance(raw, dict):
-        raise bad("steps must map slot names to lists of steps, e.g. {data: [none, lsuv]}")
+def _parse_steps(raw: dict[str, list[str | StepSpec | None]],
+                 bad) -> dict[str, tuple[StepChoice | None, ...]]:
+    """Each slot's steps; an option given as ``[lo, hi]`` is searched (the step's options are
+    its own, so their ranges are checked here, not by :class:`SpaceFile`)."""
     slots, kinds = {}, []
     for slot, choices in raw.items():
-        if not isinstance(choices, list) or not choices:
-            raise bad(f"steps.{slot} must be a list of steps (none, a name, or {{step: name, ...}})")
         parsed = []
         for c in choices:
             if c in ("none", None):
                 parsed.append(None)
                 continue
-            spec = {"step": c} if isinstance(c, str) else c
-            if not isinstance(spec, dict) or "step" not in spec:
-                raise bad(f"steps.{slot}: {c!r} must be a step name or {{step: name, option: value}}")
-            opts = {k: v for k, v in spec.items() if k != "step"}
-            ranges = {k: _bounds(v, f"steps.{slot}.{spec['step']}.{k}", bad, around_one=False)
+            name, opts = (c, {}) if isinstance(c, str) else (c.step, c.options)
+            ranges = {k: _bounds(v, f"steps.{slot}.{name}.{k}", bad, around_one=False)
                       for k, v in opts.items() if isinstance(v, list)}
             for k in ranges:
-                default = STEPS[spec["step"]].defaults.get(k) if spec["step"] in STEPS else None
+                default = STEPS[name].defaults.get(k) if name in STEPS else None
                 if default is not None and not isinstance(default, float):
-                    raise bad(f"steps.{slot}.{spec['step']}.{k}: only real-valued options can be "
+                    raise bad(f"steps.{slot}.{name}.{k}: only real-valued options can be "
                               f"searched with [lo, hi]; give one value")
             try:
-                step = StepInit(spec["step"], {k: v for k, v in opts.items() if k not in ranges})
+                step = StepInit(name, {k: v for k, v in opts.items() if k not in ranges})
                 for k, (lo, hi) in ranges.items():  # both ends must be valid values of the option
                     StepInit(step.name, {**step.options, k: lo}), StepInit(step.name, {**step.options, k: hi})
             except UsageError as exc:
@@ -364,7 +421,7 @@ def _parse_steps(raw: Any, bad) -> dict[str, tuple[StepChoice | None, ...]]:
         if len(slot_kinds) > 1:
             raise bad(f"steps.{slot} mixes static and data-dependent steps; give each kind its slot")
         kinds += list(slot_kinds)
-        slots[str(slot)] = tuple(parsed)
+        slots[slot] = tuple(parsed)
     if kinds != sorted(kinds):
         raise bad("a data-dependent step slot (lsuv, gradinit) comes before a static one; "
                   "list the static slots first")

@@ -40,6 +40,7 @@ from initsearch.report import close_figures, plots
 from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.space import available_spaces, load_space
 from initsearch.stats import chance_level
+from initsearch.storage import StudyStorage
 from initsearch.tracking import Tracker, check_tracking_uri, default_tracking_uri
 
 
@@ -111,29 +112,35 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
                          split_seed=protocol.split_seed)
     chance = chance_level(splits.num_classes, len(splits.val))
     state = resolve_home(run.home) / "mlruns"
-    journals = state / "optuna"
-    study_name = _study_name(run.name, run.resume, journals, label, dataset)
-    journal = journals / f"{study_name}.journal"
+    store = StudyStorage(run.storage, state / "optuna")
+    study_name = _study_name(run.name, run.resume, store, label, dataset)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = {"arch": label, "dataset": dataset, "profile": protocol.name,
                 "space": space_obj.name, "seed": seed, "arch_options": arch_opts}
-    storage = None
-    if run.resume:  # reading the journal writes nothing; a study must not mix protocols or spaces
-        storage = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(journal)))
-        stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs
-        differ = [f"{k} {stored.get(k)!r} (now {v!r})" for k, v in settings.items() if stored.get(k) != v]
-        if differ:
-            raise UsageError(f"study {study_name!r} was run with {', '.join(differ)}; resume it with "
-                             "the same settings or start a new --study")
-    tracking_uri = run.tracking_uri or default_tracking_uri(state.parent)
+    tracking_uri = run.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(state.parent)
     check_tracking_uri(tracking_uri)
+    # The study's lock (a journal has one driver) is held from its first read to the very end.
+    storage = store.open(study_name)
+    try:
+        if run.resume:  # a study must not mix protocols or spaces
+            stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs
+            _check_same_study(study_name, stored, settings, protocol, space_obj)
+        return _search(study_name, storage, store.multi_driver, settings, protocol, space_obj,
+                       splits, model_fn, roles, plan_for, chance, state, tracking_uri, label,
+                       arch_opts, budget, seed, confirm_seeds, run, confirm, t_start)
+    finally:
+        store.close()
+
+
+def _search(study_name: str, storage, shared: bool, settings: dict, protocol, space_obj, splits,
+            model_fn, roles, plan_for, chance: float, state: Path, tracking_uri: str, label: str,
+            arch_opts: dict, budget: int, seed: int, confirm_seeds: int, run: RunConfig,
+            confirm: ConfirmConfig, t_start: float) -> SearchResult:
 
     # -- 2. open the tracking runs and the study ---------------------------------------------------
-    tracker = Tracker(tracking_uri, f"initsearch-{label}", state / "artifacts")
-    journals.mkdir(parents=True, exist_ok=True)
-    storage = storage or optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(journal)))
+    # writes the store cannot take now wait in a spool file; a resumed search writes them first
+    tracker = Tracker(tracking_uri, f"initsearch-{label}", state / "artifacts",
+                      spool=state / "tracking-pending" / f"{study_name}.jsonl")
     study_obj = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                     pruner=protocol.make_pruner(), load_if_exists=run.resume)
     # A resumed study continues the sampler's stream instead of replaying its first draws.
@@ -144,14 +151,16 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
                      "confirm_top": confirm.top, "confirm_seeds": confirm_seeds},
         protocol.to_dict(), {"arch": label, "arch_options": json.dumps(arch_opts, sort_keys=True)})
     bar = Progress(budget, enabled=run.progress)
-    driver = StudyDriver(study_obj, space_obj, protocol, tracker, plan_for, budget, bar)
+    driver = StudyDriver(study_obj, space_obj, protocol, tracker, plan_for, budget, bar, shared=shared)
     if run.resume:
+        tracker.replay_spool()
         driver.recover_interrupted()
+        if not shared:  # alone on the study: any run still RUNNING is a dead driver's
+            tracker.end_abandoned(study_name)
     else:
-        for key, value in settings.items():
+        for key, value in {**settings, **_content(protocol, space_obj)}.items():
             study_obj.set_user_attr(key, value)
-    study_obj.set_user_attr("protocol_sha256", protocol.content_hash())
-    study_obj.set_user_attr("chance_acc", chance)
+        study_obj.set_user_attr("chance_acc", chance)
     driver.enqueue_baselines()
 
     # -- 3. search, confirm, recommend --------------------------------------------------------------
@@ -162,7 +171,8 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         from initsearch.engine.ray_backend import RayBackend
 
         backend = RayBackend(splits, model_fn, roles, threads=protocol.threads_per_trial,
-                             gpus_per_trial=protocol.gpus_per_trial, storage=state / "ray")
+                             gpus_per_trial=protocol.gpus_per_trial, flags=state / "ray",
+                             address=run.ray_address, storage=run.ray_storage)
     else:
         from initsearch.engine.local import LocalBackend
 
@@ -171,6 +181,9 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         with backend:
             if driver.remaining:
                 slots = backend.run(driver, study_name)
+            if driver.halted:
+                raise UsageError(f"search stopped: {driver.halted}; fix the cluster or the "
+                                 f"machine, then continue with --resume --study {study_name}")
             bar.close()
             t_confirm = time.perf_counter()
             seeds = fresh_seeds(protocol.seeds, confirm_seeds)
@@ -185,13 +198,15 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
             confirm_seconds = time.perf_counter() - t_confirm
         status = "FINISHED"
     finally:
+        driver.close()
         bar.close()
         table = build_table(study_obj)
         evidence = {"study": study_name, **settings, "protocol_sha256": protocol.content_hash(),
                     "search": {s.lower(): sum(r["state"] == s for r in table)
                                for s in ("COMPLETE", "PRUNED", "FAIL")}}
         best = recommended_recipe(verdict, evidence) if verdict else None
-        result = SearchResult(best, table, study_name, parent, verdict, tracker.ui_url())
+        result = SearchResult(best, table, study_name, tracker.resolve(parent), verdict,
+                              tracker.ui_url())
         texts, figures = {"comparison.txt": result.comparison(), "trials.csv": result.to_csv()}, {}
         if status == "FINISHED":
             wall = time.perf_counter() - t_start
@@ -208,6 +223,29 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         tracker.end_search(result.stats, texts, status, figures)
         close_figures(figures.values())
     return result
+
+
+def _content(protocol, space) -> dict:
+    """What a resumed study must share with the one it continues: how trials train and are scored
+    (the protocol, as applied to the model) and what they draw from (the bound space)."""
+    return {"protocol_sha256": protocol.content_hash(), "protocol": protocol.to_dict(),
+            "space_sha256": space.content_hash(), "space_content": space.content()}
+
+
+def _check_same_study(name: str, stored: dict, settings: dict, protocol, space) -> None:
+    """Refuse to resume a study with other settings, another protocol or another space: its
+    trials would not be comparable. One line says what differs."""
+    differ = [f"{k} {stored.get(k)!r} (now {v!r})" for k, v in settings.items() if stored.get(k) != v]
+    now = _content(protocol, space)
+    for what, sha, body in (("protocol", "protocol_sha256", "protocol"),
+                            ("space", "space_sha256", "space_content")):
+        if sha in stored and stored[sha] != now[sha]:  # older studies did not record the space
+            keys = sorted(k for k in {*stored.get(body, {}), *now[body]}
+                          if stored.get(body, {}).get(k) != now[body].get(k))
+            differ.append(f"another {what} content ({', '.join(keys) or 'sha256'} differ)")
+    if differ:
+        raise UsageError(f"study {name!r} was run with {'; '.join(differ)}; resume it with the "
+                         "same settings and files, or start a new --study")
 
 
 def resolve_home(home: str | os.PathLike | None) -> Path:
@@ -241,19 +279,19 @@ def _plan(probe: nn.Module, roles, recipe) -> list[dict]:
     return recipe.plan(probe, roles)
 
 
-def _study_name(study: str | None, resume: bool, journals: Path, label: str, dataset: str) -> str:
+def _study_name(study: str | None, resume: bool, store: StudyStorage, label: str, dataset: str) -> str:
     if resume:
         if study is None:
-            found = sorted(journals.glob(f"{label}-{dataset}-*.journal"), key=lambda p: p.stat().st_mtime)
+            found = [n for n in store.study_names() if n.startswith(f"{label}-{dataset}-")]
             if not found:
-                raise UsageError(f"--resume found no earlier {label} study in {journals}; "
+                raise UsageError(f"--resume found no earlier {label} study in {store.display}; "
                                  "drop --resume or pass --study NAME")
-            return found[-1].stem
-        if not (journals / f"{study}.journal").exists():
-            raise UsageError(f"no study {study!r} in {journals} to resume; drop --resume to start it")
+            return found[-1]
+        if not store.exists(study):
+            raise UsageError(f"no study {study!r} in {store.display} to resume; drop --resume to start it")
         return study
-    if study is not None and (journals / f"{study}.journal").exists():
+    if study is not None and store.exists(study):
         raise UsageError(f"study {study!r} already exists; pass --resume to continue it "
+                         "(several drivers may share a study in a database --storage) "
                          "or choose another --study name")
     return study or f"{label}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -63,6 +64,17 @@ def diverged(metrics: dict) -> str | None:
         if not math.isfinite(value):
             return f"diverged at epoch {int(metrics['epoch'])}: {key} {value}"
     return None
+
+
+def failure_text(exc: BaseException) -> str:
+    """What to record when a trial raised: ``out of memory: ...`` for a CUDA (or CPU allocator)
+    out-of-memory error -- after emptying the CUDA cache, so the next trial on that device starts
+    clean -- else the last frames of the traceback."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return f"out of memory: {str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+    return "".join(traceback.format_exception(exc, limit=-3))
 
 
 def deep_supervision_loss(out, y: torch.Tensor, aux_weight: float,

@@ -15,13 +15,21 @@ and :meth:`~Driver.finish` when the trial ends. Two drivers implement that inter
   fresh seed) jobs, never pruned, each result recorded in the study.
 
 Both stop a trial whose training or validation loss is no longer finite (:func:`diverged`): it
-is recorded as failed with the reason, never scored.
+is recorded as failed with the reason, never scored. A trial that failed for an *infrastructure*
+reason (its worker died, again and again) is recorded as such and never counts as the recipe's
+failure: the search queues its parameters again (once), a baseline is queued again on
+``--resume``, and a confirmation job stays pending.
+
+Several drivers may share one study in a database storage (Optuna's way to scale out): the
+budget counts the study's trials, whoever runs them, and a driver only tells its own trials.
 """
 from __future__ import annotations
 
 import abc
 import functools
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -35,6 +43,10 @@ from initsearch.tracking import Tracker
 from initsearch.trial import METRICS, TrialConfig, diverged
 
 
+# Optuna warns on every ask that heartbeats are meant for Study.optimize; _Heartbeat beats for us.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+
+
 class Attr:
     """Names of the user attributes the driver writes on each Optuna trial (read by recommend)."""
 
@@ -44,6 +56,8 @@ class Attr:
     EPOCHS = "epochs"      # epochs trained; set when the trial ends (absent: cut off mid-trial)
     TEST_ACC = "test_acc"  # final test accuracy, completed trials only
     ERROR = "error"        # why a FAIL failed ("diverged at epoch 3: train_loss nan", a traceback)
+    INFRA = "infrastructure"  # True on a FAIL whose cause was not the recipe (a worker died)
+    REQUEUED = "requeued"  # on a trial queued again after an infrastructure failure
 
 
 @dataclass
@@ -57,6 +71,8 @@ class LiveTrial:
     curve: list[float] = field(default_factory=list)
     pruned: bool = False
     diverged: str | None = None
+    error: str | None = None  # the recipe's error, as the trial reported it (Ray)
+    node: str | None = None  # the Ray node the trial ran on
 
 
 def timed(method: Callable) -> Callable:
@@ -102,13 +118,20 @@ class Driver(abc.ABC):
         """The next trial to run (opens its MLflow run)."""
 
     @abc.abstractmethod
-    def _settle(self, number: int, live: LiveTrial, error: str | None) -> TrialState:
+    def _settle(self, number: int, live: LiveTrial, error: str | None,
+                infrastructure: bool) -> TrialState:
         """Record how the trial ended; return its state."""
 
     @timed
     def report(self, number: int, metrics: dict[str, Any]) -> bool:
         """Record one epoch; True means stop this trial (pruned, or diverged)."""
-        live = self._live[number]
+        live = self._live.get(number)
+        if live is None:  # a result after the trial ended (a restarted worker's): stop it
+            return True
+        live.node = metrics.get("node_id") or live.node
+        if metrics.get("error"):  # the trial reports its recipe's exception as its last result
+            live.error = str(metrics["error"])
+            return True
         metrics = {k: metrics[k] for k in METRICS if k in metrics}  # Ray adds its own keys
         epoch = int(metrics["epoch"])
         if epoch <= live.last.get("epoch", 0):
@@ -126,17 +149,22 @@ class Driver(abc.ABC):
         return False
 
     @timed
-    def finish(self, number: int, error: str | None = None) -> None:
-        """The trial ended: finished, stopped by :meth:`report`, or raised (``error``)."""
+    def finish(self, number: int, error: str | None = None, infrastructure: bool = False) -> None:
+        """The trial ended: finished, stopped by :meth:`report`, or raised (``error``);
+        ``infrastructure``: it failed for a reason that is not its recipe's."""
         live = self._live.pop(number)
-        error = live.diverged or error
+        error = live.diverged or live.error or error
         epochs = int(live.last.get("epoch", 0))
         if error is None and not live.pruned and epochs != self.protocol.epochs:
             error = f"stopped after {epochs} epochs"
-        state = self._settle(number, live, error)
+        infrastructure = infrastructure and error is not None and not (live.diverged or live.error)
+        state = self._settle(number, live, error, infrastructure)
         tags = {"state": state.name, "epochs": str(epochs)}
+        if live.node:
+            tags["node_id"] = live.node
         if error is not None:
             tags["error"] = reason(error)
+            tags[Attr.INFRA] = str(infrastructure).lower()
         self.tracker.end_trial(live.run_id, "FAILED" if state == TrialState.FAIL else "FINISHED", tags)
         self.progress.update(state, self._best_value())
 
@@ -152,24 +180,34 @@ class Driver(abc.ABC):
 
 
 class StudyDriver(Driver):
-    """Owns one Optuna study for one search; thread-compatible with Tune's single event loop."""
+    """Owns one Optuna study for one search; thread-compatible with Tune's single event loop.
+
+    ``shared``: the study lives in a database other drivers may use at the same time (Optuna's
+    heartbeat tells their live trials from those of a dead driver); otherwise this driver holds
+    the study alone (a lock), so any trial left RUNNING was cut off."""
+
+    #: Infrastructure failures in a row after which the driver stops asking for trials.
+    MAX_INFRA_STREAK = 3
 
     def __init__(self, study: optuna.Study, space: Space, protocol: Protocol, tracker: Tracker,
-                 plan_for: Any, budget: int, progress: Progress | None = None) -> None:
+                 plan_for: Any, budget: int, progress: Progress | None = None,
+                 shared: bool = False) -> None:
         super().__init__(protocol, tracker, progress)
         self.study, self.space = study, space
         self.plan_for = plan_for  # Recipe -> per-layer plan, for the child run's recipe.json
-        self.budget = budget
-        settled = self._settled_trials()
-        self._asked = len(settled)
-        self.progress.restore(settled)
+        self.budget, self.shared = budget, shared
+        self.halted: str | None = None  # why the driver stopped asking (the infrastructure failed)
+        self._infra_streak = 0
+        self._heartbeat = _Heartbeat(study, self._live) if shared else None
+        self.progress.restore(self._settled_trials())
 
     # -- setup ---------------------------------------------------------------------------------
     def enqueue_baselines(self) -> None:
         """Queue the baselines the study has not run yet, as many as the budget has room for
-        (a resumed study with a larger budget gets the ones a small first budget left out)."""
+        (a resumed study with a larger budget gets the ones a small first budget left out; a
+        baseline whose trial failed for an infrastructure reason runs again)."""
         trials = self.study.get_trials(deepcopy=False)
-        seen = {t.user_attrs.get(Attr.BASELINE) for t in trials}
+        seen = {t.user_attrs.get(Attr.BASELINE) for t in trials if not t.user_attrs.get(Attr.INFRA)}
         room = self.remaining - sum(t.state == TrialState.WAITING for t in trials)
         for name, recipe in self.space.baselines().items():
             if room <= 0:
@@ -180,26 +218,47 @@ class StudyDriver(Driver):
                 room -= 1
 
     def recover_interrupted(self) -> int:
-        """Trials left RUNNING by a killed search: mark them FAIL and queue their params again."""
-        stale = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        """Trials of a dead driver: mark them FAIL, queue their params again and end their MLflow
+        runs as KILLED. Alone on the study, every RUNNING trial is one; on a shared database,
+        only those whose heartbeat stopped (Optuna's :func:`~optuna.storages.fail_stale_trials`)."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        mine = {live.handle.number for live in self._live.values()}
+        if self.shared:
+            optuna.storages.fail_stale_trials(self.study)
+            failed = {t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+            stale = [t for t in running if t.number in failed and t.number not in mine]
+        else:
+            stale = [t for t in running if t.number not in mine]
+            for t in stale:
+                self.study.tell(t.number, state=TrialState.FAIL)
         for t in stale:
-            self.study.tell(t.number, state=TrialState.FAIL)
-            baseline = t.user_attrs.get(Attr.BASELINE)
-            self.study.enqueue_trial(t.params,
-                                     user_attrs={Attr.BASELINE: baseline} if baseline else None)
+            self._requeue(t)
             if t.user_attrs.get(Attr.RUN_ID):
                 self.tracker.end_trial(t.user_attrs[Attr.RUN_ID], "KILLED", {"state": "INTERRUPTED"})
-        self._asked = len(self._settled_trials())
         return len(stale)
+
+    def close(self) -> None:
+        """Stop the heartbeat (the search is over or interrupted)."""
+        if self._heartbeat:
+            self._heartbeat.stop()
 
     # -- the driver interface ------------------------------------------------------------------
     @property
     def remaining(self) -> int:
-        return max(0, self.budget - self._asked)
+        """Trials still to ask for: the budget less the study's settled and running trials (of
+        every driver on a shared study); 0 once the infrastructure has failed too often."""
+        if self.halted:
+            return 0
+        if self._heartbeat and self._heartbeat.due_for_recovery():
+            self.recover_interrupted()
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return max(0, self.budget - len(self._settled_trials()) - len(running))
 
     @timed
     def ask(self) -> TrialConfig:
         trial = self.study.ask()
+        if self._heartbeat:
+            self._heartbeat.beat(trial)
         baseline = trial.user_attrs.get(Attr.BASELINE)
         recipe = self.space.sample(trial, name=baseline)
         trial.set_user_attr(Attr.RECIPE, recipe.to_dict())
@@ -208,7 +267,6 @@ class StudyDriver(Driver):
             {"stage": "search", "trial": str(trial.number), "baseline": baseline or ""})
         trial.set_user_attr(Attr.RUN_ID, run_id)
         self._live[trial.number] = LiveTrial(run_id, trial, never_prune=baseline is not None)
-        self._asked += 1
         return TrialConfig(trial.number, recipe.to_dict(), self.protocol.to_dict())
 
     def _observe(self, live: LiveTrial, epoch: int, val_acc: float) -> bool:
@@ -217,14 +275,24 @@ class StudyDriver(Driver):
             live.pruned = True
         return live.pruned
 
-    def _settle(self, number: int, live: LiveTrial, error: str | None) -> TrialState:
+    def _settle(self, number: int, live: LiveTrial, error: str | None,
+                infrastructure: bool) -> TrialState:
         trial = live.handle
         trial.set_user_attr(Attr.EPOCHS, int(live.last.get("epoch", 0)))
         if "test_acc" in live.last:
             trial.set_user_attr(Attr.TEST_ACC, float(live.last["test_acc"]))
+        self._infra_streak = self._infra_streak + 1 if infrastructure else 0
         if error is not None:
             trial.set_user_attr(Attr.ERROR, error)
+            if infrastructure:
+                trial.set_user_attr(Attr.INFRA, True)
             self.study.tell(trial, state=TrialState.FAIL)
+            if infrastructure:
+                if not trial.user_attrs.get(Attr.REQUEUED):
+                    self._requeue(self.study.get_trials(deepcopy=False)[number])
+                if self._infra_streak >= self.MAX_INFRA_STREAK:
+                    self.halted = (f"{self._infra_streak} trials in a row failed for reasons that "
+                                   f"are not their recipe's (last: {reason(error)})")
             return TrialState.FAIL
         if live.pruned:
             self.study.tell(trial, state=TrialState.PRUNED)
@@ -233,11 +301,52 @@ class StudyDriver(Driver):
         return TrialState.COMPLETE
 
     # -- helpers -------------------------------------------------------------------------------
+    def _requeue(self, t: optuna.trial.FrozenTrial) -> None:
+        """Queue a trial's params again, as the same baseline if it was one."""
+        attrs = {Attr.REQUEUED: t.number}
+        if t.user_attrs.get(Attr.BASELINE):
+            attrs[Attr.BASELINE] = t.user_attrs[Attr.BASELINE]
+        self.study.enqueue_trial(t.params, user_attrs=attrs)
+
     def _settled_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """Trials that count against the budget: finished, not cut off by an interrupt (those
+        lack Attr.EPOCHS, set by finish()) and not failed by the infrastructure."""
         done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-        # Attr.EPOCHS is set by finish(): trials cut off by an interrupt lack it and do not count
-        return [t for t in self.study.get_trials(deepcopy=False, states=done) if Attr.EPOCHS in t.user_attrs]
+        return [t for t in self.study.get_trials(deepcopy=False, states=done)
+                if Attr.EPOCHS in t.user_attrs and not t.user_attrs.get(Attr.INFRA)]
 
     def _best_value(self) -> float | None:
         values = [t.value for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         return max(values) if values else None
+
+
+class _Heartbeat:
+    """Optuna's trial heartbeat for ask-and-tell (``study.optimize`` keeps one per trial; a
+    driver asking by hand must beat itself): a daemon thread records a heartbeat for every live
+    trial each interval, so other drivers on the database can tell them from a dead driver's."""
+
+    def __init__(self, study: optuna.Study, live: dict[int, LiveTrial]) -> None:
+        self.storage, self.live = study._storage, live
+        self.interval = float(self.storage.get_heartbeat_interval() or 60)
+        self._last_recovery = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="initsearch-heartbeat", daemon=True)
+        self._thread.start()
+
+    def beat(self, trial: optuna.Trial) -> None:
+        self.storage.record_heartbeat(trial._trial_id)
+
+    def due_for_recovery(self) -> bool:
+        """True at most once per interval: time to look for a dead driver's trials."""
+        if time.monotonic() - self._last_recovery < self.interval:
+            return False
+        self._last_recovery = time.monotonic()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for live in list(self.live.values()):
+                self.storage.record_heartbeat(live.handle._trial_id)

@@ -1,7 +1,6 @@
 """Local backend: the same trial function, in this process, one trial at a time (no Ray)."""
 from __future__ import annotations
 
-import traceback
 from typing import Callable
 
 from torch import nn
@@ -9,7 +8,7 @@ from torch import nn
 from initsearch.data import Splits
 from initsearch.engine.driver import Driver
 from initsearch.roles import Roles
-from initsearch.trial import run_trial
+from initsearch.trial import failure_text, run_trial
 
 
 class LocalBackend:
@@ -37,7 +36,7 @@ class LocalBackend:
             except KeyboardInterrupt:
                 driver.abandon_running()
                 raise
-            except Exception:  # a failing recipe is a result to record, not a reason to stop
-                error = traceback.format_exc(limit=3)
+            except Exception as exc:  # a failing recipe is a result to record, not a reason to stop
+                error = failure_text(exc)
             driver.finish(config.number, error)
         return 1

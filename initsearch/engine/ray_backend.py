@@ -16,21 +16,35 @@ object store once via ``tune.with_parameters``; resources per trial include frac
 confirmation). When a driver has no trial left to give and one is still running, the other
 slots would idle until it ends; a flag file tells that trial to take every CPU thread from its
 next epoch on.
+
+Faults are sorted by cause. A recipe that raises (or runs out of memory) is reported by the
+trial itself as its result (``error``), so Tune never retries it: it is the recipe's FAIL. A
+worker that dies (killed, node lost) raises in Tune instead; Tune restarts the trial
+(``FailureConfig(max_failures=2)``, from epoch 1: the driver ignores epochs it already has),
+and only when the retries are spent is the trial recorded as an *infrastructure* failure,
+which never counts as the recipe's.
+
+On a cluster (``address``, or ``$RAY_ADDRESS``), the package and the user's model module reach
+the workers through Ray's runtime environment (``py_modules``), a trial running alone takes the
+CPUs of *its* node, and Tune's storage may be any path or URI the nodes share.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 from torch import nn
 
 from initsearch.data import Splits
 from initsearch.engine.driver import Driver
+from initsearch.errors import UsageError
 from initsearch.roles import Roles
-from initsearch.trial import TrialConfig, run_trial
+from initsearch.trial import TrialConfig, failure_text, run_trial
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune status tables: we draw our own bar
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -40,16 +54,29 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 
-def _finish(driver: Driver, number: int, solo_flag: Path, error: str | None = None) -> None:
-    driver.finish(number, error)
+MAX_FAILURES = 2  # restarts of a trial whose worker died, before it counts as an infrastructure FAIL
+
+
+class _LeavesDriverBehind:
+    """Tune pickles its searcher and scheduler into the experiment state (for Tune's own
+    restore, which initsearch does not use: the Optuna study is the state). The driver holds
+    storage connections, locks and threads, which do not pickle; leave it out."""
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "driver": None}
+
+
+def _finish(driver: Driver, number: int, solo_flag: Path, error: str | None = None,
+            infrastructure: bool = False) -> None:
+    driver.finish(number, error, infrastructure=infrastructure)
     if not driver.remaining and driver.in_flight == 1:
         solo_flag.touch()
 
 
-class DriverSearcher(Searcher):
-    def __init__(self, driver: Driver, solo_flag: Path) -> None:
+class DriverSearcher(_LeavesDriverBehind, Searcher):
+    def __init__(self, driver: Driver, solo_flag: Path, errors: dict[int, str]) -> None:
         super().__init__(metric="val_acc", mode="max")
-        self.driver, self.solo_flag = driver, solo_flag
+        self.driver, self.solo_flag, self.errors = driver, solo_flag, errors
         self._numbers: dict[str, int] = {}
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -65,35 +92,79 @@ class DriverSearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         number = self._numbers.pop(trial_id, None)
-        if number is not None and not error:  # errors: DriverPruningScheduler.on_trial_error
+        if number is None:
+            return
+        if error:  # Tune gave up restarting it: recipes report their own errors (_ray_trial), so
+            # what reaches Tune is a worker's death
+            text = self.errors.pop(number, "the trial's Ray worker failed")
+            _finish(self.driver, number, self.solo_flag,
+                    f"worker failed {MAX_FAILURES + 1} times: {text}", infrastructure=True)
+        else:
             _finish(self.driver, number, self.solo_flag)
 
 
-class DriverPruningScheduler(FIFOScheduler):
-    def __init__(self, driver: Driver, solo_flag: Path) -> None:
+class DriverPruningScheduler(_LeavesDriverBehind, FIFOScheduler):
+    def __init__(self, driver: Driver, errors: dict[int, str]) -> None:
         super().__init__()
-        self.driver, self.solo_flag = driver, solo_flag
+        self.driver, self.errors = driver, errors
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         stop = self.driver.report(trial.config["trial"]["number"], result)
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 
     def on_trial_error(self, tune_controller, trial) -> None:
+        """Called on every failure, restarted or final; only the searcher hears of the final
+        one, so the error is kept for it here."""
         path = trial.error_file  # written locally before this call; storage sync comes later
         lines = Path(path).read_text().strip().splitlines() if path and Path(path).exists() else []
-        text = lines[-1] if lines else "trial raised in its Ray worker"
-        _finish(self.driver, trial.config["trial"]["number"], self.solo_flag, text)
+        self.errors[trial.config["trial"]["number"]] = lines[-1] if lines else "the worker died"
 
 
 def _ray_trial(config: dict, splits: Splits, model_fn: Callable[[], nn.Module], roles: Roles | None,
-               threads: int, solo_flag: Path, all_threads: int) -> None:
+               threads: int, solo_flag: Path) -> None:
+    import ray
     import torch
 
     torch.set_num_threads(threads)
-    for metrics in run_trial(TrialConfig.from_dict(config["trial"]), splits, model_fn, roles):
-        tune.report(metrics)
+    node = ray.get_runtime_context().get_node_id()
+    epochs = run_trial(TrialConfig.from_dict(config["trial"]), splits, model_fn, roles)
+    while True:
+        try:
+            metrics = next(epochs)
+        except StopIteration:
+            return
+        except Exception as exc:  # the recipe's failure: a result, so Tune does not retry it
+            tune.report({"error": failure_text(exc), "node_id": node})
+            return
+        tune.report({**metrics, "node_id": node})  # outside the try: Tune's own stop signals pass
         if solo_flag.exists():  # the last trial runs alone: use the threads the others freed
-            torch.set_num_threads(all_threads)
+            torch.set_num_threads(_node_cpus(node))
+
+
+@functools.lru_cache(maxsize=None)
+def _node_cpus(node: str) -> int:
+    """The CPUs Ray gives the node this trial runs on (not the whole cluster's)."""
+    import ray
+
+    return next((int(n["Resources"].get("CPU", 1)) for n in ray.nodes() if n["NodeID"] == node), 1)
+
+
+def _shipped_modules(model_fn: Callable[[], nn.Module]) -> list[str]:
+    """What workers must import: this package, and the top-level module or package that defines
+    the model factory when it is the user's own (not installed in site-packages: the cluster's
+    environment has those)."""
+    import initsearch
+
+    paths = [str(Path(initsearch.__file__).parent)]
+    while isinstance(model_fn, functools.partial):
+        model_fn = model_fn.func
+    top = sys.modules.get(getattr(model_fn, "__module__", "").partition(".")[0])
+    if isinstance(top, ModuleType) and top is not initsearch and getattr(top, "__file__", None):
+        where = Path(top.__file__)
+        where = where.parent if where.name == "__init__.py" else where
+        if "site-packages" not in where.parts and "dist-packages" not in where.parts:
+            paths.append(str(where))
+    return paths
 
 
 def _trial_name(trial) -> str:
@@ -105,9 +176,16 @@ class RayBackend:
     (the search, then its confirmation), started on entry and shut down on exit."""
 
     def __init__(self, splits: Splits, model_fn: Callable[[], nn.Module], roles: Roles | None, *,
-                 threads: int, gpus_per_trial: float, storage: Path) -> None:
+                 threads: int, gpus_per_trial: float, flags: Path, address: str | None = None,
+                 storage: str | None = None) -> None:
+        """``flags``: a local folder for the driver's flag files; ``address``: a Ray cluster
+        (None: ``$RAY_ADDRESS``, else start one here); ``storage``: Tune's storage path or
+        URI (None: ``flags``)."""
         self.splits, self.model_fn, self.roles = splits, model_fn, roles
-        self.threads, self.gpus_per_trial, self.storage = threads, gpus_per_trial, storage.resolve()
+        self.threads, self.gpus_per_trial = threads, gpus_per_trial
+        self.flags = flags.resolve()
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.storage = storage if storage and "://" in storage else str(Path(storage or flags).resolve())
         self._started = False
 
     def __enter__(self) -> "RayBackend":
@@ -115,10 +193,16 @@ class RayBackend:
 
         self._started = not ray.is_initialized()
         if self._started:
-            # Workers must import what the driver imports (a user's --model module, this package).
-            path = os.pathsep.join([os.getcwd(), *sys.path])
-            ray.init(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": path, "RAY_AIR_NEW_OUTPUT": "0"}})
+            runtime_env = {"py_modules": _shipped_modules(self.model_fn),
+                           "env_vars": {"RAY_AIR_NEW_OUTPUT": "0"}}
+            local = {} if self.address else {"include_dashboard": False}
+            try:
+                ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False,
+                         runtime_env=runtime_env, **local)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UsageError(f"cannot connect to the Ray cluster at {self.address} "
+                                 f"({str(exc).splitlines()[0][:200]}); check --ray-address "
+                                 "(or RAY_ADDRESS) and that `ray status` shows the cluster") from None
         # Trial errors are recorded (study FAIL, MLflow FAILED, the progress bar); Tune's own
         # traceback dump of them would only bury the bar.
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -140,24 +224,25 @@ class RayBackend:
         concurrency = max(1, cpus // self.threads)
         if self.gpus_per_trial:
             concurrency = min(concurrency, max(1, int(gpus / self.gpus_per_trial)))
-        solo_flag = self.storage / f"{name}.solo"
+        solo_flag = self.flags / f"{name}.solo"
         solo_flag.parent.mkdir(parents=True, exist_ok=True)
         solo_flag.unlink(missing_ok=True)  # left by an earlier session of a resumed study
+        errors: dict[int, str] = {}  # trial number -> its worker's last failure
         trainable = tune.with_resources(
             tune.with_parameters(_ray_trial, splits=self.splits, model_fn=self.model_fn,
-                                 roles=self.roles, threads=self.threads, solo_flag=solo_flag,
-                                 all_threads=cpus),
+                                 roles=self.roles, threads=self.threads, solo_flag=solo_flag),
             {"cpu": self.threads, "gpu": self.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=DriverSearcher(driver, solo_flag),
-                                        scheduler=DriverPruningScheduler(driver, solo_flag),
+            tune_config=tune.TuneConfig(search_alg=DriverSearcher(driver, solo_flag, errors),
+                                        scheduler=DriverPruningScheduler(driver, errors),
                                         metric="val_acc", mode="max",
                                         num_samples=driver.remaining,
                                         max_concurrent_trials=concurrency, reuse_actors=True,
                                         trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
-            run_config=tune.RunConfig(name=name, storage_path=str(self.storage), verbose=0))
+            run_config=tune.RunConfig(name=name, storage_path=self.storage, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
         try:
             tuner.fit()
         except KeyboardInterrupt:
