@@ -63,6 +63,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def _row(*cells) -> None:
+    """One row of BENCHMARKS.md's fault table (``pytest -s tests/test_faults.py | grep FAULT``)."""
+    print("\nFAULT | " + " | ".join(map(str, cells)) + " |")
+
+
 def _runs(tracking_uri: str, experiment: str):
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
@@ -106,6 +111,8 @@ def test_kill_9_of_the_driver_under_ray_then_resume(data_dir, home):
     assert len(killed) == len(cut)
     finished = [r for r in runs if r.data.tags.get("stage") == "search" and r.info.status == "FINISHED"]
     assert len(finished) == 8
+    _row("kill -9 of the driver (Ray backend), then --resume", "resume finished the budget",
+         len(before), 0, f"0 (cut off: {len(cut)}, queued again)")
 
 
 FAULT_MODELS = '''
@@ -158,6 +165,8 @@ def test_a_killed_ray_worker_is_retried_not_failed(data_dir, home, tmp_path):
     assert mark.exists()  # a worker did die
     trials = _journal(home, "worker").get_trials()
     assert len(trials) == 4 and all(t.state != TrialState.FAIL for t in trials)
+    _row("kill -9 of a Ray worker mid-trial", "nothing: Tune restarted the trial", "-", 0,
+         "1 (the killed trial, from epoch 1; its logged epochs kept once)")
     client, runs = _runs(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}", "initsearch-dies_once")
     for run in runs:
         if run.data.tags.get("stage") != "search":
@@ -233,6 +242,9 @@ def test_a_torn_and_a_corrupt_journal_are_repaired_on_resume(data_dir, home):
     assert "dropped 1 damaged record" in done.stderr
     assert list(journal.parent.glob("torn.journal.bak-*"))
     assert len(_settled(_journal(home, "torn"))) == 4
+    rerun = sum("requeued" in t.user_attrs for t in _settled(_journal(home, "torn")))
+    _row("journal's last record torn, then --resume", "dropped 1 damaged record(s) (backup at ...)",
+         3, f"{rerun} (its final record was the torn one)", rerun)
 
     lines = journal.read_bytes().splitlines(keepends=True)
     journal.write_bytes(b"".join(lines[:-3]) + b"{not json\n" + b"".join(lines[-3:]))
@@ -293,6 +305,8 @@ def test_the_tracking_server_goes_down_mid_search(data_dir, home, mlflow_server)
         _kill_group(proc)
     assert proc.returncode == 0, err[-2000:]
     assert "unreachable" in err and "reachable again" in err and "Traceback" not in err
+    _row("MLflow server stopped mid-search, restarted", " / ".join(
+        line.split("(")[0].strip() for line in err.splitlines() if "reachable" in line), ">= 2", 0, 0)
     assert not [t for t in _journal(home, "outage").get_trials() if t.state == TrialState.FAIL]
     client, runs = _runs(mlflow_server.uri, "initsearch-resnet_ds")
     assert not [r for r in runs if r.info.status == "RUNNING"]
@@ -328,3 +342,64 @@ def test_a_search_on_a_two_node_ray_cluster(data_dir, home, postgres, mlflow_ser
     nodes = {r.data.tags.get("node_id") for r in runs if r.data.tags.get("study") == "cluster"
              and r.data.tags.get("stage") == "search"}
     assert len(nodes) == 2 and None not in nodes
+
+
+def test_resume_refuses_another_protocol_or_space(data_dir, home, tmp_path):
+    """A study records the content of its protocol and bound space; --resume with a file of
+    the same name but other content is refused with one line saying what differs, and nothing
+    is written."""
+    import pytest
+
+    from initsearch import UsageError
+    from initsearch.protocol import TRIALS_DIR
+    from initsearch.space import SPACES_DIR
+
+    search("mlp", data_dir=data_dir, budget=1, profile="smoke", confirm=OFF,
+           run=RunConfig(name="same", backend="local", home=home))
+    journal = home / "mlruns" / "optuna" / "same.journal"
+    size = journal.stat().st_size
+    (tmp_path / "smoke.yaml").write_text((TRIALS_DIR / "smoke.yaml").read_text()
+                                         .replace("epochs: 3", "epochs: 2"))
+    (tmp_path / "mlp.yaml").write_text((SPACES_DIR / "mlp.yaml").read_text()
+                                       .replace("gradinit_fast, gradinit]", "gradinit_fast]"))
+    resume = RunConfig(name="same", resume=True, backend="local", home=home)
+    with pytest.raises(UsageError, match=r"another protocol content \(epochs"):
+        search("mlp", data_dir=data_dir, budget=2, profile=str(tmp_path / "smoke.yaml"),
+               confirm=OFF, run=resume)
+    with pytest.raises(UsageError, match=r"another space content \(baselines, steps") as err:
+        search("mlp", data_dir=data_dir, budget=2, profile="smoke", space=str(tmp_path / "mlp.yaml"),
+               confirm=OFF, run=resume)
+    assert "\n" not in str(err.value) and journal.stat().st_size == size
+
+
+def test_out_of_memory_fails_the_trial_and_the_search_goes_on(data_dir, home):
+    """A trial that runs out of memory (torch's own OutOfMemoryError, raised in the model's
+    forward as the CUDA allocator raises it) is FAIL with reason `out of memory`; the search
+    goes on and the other trials complete."""
+    import torch
+    from torch import nn
+
+    from initsearch.archs import build_model
+
+    built = []
+
+    class Greedy(nn.Module):  # the third model built (the second trial's) runs out of memory
+        def __init__(self):
+            super().__init__()
+            built.append(self)
+            self.oom = len(built) == 3
+            self.net = build_model("mlp", options={"depth": 2, "width": 32})
+
+        def forward(self, x):
+            if self.oom and self.training:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+            return self.net(x)
+
+    def greedy():
+        return Greedy()
+
+    result = search(model_fn=greedy, data_dir=data_dir, budget=3, profile="smoke", confirm=OFF,
+                    run=RunConfig(name="oom", backend="local", home=home))
+    states = sorted((row["state"], row["note"]) for row in result.table)
+    assert [s for s, _ in states] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert states[-1][1].startswith("out of memory: CUDA out of memory")

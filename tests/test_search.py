@@ -170,7 +170,10 @@ def test_interrupt_then_resume_loses_nothing(data_dir, home):
     while time.time() < deadline:
         time.sleep(0.5)
         if journal.exists():
-            trials = _study(home, "intr").trials
+            try:
+                trials = _study(home, "intr").trials
+            except KeyError:  # the journal is opened before the study is created in it
+                continue
             running = [t for t in trials if t.state == TrialState.RUNNING]  # baselines wait queued
             if sum("epochs" in t.user_attrs for t in trials) >= 4 and running and all(
                     "run_id" in t.user_attrs for t in running):  # its MLflow run is open

@@ -134,7 +134,8 @@ def _ray_trial(config: dict, splits: Splits, model_fn: Callable[[], nn.Module], 
         except StopIteration:
             return
         except Exception as exc:  # the recipe's failure: a result, so Tune does not retry it
-            tune.report({"error": failure_text(exc), "node_id": node})
+            # (Tune insists on the metric in every result: NaN, which the driver never reads)
+            tune.report({"error": failure_text(exc), "val_acc": float("nan"), "node_id": node})
             return
         tune.report({**metrics, "node_id": node})  # outside the try: Tune's own stop signals pass
         if solo_flag.exists():  # the last trial runs alone: use the threads the others freed
