@@ -5,8 +5,9 @@ Two thin adapters plug the driver into Tune's extension points:
 * :class:`DriverSearcher` (a Tune ``Searcher``): ``suggest`` asks the driver for the next
   recipe; ``on_trial_complete`` tells the driver that a trial ended (finished or stopped).
 * :class:`DriverPruningScheduler` (a Tune ``FIFOScheduler``): every epoch report goes to the
-  driver, which feeds the Optuna pruner; a prune decision becomes Tune's ``STOP``. A trial that
-  raised is reported from here too, because only the scheduler is handed the error.
+  driver, which feeds the Optuna pruner; a prune decision becomes Tune's ``STOP``. A worker's
+  failure is noted here (only the scheduler is handed the error file) and settled by the
+  searcher once Tune stops restarting the trial.
 
 Trials are function trainables reporting with ``ray.tune.report``; ``reuse_actors=True`` keeps
 worker processes (and their imported torch) alive across trials; the data split is put in the
