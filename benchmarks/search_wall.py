@@ -69,6 +69,8 @@ def main() -> None:
             *((f"  {k}", f"{v:.0f} slot-s ({100 * v / (wall * slots):.1f}%)") for k, v in parts.items()),
             ("trials complete / pruned / failed",
              f"{m['n_complete']:.0f} / {m['n_pruned']:.0f} / {m['n_fail']:.0f}"),
+            ("trials replayed from the result cache (search + confirmation)",
+             f"{m.get('cached_trials', 0):.0f}"),
             ("confirmation stage (wall)", f"{m['confirm_seconds']:.0f} s "
                                           f"({100 * m['confirm_seconds'] / wall:.0f}% of the wall)"),
             ("verdict", next((line[len("verdict: "):] for line in proc.stdout.splitlines()

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, fractions allowed")
     run.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-cache", action="store_true",
+                     help="train every trial, even one whose result the store already has "
+                          "(same model, recipe, protocol, data and code)")
     run.add_argument("--confirm-top", type=int, default=3, metavar="K",
                      help="best distinct candidates re-trained on fresh seeds (default 3)")
     run.add_argument("--confirm-seeds", type=int, metavar="S",
@@ -106,7 +109,8 @@ def _run(args: argparse.Namespace) -> int:
     run = RunConfig(name=args.study, resume=args.resume, backend=args.backend,
                     gpus_per_trial=args.gpus_per_trial, home=args.home,
                     tracking_uri=args.tracking_uri, progress=not args.no_progress,
-                    storage=args.storage, ray_address=args.ray_address, ray_storage=args.ray_storage)
+                    storage=args.storage, ray_address=args.ray_address, ray_storage=args.ray_storage,
+                    cache=not args.no_cache)
     confirm = ConfirmConfig(top=args.confirm_top, seeds=args.confirm_seeds)
     result = search(args.model or args.arch or "resnet_ds", dataset=args.dataset, data_dir=args.data,
                     budget=args.budget, profile=args.profile, space=args.space,

@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from initsearch.cache import ResultCache
 from initsearch.engine.driver import Attr, Driver, LiveTrial, timed, reason
 from initsearch.engine.progress import Progress
 from initsearch.protocol import Protocol
@@ -134,9 +135,10 @@ class ConfirmDriver(Driver):
     the study; pass it only the jobs still :func:`pending`."""
 
     def __init__(self, study: optuna.Study, jobs: list[ConfirmJob], protocol: Protocol,
-                 tracker: Tracker, plan_for: Any, progress: Progress | None = None) -> None:
-        super().__init__(protocol, tracker, progress)
-        self.study, self.plan_for = study, plan_for
+                 tracker: Tracker, plan_for: Any, progress: Progress | None = None,
+                 cache: ResultCache | None = None) -> None:
+        super().__init__(protocol, tracker, plan_for, progress, cache)
+        self.study = study
         self._queue = list(jobs)
         self._next = 0
 
@@ -149,12 +151,10 @@ class ConfirmDriver(Driver):
         number, job = self._next, self._queue[self._next]
         self._next += 1
         e = job.entry
-        run_id = self.tracker.start_trial(
-            f"confirm-{e.name}-seed{job.seed}", e.recipe, e.params, self.plan_for(e.recipe),
-            {"stage": "confirm", "seed": str(job.seed), "baseline": e.baseline or "",
-             "trial": "" if e.source_trial is None else str(e.source_trial)})
-        self._live[number] = LiveTrial(run_id, job)
-        return TrialConfig(number, e.recipe.to_dict(), {**self.protocol.to_dict(), "seeds": [job.seed]})
+        return self._open(number, job, f"confirm-{e.name}-seed{job.seed}", e.recipe, e.params,
+                          {"stage": "confirm", "seed": str(job.seed), "baseline": e.baseline or "",
+                           "trial": "" if e.source_trial is None else str(e.source_trial)},
+                          {**self.protocol.to_dict(), "seeds": [job.seed]})
 
     def _settle(self, number: int, live: LiveTrial, error: str | None,
                 infrastructure: bool) -> TrialState:
@@ -165,5 +165,6 @@ class ConfirmDriver(Driver):
             "state": state.name, "epochs": int(live.last.get("epoch", 0)), "curve": live.curve,
             "val_acc": None if error else live.last.get("val_acc"),
             "test_acc": None if error else live.last.get("test_acc"),
-            "error": reason(error) if error else None, "run_id": live.run_id})
+            "error": reason(error) if error else None, "run_id": live.run_id,
+            "cached_from": live.cached_from})
         return state

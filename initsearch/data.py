@@ -9,14 +9,15 @@ Two on-disk layouts are read:
 
 Decoding 60k JPEGs takes seconds, so the decoded arrays are cached under
 ``$INITSEARCH_CACHE`` (default ``~/.cache/initsearch``), keyed by the source directory.
-Training never touches a DataLoader: the split lives as one tensor on the training device and
-each epoch is augmented in one batched call (airbench style).
+Training never touches a DataLoader: the split lives as one uint8 tensor on the training device
+(once per worker process), and each minibatch is standardized and augmented on the fly with
+crops and flips drawn for the whole epoch at once (airbench style).
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,12 +49,25 @@ class ImageSet:
 
 @dataclass(frozen=True)
 class Splits:
-    """What a trial trains on (``train``), decides on (``val``) and finally reports (``test``)."""
+    """What a trial trains on (``train``), decides on (``val``) and finally reports (``test``).
+    ``fingerprint``: SHA-256 of every image and label of the three splits (computed once, on
+    construction): the data a result was trained on, for the result cache and for keeping the
+    splits on a device once per process."""
 
     train: ImageSet
     val: ImageSet
     test: ImageSet
     num_classes: int
+    fingerprint: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        digest = hashlib.sha256(str(self.num_classes).encode())
+        for part in (self.train, self.val, self.test):
+            for t in (part.x, part.y):
+                t = t.contiguous()
+                digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
+                digest.update(t.view(torch.uint8).numpy().data)  # no copy: the bytes themselves
+        object.__setattr__(self, "fingerprint", digest.hexdigest())
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
@@ -136,22 +150,44 @@ def standardize(x: torch.Tensor, *, channels_last: bool) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
-def augment(x: torch.Tensor, *, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding ``pad``) and horizontal flip, per image, in two batched ops."""
-    n, _, h, w = x.shape
-    if flip:
-        mask = torch.rand(n, device=x.device, generator=generator) < 0.5
-        x = torch.where(mask.view(n, 1, 1, 1), x.flip(3), x)
-    if pad:
-        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
-        dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=generator)
-        rows = (dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
-        cols = (dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
-        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
-        chans = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
-        x = padded[batch, chans, rows, cols]  # gather one shifted 32x32 window per image
-    return x
+@dataclass(frozen=True)
+class Augment:
+    """One epoch's random crops and flips, drawn for every image at once: ``flip`` (bool per
+    image, or None), ``dy``/``dx`` (the crop's offset in the padded image, or None), ``pad``."""
+
+    pad: int
+    flip: torch.Tensor | None
+    dy: torch.Tensor | None
+    dx: torch.Tensor | None
+
+    @classmethod
+    def draw(cls, n: int, *, pad: int, flip: bool, generator: torch.Generator) -> "Augment":
+        """Draws for ``n`` images (flips first, then offsets: the order fixes the RNG stream)."""
+        dev = generator.device
+        mask = torch.rand(n, device=dev, generator=generator) < 0.5 if flip else None
+        dy = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator) if pad else None
+        dx = torch.randint(0, 2 * pad + 1, (n,), device=dev, generator=generator) if pad else None
+        return cls(pad, mask, dy, dx)
+
+    def take(self, index: torch.Tensor) -> "Augment":
+        """The draws of the images ``index`` picks (a minibatch)."""
+        pick = lambda t: None if t is None else t[index]
+        return Augment(self.pad, pick(self.flip), pick(self.dy), pick(self.dx))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Flip, then crop a shifted window of the zero-padded image, per image, in two batched ops."""
+        n, _, h, w = x.shape
+        if self.flip is not None:
+            x = torch.where(self.flip.view(n, 1, 1, 1), x.flip(3), x)
+        if self.pad:
+            p = self.pad
+            padded = torch.nn.functional.pad(x, (p, p, p, p))
+            rows = (self.dy.view(n, 1) + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+            cols = (self.dx.view(n, 1) + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+            batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+            chans = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+            x = padded[batch, chans, rows, cols]  # gather one shifted window per image
+        return x
 
 
 def cache_root() -> Path:

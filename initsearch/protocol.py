@@ -36,9 +36,10 @@ TRIALS_DIR = Path(__file__).resolve().parent.parent / "trials"
 PRUNERS = ("successive_halving", "hyperband", "median", "none")
 _NOT_CONTENT = ("name", "description", "archs", "threads_per_trial", "gpus_per_trial",
                 "confirm_seeds")
-#: Keys added after protocols were first hashed: left out of :meth:`Protocol.content_hash` while
-#: off (None), so a protocol that does not use them keeps its hash.
-_NEW_OFF = ("grad_clip",)
+#: Keys added after protocols were first hashed, with their defaults: left out of
+#: :meth:`Protocol.content_hash` while at the default, so a protocol that does not use them keeps
+#: its hash.
+_NEW_DEFAULTS = {"grad_clip": None, "precision": "fp32", "compile": False}
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Protocol:
     threads_per_trial: int = 1
     gpus_per_trial: float = 0.0                # fractions let several short trials share a GPU
     channels_last: bool = True
+    precision: str = "fp32"                    # fp32 | bf16 (autocast; fp32 master weights)
+    compile: bool = False                      # torch.compile the model for training and eval
     confirm_seeds: int = 3                     # fresh seeds per recipe in the confirmation (0: off)
     archs: dict = field(default_factory=dict)  # {arch: {options: {...}, <key>: value}}: per-arch sizes and overrides
 
@@ -77,7 +80,7 @@ class Protocol:
         architectures' sections, the trial placement (threads, GPU share) and the confirmation's
         seed count are left out."""
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_CONTENT
-             and not (k in _NEW_OFF and v is None)}  # a key left off keeps the hash it had
+             and not (k in _NEW_DEFAULTS and v == _NEW_DEFAULTS[k])}  # keeps the hash it had
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
@@ -266,6 +269,8 @@ class _Keys(StrictModel):
     threads_per_trial: int = Field(None, ge=1)
     gpus_per_trial: float = Field(None, ge=0)
     channels_last: bool = None
+    precision: Literal["fp32", "bf16"] = None
+    compile: bool = None
     confirm_seeds: int = Field(None, ge=0)
 
 

@@ -34,7 +34,7 @@ from initsearch.engine.driver import Attr, reason
 from initsearch.recipe import Recipe
 from initsearch.stats import Estimate, Paired, estimate, holm, paired
 
-COLUMNS = ("trial", "name", "recipe", "val_acc", "test_acc", "epochs", "state", "note")
+COLUMNS = ("trial", "name", "recipe", "val_acc", "test_acc", "epochs", "state", "note", "cached")
 
 
 @dataclass(frozen=True)
@@ -236,8 +236,9 @@ class SearchResult:
             trained above chance). It may be a baseline.
         verdict: the confirmation's :class:`Verdict` (its ``text`` is the one-line answer).
         table: one row per search trial -- ``trial, name, recipe, val_acc, test_acc, epochs,
-            state, note`` -- sorted by the search's single-seed validation accuracy (``note``
-            says why a trial failed, e.g. ``diverged at epoch 3: train_loss nan``).
+            state, note, cached`` -- sorted by the search's single-seed validation accuracy
+            (``note`` says why a trial failed, e.g. ``diverged at epoch 3: train_loss nan``;
+            ``cached``: its result was replayed from an earlier run, :mod:`initsearch.cache`).
         study_name: the Optuna study (``--study`` to resume it).
         parent_run_id: the MLflow run holding this search.
         ui_url: the study's runs in the MLflow UI (model-training view).
@@ -275,7 +276,8 @@ class SearchResult:
         lines = [header]
         for r in rows:
             delta = f"{100 * (r['val_acc'] - ref):+.2f} pp" if ref is not None and r["val_acc"] is not None else "-"
-            state = f"{r['state']} ({r['note']})" if r["note"] else r["state"]
+            notes = ", ".join(filter(None, [r["note"], "cached" if r["cached"] else ""]))
+            state = f"{r['state']} ({notes})" if notes else r["state"]
             lines.append([str(r["trial"]), r["name"], _pct(r["val_acc"]), delta, _pct(r["test_acc"]),
                           str(r["epochs"]), state, r["recipe"]])
         widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
@@ -304,7 +306,8 @@ def build_table(study: optuna.Study) -> list[dict[str, Any]]:
                      "val_acc": t.value if t.state == TrialState.COMPLETE else last,
                      "test_acc": t.user_attrs.get(Attr.TEST_ACC), "epochs": t.user_attrs[Attr.EPOCHS],
                      "state": t.state.name,
-                     "note": reason(t.user_attrs[Attr.ERROR]) if Attr.ERROR in t.user_attrs else ""})
+                     "note": reason(t.user_attrs[Attr.ERROR]) if Attr.ERROR in t.user_attrs else "",
+                     "cached": Attr.CACHED in t.user_attrs})
     return sorted(rows, key=lambda r: (r["state"] != "COMPLETE", -(r["val_acc"] or 0.0)))
 
 

@@ -41,6 +41,9 @@ class RunConfig:
             started for this search on this machine).
         ray_storage: Tune's experiment storage, a path or URI every node can reach on a
             cluster (``None``: ``<home>/mlruns/ray``).
+        cache: reuse the result of a trial already trained under the same model, recipe,
+            protocol, data and code, from any study in the tracking store
+            (:mod:`initsearch.cache`); False (``--no-cache``) trains every trial.
     """
 
     name: str | None = None
@@ -53,6 +56,7 @@ class RunConfig:
     storage: str | None = None
     ray_address: str | None = None
     ray_storage: str | None = None
+    cache: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

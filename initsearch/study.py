@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from initsearch.archs import build_model
+from initsearch.cache import ResultCache, model_fingerprint
 from initsearch.confirm import ConfirmDriver, fresh_seeds, pending, select
 from initsearch.data import load_splits
 from initsearch.engine.driver import StudyDriver
@@ -127,7 +128,8 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
             _check_same_study(study_name, stored, settings, protocol, space_obj)
         return _search(study_name, storage, store.multi_driver, settings, protocol, space_obj,
                        splits, model_fn, roles, plan_for, chance, state, tracking_uri, label,
-                       arch_opts, budget, seed, confirm_seeds, run, confirm, t_start)
+                       arch_opts, budget, seed, confirm_seeds, run, confirm, t_start,
+                       model_fingerprint(probe))
     finally:
         store.close()
 
@@ -135,7 +137,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
 def _search(study_name: str, storage, shared: bool, settings: dict, protocol, space_obj, splits,
             model_fn, roles, plan_for, chance: float, state: Path, tracking_uri: str, label: str,
             arch_opts: dict, budget: int, seed: int, confirm_seeds: int, run: RunConfig,
-            confirm: ConfirmConfig, t_start: float) -> SearchResult:
+            confirm: ConfirmConfig, t_start: float, model_key: str) -> SearchResult:
 
     # -- 2. open the tracking runs and the study ---------------------------------------------------
     # writes the store cannot take now wait in a spool file; a resumed search writes them first
@@ -151,7 +153,9 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
                      "confirm_top": confirm.top, "confirm_seeds": confirm_seeds},
         protocol.to_dict(), {"arch": label, "arch_options": json.dumps(arch_opts, sort_keys=True)})
     bar = Progress(budget, enabled=run.progress)
-    driver = StudyDriver(study_obj, space_obj, protocol, tracker, plan_for, budget, bar, shared=shared)
+    cache = ResultCache(tracker, model_key, splits.fingerprint, reuse=run.cache)
+    driver = StudyDriver(study_obj, space_obj, protocol, tracker, plan_for, budget, bar,
+                         shared=shared, cache=cache)
     if run.resume:
         tracker.replay_spool()
         driver.recover_interrupted()
@@ -191,7 +195,8 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
             jobs = pending(study_obj, select(study_obj, confirm.top, chance), seeds)
             if jobs:
                 confirm_bar = Progress(len(jobs), enabled=run.progress, stage="confirm")
-                drivers.append(ConfirmDriver(study_obj, jobs, protocol, tracker, plan_for, confirm_bar))
+                drivers.append(ConfirmDriver(study_obj, jobs, protocol, tracker, plan_for,
+                                             confirm_bar, cache))
                 slots = max(slots, backend.run(drivers[-1], f"{study_name}-confirm"))
                 confirm_bar.close()
             verdict = verdict_of(study_obj)
@@ -215,6 +220,7 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
                             "bookkeeping_seconds": sum(d.bookkeeping_seconds for d in drivers),
                             "confirm_seconds": confirm_seconds, "slots": slots,
                             "outside_compute_share": 1 - compute / (wall * slots),
+                            "cached_trials": cache.hits,
                             **{f"n_{s}": n for s, n in evidence["search"].items()}}
             texts["verdict.txt"] = "\n\n".join(filter(None, [verdict.table(), verdict.text]))
             figures = {f"plots/{name}": fig for name, fig in plots(study_obj, verdict).items()}

@@ -124,7 +124,7 @@ class Tracker:
         if local:
             Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         try:
-            with _fail_fast():
+            with fail_fast():
                 exp = self.client.get_experiment_by_name(experiment)
                 self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
                     experiment,  # a server keeps its own artifact root; a local store uses ours
@@ -304,7 +304,7 @@ class Tracker:
         while self._queue:
             op = self._queue[0]
             try:
-                with _fail_fast():
+                with fail_fast():
                     self._apply(op)
             except Exception as exc:  # noqa: BLE001 -- sorted below: outage, or raised
                 kind = _classify(exc)
@@ -549,7 +549,7 @@ def _say(line: str) -> None:
 
 
 @contextlib.contextmanager
-def _fail_fast() -> Iterator[None]:
+def fail_fast() -> Iterator[None]:
     """MLflow's HTTP client fails fast (:data:`FAIL_FAST`) and quietly, for one Tracker call."""
     added = [k for k in FAIL_FAST if k not in os.environ]
     for key in added:

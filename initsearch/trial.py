@@ -3,17 +3,23 @@
 This is the only training loop; both search backends run it (Ray inside a worker, the local
 backend in-process). The trial is a generator: after each epoch it yields
 ``{epoch, train_loss, val_loss, val_acc, train_seconds, eval_seconds}`` (plus ``init_seconds``
-and ``init_passes`` -- the init's cost -- after the first, ``test_acc`` after the last epoch) and the caller decides whether to go on -- that is where pruning happens.
+and ``init_passes`` -- the init's cost -- after the first, ``test_acc`` after the last epoch) and
+the caller decides whether to go on -- that is where pruning happens. A trial whose result the
+store already has (:mod:`initsearch.cache`) replays those epochs first, marked ``cached``, and
+trains only if asked for more.
 
-Data stays on the training device as one tensor; every epoch is augmented in one batched call
-and sliced into minibatches (no DataLoader). With several seeds the replicas train in lockstep
-and the metrics are their means.
+The splits go to the training device once per process, as uint8 (:func:`on_device`); each
+minibatch is standardized and augmented on the fly from crops and flips drawn for the whole
+epoch (no DataLoader, no host sync inside an epoch). With several seeds the replicas train in
+lockstep and the metrics are their means. On CUDA: cuDNN autotuning, bf16 autocast with fp32
+master weights (``precision: bf16``) and, optionally, ``torch.compile`` (``compile: true``).
 
 The optimizer is the protocol's (:func:`make_optimizer`: SGD with Nesterov momentum, or AdamW)
 over two parameter groups (:func:`param_groups`): weight decay on conv/linear weights, none on
 biases, 1-d parameters and the units whose role (from the recipe's plan) is a norm, embedding,
 token, layer scale or scalar. The learning rate warms up linearly for ``warmup_epochs``, then
-follows ``lr_schedule``; with ``grad_clip`` the global gradient norm is clipped every step.
+follows ``lr_schedule`` (:func:`lr_factors`, a table written into the groups each step); with
+``grad_clip`` the global gradient norm is clipped every step.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from initsearch.data import Splits, augment, standardize
+from initsearch.data import Augment, ImageSet, Splits, standardize
 from initsearch.protocol import Protocol
 from initsearch.recipe import Recipe
 from initsearch.roles import Roles, tensors, units
@@ -47,13 +53,15 @@ class TrialConfig:
     number: int
     recipe: dict
     protocol: dict
+    cached: tuple[dict, ...] = ()  # epochs 1..k of the same trial, read from the store
 
     def to_dict(self) -> dict:
-        return {"number": self.number, "recipe": self.recipe, "protocol": self.protocol}
+        return {"number": self.number, "recipe": self.recipe, "protocol": self.protocol,
+                "cached": list(self.cached)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrialConfig":
-        return cls(d["number"], d["recipe"], d["protocol"])
+        return cls(d["number"], d["recipe"], d["protocol"], tuple(d.get("cached", ())))
 
 
 def diverged(metrics: dict) -> str | None:
@@ -129,19 +137,21 @@ def make_optimizer(model: nn.Module, plan: list[dict], config: dict) -> torch.op
     raise ValueError(f"unknown optimizer {name!r}; choose sgd or adamw")
 
 
-def make_scheduler(opt: torch.optim.Optimizer, p: Protocol,
-                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-step schedule over all ``p.epochs``: :func:`lr_factor` times each group's lr."""
+def lr_factors(p: Protocol, steps_per_epoch: int) -> list[float]:
+    """The learning-rate factor of every step of all ``p.epochs`` (:func:`lr_factor`), computed
+    once: the loop writes ``base_lr * factor`` into each group, the value LambdaLR would set,
+    without its per-step Python machinery."""
     total, warmup = p.epochs * steps_per_epoch, round(p.warmup_epochs * steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, total, warmup, p.lr_schedule))
+    return [lr_factor(s, total, warmup, p.lr_schedule) for s in range(total)]
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                p: Protocol) -> torch.Tensor:
-    """One optimizer step on a minibatch (the loss detached); the global gradient norm is
-    clipped to ``p.grad_clip`` after the backward pass, before the step."""
-    loss = deep_supervision_loss(model(x), y, p.aux_loss_weight, p.label_smoothing)
+    """One optimizer step on a minibatch (the loss detached): forward and loss under bf16
+    autocast when ``p.precision`` is ``bf16`` (the weights and the step stay fp32); the global
+    gradient norm is clipped to ``p.grad_clip`` after the backward pass, before the step."""
+    with _autocast(x.device, p):
+        loss = deep_supervision_loss(model(x), y, p.aux_loss_weight, p.label_smoothing)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if p.grad_clip is not None:
@@ -161,8 +171,9 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 @dataclass
 class _Replica:
     model: nn.Module
+    forward: nn.Module  # the model, or its torch.compile'd wrapper (same parameters)
     opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LambdaLR
+    base_lrs: list[float]
     gen: torch.Generator
 
 
@@ -170,69 +181,111 @@ def run_trial(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Mod
               roles: Roles | None = None) -> Iterator[dict]:
     """Train ``config.recipe`` under ``config.protocol``; yield metrics after every epoch.
     ``roles``: the model's roles under the recipe's overrides, if already discovered (a search
-    discovers them once and hands them to every trial)."""
+    discovers them once and hands them to every trial). Epochs in ``config.cached`` are
+    yielded first (with ``cached: True``); training starts only if the caller asks for more,
+    and then from scratch, yielding only the epochs after them."""
+    for metrics in config.cached:
+        yield {**metrics, "cached": True}
+    if len(config.cached) < config.protocol["epochs"]:
+        for metrics in _train(config, splits, model_fn, roles):
+            if metrics["epoch"] > len(config.cached):
+                yield metrics
+
+
+def on_device(splits: Splits, device: torch.device) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """``splits`` on ``device`` as uint8, uploaded once per process: later trials on the same
+    data and device (a Ray worker runs many) reuse the copy; only the newest is kept."""
+    key = (splits.fingerprint, str(device))
+    if key not in _ON_DEVICE:
+        _ON_DEVICE.clear()
+        _ON_DEVICE[key] = tuple(ImageSet(s.x.to(device), s.y.to(device))
+                                for s in (splits.train, splits.val, splits.test))
+    return _ON_DEVICE[key]
+
+
+_ON_DEVICE: dict[tuple[str, str], tuple[ImageSet, ImageSet, ImageSet]] = {}
+
+
+def _train(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module],
+           roles: Roles | None) -> Iterator[dict]:
     p = Protocol.from_dict(config.protocol)
     recipe = Recipe.from_dict(config.recipe)
     device = resolve_device(p.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once, then reuses the fastest
     fmt = torch.channels_last if p.channels_last else torch.contiguous_format
-    to_dev = lambda s: (standardize(s.x.to(device), channels_last=p.channels_last), s.y.to(device))
-    (train_x, train_y), (val_x, val_y), (test_x, test_y) = map(to_dev, (splits.train, splits.val,
-                                                                        splits.test))
-    steps_per_epoch = len(train_y) // p.batch_size  # drop the ragged last batch: keeps BN sane
+    prepare = functools.partial(standardize, channels_last=p.channels_last)
+    train, val, test = on_device(splits, device)
+    steps_per_epoch = len(train) // p.batch_size  # drop the ragged last batch: keeps BN sane
+    factors = lr_factors(p, steps_per_epoch)
 
     replicas, init_seconds, init_passes = [], 0.0, 0
     for seed in p.seeds:
         torch.manual_seed(seed)
         model = model_fn().to(device, memory_format=fmt)
         t_init = _now(device)
-        init_data = InitData(train_x, train_y, seed=seed, loss=functools.partial(
+        init_data = InitData(train.x, train.y, seed=seed, prepare=prepare, loss=functools.partial(
             deep_supervision_loss, aux_weight=p.aux_loss_weight, label_smoothing=p.label_smoothing))
         report = recipe.apply(model, data=init_data, seed=seed, roles=roles)
         init_seconds += _now(device) - t_init
         init_passes += report.forward_passes + report.backward_passes
         opt = make_optimizer(model, report.plan, p.optimizer)
-        sched = make_scheduler(opt, p, steps_per_epoch)
-        replicas.append(_Replica(model, opt, sched, torch.Generator(device).manual_seed(seed)))
+        forward = torch.compile(model) if p.compile else model  # after the init: it may rewrite modules
+        replicas.append(_Replica(model, forward, opt, [g["lr"] for g in opt.param_groups],
+                                 torch.Generator(device).manual_seed(seed)))
 
     for epoch in range(1, p.epochs + 1):
         t0 = _now(device)
-        train_loss = sum(_train_epoch(r, train_x, train_y, p) for r in replicas) / len(replicas)
+        first = (epoch - 1) * steps_per_epoch
+        train_loss = sum(_train_epoch(r, train, p, prepare, factors[first:first + steps_per_epoch])
+                         for r in replicas) / len(replicas)
         t1 = _now(device)
-        val = [_evaluate(r.model, val_x, val_y, p.eval_batch_size) for r in replicas]
+        val_scores = [_evaluate(r.forward, val, p, prepare) for r in replicas]
         metrics = {"epoch": epoch, "train_loss": train_loss,
-                   "val_loss": sum(v[0] for v in val) / len(val),
-                   "val_acc": sum(v[1] for v in val) / len(val),
+                   "val_loss": sum(v[0] for v in val_scores) / len(val_scores),
+                   "val_acc": sum(v[1] for v in val_scores) / len(val_scores),
                    "train_seconds": t1 - t0}
         if epoch == 1:  # the init's cost (data-dependent steps), once per trial, all seeds
             metrics.update(init_seconds=init_seconds, init_passes=init_passes)
         if epoch == p.epochs:  # the test split is only for the final report, never for decisions
-            test = [_evaluate(r.model, test_x, test_y, p.eval_batch_size) for r in replicas]
-            metrics["test_acc"] = sum(t[1] for t in test) / len(test)
+            scores = [_evaluate(r.forward, test, p, prepare) for r in replicas]
+            metrics["test_acc"] = sum(t[1] for t in scores) / len(scores)
         metrics["eval_seconds"] = _now(device) - t1
         yield metrics
 
 
-def _train_epoch(r: _Replica, x: torch.Tensor, y: torch.Tensor, p: Protocol) -> float:
+def _train_epoch(r: _Replica, data: ImageSet, p: Protocol, prepare: Callable, factors: list[float]) -> float:
     r.model.train()
-    x = augment(x, pad=p.crop_padding, flip=p.flip, generator=r.gen)
-    order = torch.randperm(len(y), device=y.device, generator=r.gen)
-    total, steps = torch.zeros((), device=y.device), len(y) // p.batch_size
-    for i in range(steps):
+    n = len(data.y)
+    augment = Augment.draw(n, pad=p.crop_padding, flip=p.flip, generator=r.gen)
+    order = torch.randperm(n, device=data.y.device, generator=r.gen)
+    total = torch.zeros((), device=data.y.device)
+    for i, factor in enumerate(factors):
+        for group, lr in zip(r.opt.param_groups, r.base_lrs):
+            group["lr"] = lr * factor
         idx = order[i * p.batch_size:(i + 1) * p.batch_size]
-        total += train_step(r.model, r.opt, x[idx], y[idx], p)  # no .item() per step: no GPU sync
-        r.sched.step()
-    return float(total) / steps
+        x = augment.take(idx)(prepare(data.x[idx]))  # standardize, then pad with zeros: the mean
+        total += train_step(r.forward, r.opt, x, data.y[idx], p)  # no .item() per step: no sync
+    return float(total) / len(factors)
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple[float, float]:
+def _evaluate(model: nn.Module, data: ImageSet, p: Protocol, prepare: Callable) -> tuple[float, float]:
     model.eval()
+    x, y, batch = data.x, data.y, p.eval_batch_size
     loss, correct = torch.zeros((), device=y.device), torch.zeros((), device=y.device)
     for i in range(0, len(y), batch):
-        logits = model(x[i:i + batch])
-        loss += F.cross_entropy(logits, y[i:i + batch], reduction="sum")
+        with _autocast(y.device, p):
+            logits = model(prepare(x[i:i + batch]))
+        loss += F.cross_entropy(logits.float(), y[i:i + batch], reduction="sum")
         correct += (logits.argmax(1) == y[i:i + batch]).sum()
     return float(loss) / len(y), float(correct) / len(y)
+
+
+def _autocast(device: torch.device, p: Protocol) -> torch.autocast:
+    """bf16 autocast for ``precision: bf16`` (matmuls and convs in bf16, reductions and the
+    loss in fp32, as autocast's op lists say); a no-op for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.precision == "bf16")
 
 
 def _now(device: torch.device) -> float:

@@ -16,7 +16,7 @@ from initsearch.data import load_splits
 from initsearch.errors import UsageError
 from initsearch.protocol import FORMAT, VERSION, load_protocol, parse_protocol
 from initsearch.recipe import BASELINES
-from initsearch.trial import (TrialConfig, make_optimizer, make_scheduler, param_groups,
+from initsearch.trial import (TrialConfig, make_optimizer, param_groups,
                               run_trial, train_step)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -143,26 +143,6 @@ def test_grad_clip_bounds_the_global_norm(cifar_batch):
         train_step(free, free_opt, xb, yb, dataclasses.replace(p, grad_clip=None))
         free_norm = torch.linalg.vector_norm(torch.stack([q.grad.norm() for q in free.parameters()]))
         assert free_norm > 2 * clip  # without the clip the norm is well above it
-
-
-def test_warmup_with_adamw(cifar_batch):
-    x, y = cifar_batch
-    lr, steps_per_epoch = 1.0e-3, 4
-    p = _protocol(optimizer={"name": "adamw", "lr": lr}, warmup_epochs=1.0, epochs=3)
-    model = Net()
-    opt = make_optimizer(model, PLAN, p.optimizer)
-    sched = make_scheduler(opt, p, steps_per_epoch)
-    lrs = []
-    for i in range(steps_per_epoch + 2):
-        lrs.append([g["lr"] for g in opt.param_groups])
-        train_step(model, opt, x[i * 32:(i + 1) * 32], y[i * 32:(i + 1) * 32], p)
-        sched.step()
-    assert all(a == b for a, b in lrs)  # both groups follow the same schedule
-    warmup = steps_per_epoch
-    assert lrs[0][0] == pytest.approx(lr / warmup)
-    assert lrs[1][0] == pytest.approx(2 * lr / warmup)
-    assert lrs[warmup - 1][0] == pytest.approx(lr)  # full lr at the end of the warm-up
-    assert lrs[warmup][0] == pytest.approx(lr) and lrs[warmup + 1][0] < lr  # then cosine
 
 
 @pytest.fixture(scope="module")

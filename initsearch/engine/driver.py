@@ -20,6 +20,11 @@ reason (its worker died, again and again) is recorded as such and never counts a
 failure: the search queues its parameters again (once), a baseline is queued again on
 ``--resume``, and a confirmation job stays pending.
 
+Before a trial starts, a driver with a :class:`~initsearch.cache.ResultCache` looks its result
+up (the same recipe trained before under the same model, protocol, data and code, in any
+study): the trial then replays those epochs instead of training them, and its run is marked
+``cached_from`` the run that trained it.
+
 Several drivers may share one study in a database storage (Optuna's way to scale out): the
 budget counts the study's trials, whoever runs them, and a driver only tells its own trials.
 """
@@ -36,6 +41,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
+from initsearch.cache import KEY_TAG, SOURCE_TAG, ResultCache
 from initsearch.engine.progress import Progress
 from initsearch.protocol import Protocol
 from initsearch.space import Space
@@ -58,6 +64,7 @@ class Attr:
     ERROR = "error"        # why a FAIL failed ("diverged at epoch 3: train_loss nan", a traceback)
     INFRA = "infrastructure"  # True on a FAIL whose cause was not the recipe (a worker died)
     REQUEUED = "requeued"  # on a trial queued again after an infrastructure failure
+    CACHED = "cached_from"  # the MLflow run whose result the trial replayed (result cache)
 
 
 @dataclass
@@ -73,6 +80,7 @@ class LiveTrial:
     diverged: str | None = None
     error: str | None = None  # the recipe's error, as the trial reported it (Ray)
     node: str | None = None  # the Ray node the trial ran on
+    cached_from: str | None = None  # the run whose epochs it replays (result cache)
 
 
 def timed(method: Callable) -> Callable:
@@ -97,8 +105,10 @@ class Driver(abc.ABC):
     """The three calls a backend makes (plus ``remaining``, ``in_flight`` and
     ``abandon_running`` on interrupt); epoch logging and divergence are shared here."""
 
-    def __init__(self, protocol: Protocol, tracker: Tracker, progress: Progress | None) -> None:
-        self.protocol, self.tracker = protocol, tracker
+    def __init__(self, protocol: Protocol, tracker: Tracker, plan_for: Callable,
+                 progress: Progress | None, cache: ResultCache | None = None) -> None:
+        self.protocol, self.tracker, self.cache = protocol, tracker, cache
+        self.plan_for = plan_for  # Recipe -> per-layer plan, for the child run's recipe.json
         self.progress = progress or Progress(0, enabled=False)
         self._live: dict[int, LiveTrial] = {}
         self.compute_seconds = 0.0  # time inside init, training and evaluation, all trials
@@ -117,6 +127,20 @@ class Driver(abc.ABC):
     def ask(self) -> TrialConfig:
         """The next trial to run (opens its MLflow run)."""
 
+    def _open(self, number: int, handle: Any, run_name: str, recipe, params: dict, tags: dict,
+              protocol: dict, never_prune: bool = False) -> TrialConfig:
+        """Start trial ``number``: look its result up in the cache, open its MLflow run (tagged
+        with its cache key, and the source run on a hit) and make its :class:`TrialConfig`."""
+        hit = None
+        if self.cache is not None:
+            key = self.cache.key(recipe.to_dict(), protocol)
+            hit = self.cache.lookup(key)
+            tags = {**tags, KEY_TAG: key, **({SOURCE_TAG: hit[0]} if hit else {})}
+        run_id = self.tracker.start_trial(run_name, recipe, params, self.plan_for(recipe), tags)
+        self._live[number] = LiveTrial(run_id, handle, never_prune=never_prune,
+                                       cached_from=hit[0] if hit else None)
+        return TrialConfig(number, recipe.to_dict(), protocol, tuple(hit[1]) if hit else ())
+
     @abc.abstractmethod
     def _settle(self, number: int, live: LiveTrial, error: str | None,
                 infrastructure: bool) -> TrialState:
@@ -132,14 +156,16 @@ class Driver(abc.ABC):
         if metrics.get("error"):  # the trial reports its recipe's exception as its last result
             live.error = str(metrics["error"])
             return True
+        cached = bool(metrics.get("cached"))
         metrics = {k: metrics[k] for k in METRICS if k in metrics}  # Ray adds its own keys
         epoch = int(metrics["epoch"])
         if epoch <= live.last.get("epoch", 0):
             return False  # a restarted worker re-sent an epoch the study already has
         live.last = dict(metrics)
         live.curve.append(float(metrics["val_acc"]))
-        self.compute_seconds += sum(float(metrics.get(k, 0.0))
-                                    for k in ("init_seconds", "train_seconds", "eval_seconds"))
+        if not cached:  # a replayed epoch's seconds were spent by the run that trained it
+            self.compute_seconds += sum(float(metrics.get(k, 0.0))
+                                        for k in ("init_seconds", "train_seconds", "eval_seconds"))
         self.tracker.log_epoch(live.run_id, metrics, epoch)
         live.diverged = diverged(metrics)
         return bool(live.diverged) or self._observe(live, epoch, float(metrics["val_acc"]))
@@ -191,10 +217,9 @@ class StudyDriver(Driver):
 
     def __init__(self, study: optuna.Study, space: Space, protocol: Protocol, tracker: Tracker,
                  plan_for: Any, budget: int, progress: Progress | None = None,
-                 shared: bool = False) -> None:
-        super().__init__(protocol, tracker, progress)
+                 shared: bool = False, cache: ResultCache | None = None) -> None:
+        super().__init__(protocol, tracker, plan_for, progress, cache)
         self.study, self.space = study, space
-        self.plan_for = plan_for  # Recipe -> per-layer plan, for the child run's recipe.json
         self.budget, self.shared = budget, shared
         self.halted: str | None = None  # why the driver stopped asking (the infrastructure failed)
         self._infra_streak = 0
@@ -262,12 +287,15 @@ class StudyDriver(Driver):
         baseline = trial.user_attrs.get(Attr.BASELINE)
         recipe = self.space.sample(trial, name=baseline)
         trial.set_user_attr(Attr.RECIPE, recipe.to_dict())
-        run_id = self.tracker.start_trial(
-            baseline or f"trial-{trial.number:03d}", recipe, trial.params, self.plan_for(recipe),
-            {"stage": "search", "trial": str(trial.number), "baseline": baseline or ""})
-        trial.set_user_attr(Attr.RUN_ID, run_id)
-        self._live[trial.number] = LiveTrial(run_id, trial, never_prune=baseline is not None)
-        return TrialConfig(trial.number, recipe.to_dict(), self.protocol.to_dict())
+        config = self._open(trial.number, trial, baseline or f"trial-{trial.number:03d}", recipe,
+                            trial.params, {"stage": "search", "trial": str(trial.number),
+                                           "baseline": baseline or ""},
+                            self.protocol.to_dict(), never_prune=baseline is not None)
+        live = self._live[trial.number]
+        trial.set_user_attr(Attr.RUN_ID, live.run_id)
+        if live.cached_from:
+            trial.set_user_attr(Attr.CACHED, live.cached_from)
+        return config
 
     def _observe(self, live: LiveTrial, epoch: int, val_acc: float) -> bool:
         live.handle.report(val_acc, step=epoch)

@@ -36,7 +36,9 @@ def main_loss(out: Any, y: torch.Tensor) -> torch.Tensor:
 @dataclass
 class InitData:
     """Training data for data-dependent steps: standardized inputs and labels on the model's
-    device, the training loss, and a private RNG for drawing batches.
+    device, the training loss, and a private RNG for drawing batches. ``prepare``, if given,
+    turns a batch of stored inputs into the model's (the trial keeps uint8 images on the
+    device and standardizes only the batches drawn).
 
     Example:
         >>> data = InitData(x_train, y_train)                            # doctest: +SKIP
@@ -47,6 +49,7 @@ class InitData:
     y: torch.Tensor
     loss: Callable[[Any, torch.Tensor], torch.Tensor] = main_loss
     seed: int = 0
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
     generator: torch.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -58,7 +61,8 @@ class InitData:
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``size`` examples drawn without replacement (all of them if there are fewer)."""
         idx = torch.randperm(len(self.y), generator=self.generator)[:size].to(self.y.device)
-        return self.x[idx], self.y[idx]
+        x = self.x[idx]
+        return (self.prepare(x) if self.prepare else x), self.y[idx]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,86 @@
+"""The result cache: keys that move with everything a result depends on, and a second search
+that replays the first one's results from the real MLflow store instead of training."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from initsearch.archs import build_model
+from initsearch.cache import KEY_TAG, SOURCE_TAG, ResultCache, model_fingerprint
+from initsearch.protocol import load_protocol
+from initsearch.recipe import BASELINES
+from initsearch.settings import ConfirmConfig, RunConfig
+from initsearch.study import search
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_model_fingerprint_follows_structure_and_code(tmp_path, monkeypatch):
+    same = model_fingerprint(build_model("resnet_ds", options={"depth": 8, "width": 8}))
+    assert same == model_fingerprint(build_model("resnet_ds", options={"depth": 8, "width": 8}))
+    assert same != model_fingerprint(build_model("resnet_ds", options={"depth": 8, "width": 16}))
+    # a user's model: the same layers wired differently in forward() is another model
+    src = ("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+           "        self.a = torch.nn.Linear(4, 4)\n        self.b = torch.nn.Linear(4, 4)\n"
+           "    def forward(self, x):\n        return {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prints = []
+    for body in ("self.b(self.a(x))", "self.a(x) + self.b(x)"):
+        (tmp_path / "cachenet.py").write_text(src.format(body))
+        sys.modules.pop("cachenet", None)
+        prints.append(model_fingerprint(importlib.import_module("cachenet").Net()))
+    assert prints[0] != prints[1]
+
+
+def test_key_follows_recipe_protocol_and_data():
+    class _Tracker:
+        pending, client, experiment_id = 0, None, "0"
+
+    p = load_protocol("smoke")
+    cache = ResultCache(_Tracker(), "model", "data")
+    he, lion = BASELINES["he"].to_dict(), BASELINES["lion_dg"].to_dict()
+    key = cache.key(he, p.to_dict())
+    assert key == cache.key({**he, "name": "renamed"}, p.to_dict())  # content, not name
+    assert key != cache.key(lion, p.to_dict())
+    assert key != cache.key(he, dataclasses.replace(p, seeds=(1,)).to_dict())
+    assert key != cache.key(he, dataclasses.replace(p, epochs=4).to_dict())
+    assert key != ResultCache(_Tracker(), "model", "other data").key(he, p.to_dict())
+    assert key == cache.key(he, dataclasses.replace(p, threads_per_trial=2).to_dict())  # placement
+
+
+def test_second_search_replays_the_first(data_dir, home):
+    """Budget 3 (three baselines) and a confirmation (PyTorch's default + the 2 best baselines
+    on 2 seeds): 9 trials trained by the first study, all 9 replayed by the second, none by a
+    third with the cache off."""
+    confirm = ConfirmConfig(top=1, seeds=2)
+    run = lambda name, **kw: RunConfig(name=name, backend="local", home=home, **kw)
+    first = search("resnet_ds", data_dir=data_dir, budget=3, profile="smoke", run=run("a"),
+                   confirm=confirm)
+    second = search("resnet_ds", data_dir=data_dir, budget=3, profile="smoke", run=run("b"),
+                    confirm=confirm)
+    assert first.stats["cached_trials"] == 0 and second.stats["cached_trials"] == 9
+    assert second.stats["compute_seconds"] == 0.0 < first.stats["compute_seconds"]
+    assert [r["cached"] for r in second.table] == [True] * 3 and "cached" in second.comparison()
+    strip = lambda table: [{k: r[k] for k in ("name", "val_acc", "test_acc", "epochs", "state")}
+                           for r in table]
+    assert strip(second.table) == strip(first.table)
+    assert second.verdict.text == first.verdict.text  # the same evidence, the same answer
+
+    client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("initsearch-resnet_ds")
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id], "tags.stage != ''")}
+    by_study = lambda s: [r for r in runs.values() if r.data.tags.get("study") == s]
+    assert all(SOURCE_TAG not in r.data.tags for r in by_study("a"))
+    for r in by_study("b"):  # each replayed run names a run of the first study with its key
+        source = runs[r.data.tags[SOURCE_TAG]]
+        assert source.data.tags["study"] == "a" and source.data.tags[KEY_TAG] == r.data.tags[KEY_TAG]
+        assert client.get_metric_history(r.info.run_id, "val_acc") and r.info.status == "FINISHED"
+
+    third = search("resnet_ds", data_dir=data_dir, budget=3, profile="smoke",
+                   run=run("c", cache=False), confirm=ConfirmConfig(seeds=0))
+    assert third.stats["cached_trials"] == 0 and not any(r["cached"] for r in third.table)
+    assert strip(third.table) == strip(first.table)  # trained again: the same numbers on CPU
