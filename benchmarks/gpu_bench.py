@@ -7,7 +7,7 @@ Rows, every one measured in this run on this GPU:
 
 1. per architecture at its ``gpu`` profile size: training images/s of ``initsearch.trial.train_step``
    (the product's step) in fp32 eager, under bf16 autocast, and bf16 + ``torch.compile`` (the
-   last two are not in the product yet: this run decides); peak GPU memory of one trial;
+   protocol keys ``precision`` and ``compile``); peak GPU memory of one trial;
 2. K concurrent trials on the GPU (K processes, as Ray's fractional GPUs run them): total images/s;
 3. K models packed into one program (``torch.func.stack_module_state`` + ``vmap``, fp32):
    images/s;
@@ -65,24 +65,22 @@ def batches(n: int, batch: int, channels_last: bool):
 def train_rate(arch: str, mode: str, seconds: float) -> dict:
     """Images/s of the product's train step under ``mode`` (fp32 | bf16 | bf16+compile)."""
     p, options = protocol_for(arch)
+    p = dataclasses.replace(p, precision="fp32" if mode == "fp32" else "bf16")  # train_step's autocast
     fmt = torch.channels_last if p.channels_last else torch.contiguous_format
     model = build_model(arch, options=options).to(DEVICE, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
     step_model = torch.compile(model) if mode.endswith("compile") else model
     batch = batches(8 * p.batch_size, p.batch_size, p.channels_last)
-    amp = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=mode != "fp32")
     torch.cuda.reset_peak_memory_stats() if DEVICE.type == "cuda" else None
     t0 = time.perf_counter()
     for i in range(5):  # warm-up (compilation, cuDNN autotuning)
-        with amp:
-            train_step(step_model, opt, *batch(i), p)
+        train_step(step_model, opt, *batch(i), p)
     sync()
     warm = time.perf_counter() - t0
     steps, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         for _ in range(10):
-            with amp:
-                train_step(step_model, opt, *batch(steps), p)
+            train_step(step_model, opt, *batch(steps), p)
             steps += 1
         sync()
     rate = steps * p.batch_size / (time.perf_counter() - t0)
@@ -276,7 +274,8 @@ def main() -> None:
     k = max(1, round(1 / p.gpus_per_trial)) if p.gpus_per_trial else 1
     speedup = out["concurrent"][k] / out["concurrent"][1] if k in out["concurrent"] else 1.0
     per_epoch = trial["epoch_s"]
-    print(f"\none real trial (run_trial, fp32 as the product trains today, 45k train images): "
+    print(f"\none real trial (run_trial, precision {p.precision} and compile {p.compile} as the gpu "
+          f"profile sets them, 45k train images): "
           f"{per_epoch:.1f} s/epoch incl. eval, {trial['img_s']:,.0f} train img/s", flush=True)
     print(f"projected 50-trial {arch} search on the gpu profile: {search_epochs:.0f} trial-epochs "
           f"x {per_epoch:.1f} s / {speedup:.2f} (K={k} concurrent, measured above at bf16) = "

@@ -138,3 +138,20 @@ def test_a_diverging_protocol_fails_every_trial_and_recommends_nothing(data_dir,
     exp = client.get_experiment_by_name("initsearch-mlp")
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'search'")
     assert len(runs) == 3 and all(r.data.tags["error"].startswith("diverged at epoch") for r in runs)
+
+
+def test_a_significant_baseline_is_recommended_over_a_higher_noisy_one():
+    """The case seen on transformer_postln: the baseline with the best mean (noisy) does not beat
+    the default, another one does, on every seed -- the verdict must not say nothing beats it."""
+    from initsearch.confirm import REFERENCE, Entry
+    from initsearch.recommend import judge
+
+    accs = {REFERENCE: [0.250, 0.262, 0.256], "noisy": [0.330, 0.240, 0.300],
+            "steady": [0.270, 0.285, 0.278]}
+    entries = [Entry(name, Recipe({}, name), name, None) for name in accs]
+    records = {name: {s: {"state": "COMPLETE", "val_acc": a, "test_acc": a} for s, a in
+                      zip((1, 2, 3), values)} for name, values in accs.items()}
+    verdict = judge(entries, records, [1, 2, 3], chance=0.128)
+    assert verdict.recommended.name == "steady"
+    assert verdict.text.startswith("no candidate beats baseline steady on 3 seeds: recommend steady")
+    assert "noisy has a higher mean but no significant difference" in verdict.text
