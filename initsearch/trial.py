@@ -269,7 +269,7 @@ def _train_epoch(r: _Replica, data: ImageSet, p: Protocol, prepare: Callable, fa
     return float(total) / len(factors)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # no autograd bookkeeping at all: the outputs never enter a graph
 def _evaluate(model: nn.Module, data: ImageSet, p: Protocol, prepare: Callable) -> tuple[float, float]:
     model.eval()
     x, y, batch = data.x, data.y, p.eval_batch_size
