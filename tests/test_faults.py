@@ -330,7 +330,8 @@ def test_a_search_on_a_two_node_ray_cluster(data_dir, home, postgres, mlflow_ser
         cluster.add_node(num_cpus=1)
         proc = _start(home, data_dir, "--arch", "resnet_ds", "--budget", "6", "--study", "cluster",
                       "--ray-address", cluster.address, "--storage", postgres,
-                      "--tracking-uri", mlflow_server.uri)
+                      "--tracking-uri", mlflow_server.uri,
+                      "--no-cache")  # the server holds other tests' runs: train, on the nodes
         try:
             out, err = proc.communicate(timeout=900)
         finally:
