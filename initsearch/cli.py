@@ -122,7 +122,9 @@ def _run(args: argparse.Namespace) -> int:
     s = result.stats
     print(f"\nstudy {result.study_name}: {s['n_complete']} complete, {s['n_pruned']} pruned, "
           f"{s['n_fail']} failed in {s['wall_seconds']:.0f} s, of which {s['confirm_seconds']:.0f} s "
-          f"confirming ({100 * s['outside_compute_share']:.1f}% outside init/training/eval)")
+          f"confirming ({100 * s['outside_compute_share']:.1f}% outside init/training/eval"
+          + (f"; {s['cached_trials']} trials replayed from the result cache" if s["cached_trials"] else "")
+          + ")")
     if result.best is not None:
         out = result.best.save(args.out or f"best-{result.study_name}.yaml")
         print(f"recommended recipe ({result.best.name}, with its evidence) written to {out}")
