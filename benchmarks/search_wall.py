@@ -71,6 +71,7 @@ def main() -> None:
              f"{m['n_complete']:.0f} / {m['n_pruned']:.0f} / {m['n_fail']:.0f}"),
             ("trials replayed from the result cache (search + confirmation)",
              f"{m.get('cached_trials', 0):.0f}"),
+            ("search draws replayed from an earlier study", f"{m.get('replayed_draws', 0):.0f}"),
             ("confirmation stage (wall)", f"{m['confirm_seconds']:.0f} s "
                                           f"({100 * m['confirm_seconds'] / wall:.0f}% of the wall)"),
             ("verdict", next((line[len("verdict: "):] for line in proc.stdout.splitlines()

@@ -93,6 +93,12 @@ class ResultCache:
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
     def lookup(self, key: str) -> tuple[str, list[dict[str, float]]] | None:
+        """:meth:`find`, counted in :attr:`hits` when found (a trial about to replay it)."""
+        hit = self.find(key)
+        self.hits += hit is not None
+        return hit
+
+    def find(self, key: str) -> tuple[str, list[dict[str, float]]] | None:
         """The run that trained ``key`` longest and its epochs (``[{epoch, val_acc, ...}, ...]``,
         epochs 1..k), or None: not found, reuse off, or the store unreachable (then the trial
         simply trains)."""
@@ -114,7 +120,6 @@ class ResultCache:
                 for run in runs:
                     epochs = _epochs(client, run)
                     if epochs:
-                        self.hits += 1
                         return run.info.run_id, epochs
         except (MlflowException, OSError):
             return None

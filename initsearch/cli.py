@@ -124,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
           f"{s['n_fail']} failed in {s['wall_seconds']:.0f} s, of which {s['confirm_seconds']:.0f} s "
           f"confirming ({100 * s['outside_compute_share']:.1f}% outside init/training/eval"
           + (f"; {s['cached_trials']} trials replayed from the result cache" if s["cached_trials"] else "")
+          + (f", {s['replayed_draws']} of them an earlier study's draws" if s["replayed_draws"] else "")
           + ")")
     if result.best is not None:
         out = result.best.save(args.out or f"best-{result.study_name}.yaml")

@@ -542,6 +542,22 @@ class StudyStorage:
                 self._locks.pop(path).release()
             raise
 
+    def peek(self, study: str) -> optuna.Study | None:
+        """``study`` loaded to be read only: no lock, no repair (another driver may be running
+        it); None if it cannot be read as it is. For looking at earlier studies, never for
+        writing to one."""
+        try:
+            if self.kind == "rdb":
+                storage: BaseStorage = self._open_rdb()
+            else:
+                path = self.journal_path(study)
+                if path is None or not path.is_file():
+                    return None
+                storage = JournalStorage(JournalFileBackend(str(path)))
+            return optuna.load_study(study_name=study, storage=storage)
+        except Exception:  # damaged, or gone since it was listed
+            return None
+
     def close(self) -> None:
         """Release the journal locks :meth:`open` took (a database needs nothing)."""
         while self._locks:

@@ -126,10 +126,12 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         if run.resume:  # a study must not mix protocols or spaces
             stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs
             _check_same_study(study_name, stored, settings, protocol, space_obj)
+        twin = None if run.resume or not run.cache else _twin(store, study_name, settings,
+                                                               protocol, space_obj)
         return _search(study_name, storage, store.multi_driver, settings, protocol, space_obj,
                        splits, model_fn, roles, plan_for, chance, state, tracking_uri, label,
                        arch_opts, budget, seed, confirm_seeds, run, confirm, t_start,
-                       model_fingerprint(probe))
+                       model_fingerprint(probe), twin)
     finally:
         store.close()
 
@@ -137,7 +139,8 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
 def _search(study_name: str, storage, shared: bool, settings: dict, protocol, space_obj, splits,
             model_fn, roles, plan_for, chance: float, state: Path, tracking_uri: str, label: str,
             arch_opts: dict, budget: int, seed: int, confirm_seeds: int, run: RunConfig,
-            confirm: ConfirmConfig, t_start: float, model_key: str) -> SearchResult:
+            confirm: ConfirmConfig, t_start: float, model_key: str,
+            twin: optuna.Study | None) -> SearchResult:
 
     # -- 2. open the tracking runs and the study ---------------------------------------------------
     # writes the store cannot take now wait in a spool file; a resumed search writes them first
@@ -166,6 +169,9 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
             study_obj.set_user_attr(key, value)
         study_obj.set_user_attr("chance_acc", chance)
     driver.enqueue_baselines()
+    replayed = driver.replay(twin) if twin is not None else 0
+    if replayed:
+        study_obj.set_user_attr("replays", twin.study_name)
 
     # -- 3. search, confirm, recommend --------------------------------------------------------------
     status, verdict, drivers, slots = "KILLED", None, [driver], 1
@@ -221,6 +227,7 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
                             "confirm_seconds": confirm_seconds, "slots": slots,
                             "outside_compute_share": 1 - compute / (wall * slots),
                             "cached_trials": cache.hits,
+                            "replayed_draws": replayed,
                             **{f"n_{s}": n for s, n in evidence["search"].items()}}
             texts["verdict.txt"] = "\n\n".join(filter(None, [verdict.table(), verdict.text]))
             figures = {f"plots/{name}": fig for name, fig in plots(study_obj, verdict).items()}
@@ -236,6 +243,22 @@ def _content(protocol, space) -> dict:
     (the protocol, as applied to the model) and what they draw from (the bound space)."""
     return {"protocol_sha256": protocol.content_hash(), "protocol": protocol.to_dict(),
             "space_sha256": space.content_hash(), "space_content": space.content()}
+
+
+def _twin(store: StudyStorage, name: str, settings: dict, protocol, space) -> optuna.Study | None:
+    """The newest other study run with the same settings (seed included), protocol and space:
+    its draws are this study's to replay from the cache (:meth:`StudyDriver.replay`)."""
+    content = _content(protocol, space)
+    for other in reversed(store.study_names()):
+        if other == name:
+            continue
+        study = store.peek(other)
+        attrs = study.user_attrs if study is not None else {}
+        if (all(attrs.get(k) == v for k, v in settings.items())
+                and attrs.get("protocol_sha256") == content["protocol_sha256"]
+                and attrs.get("space_sha256") == content["space_sha256"]):
+            return study
+    return None
 
 
 def _check_same_study(name: str, stored: dict, settings: dict, protocol, space) -> None:

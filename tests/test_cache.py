@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import sys
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -14,6 +15,7 @@ from initsearch.cache import KEY_TAG, SOURCE_TAG, ResultCache, model_fingerprint
 from initsearch.protocol import load_protocol
 from initsearch.recipe import BASELINES
 from initsearch.settings import ConfirmConfig, RunConfig
+from initsearch.storage import StudyStorage
 from initsearch.study import search
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -84,3 +86,35 @@ def test_second_search_replays_the_first(data_dir, home):
                    run=run("c", cache=False), confirm=ConfirmConfig(seeds=0))
     assert third.stats["cached_trials"] == 0 and not any(r["cached"] for r in third.table)
     assert strip(third.table) == strip(first.table)  # trained again: the same numbers on CPU
+
+
+def test_the_same_command_replays_the_earlier_draws(data_dir, home, tmp_path, monkeypatch):
+    """Under Ray, which trial finishes first changes TPE's later draws; here a sampler seeded
+    otherwise for every study after the first stands in for that. The second study (same
+    settings) still asks exactly the first one's candidates, all from the cache; one with
+    another seed is not a twin and replays nothing."""
+    space = tmp_path / "small.yaml"
+    space.write_text("format: initsearch.space\nversion: 1\nroles:\n" + "".join(
+        f"  {role}: {{init: [default, he, xavier], scale: [0.5, 2.0]}}\n"
+        for role in ("stem", "linear", "classifier")))
+    kw = dict(data_dir=data_dir, budget=6, profile="smoke", space=str(space),
+              confirm=ConfirmConfig(seeds=0))
+    first = search("mlp", run=RunConfig(name="a", backend="local", home=home), **kw)
+    draws = [r for r in first.table if r["name"].startswith("trial-")]
+    assert first.stats["cached_trials"] == 0 and len(draws) >= 3
+    sampler = optuna.samplers.TPESampler
+    monkeypatch.setattr(optuna.samplers, "TPESampler", lambda seed=0: sampler(seed=seed + 1000))
+    second = search("mlp", run=RunConfig(name="b", backend="local", home=home), **kw)
+    other = search("mlp", seed=1, run=RunConfig(name="c", backend="local", home=home), **kw)
+
+    assert second.stats["cached_trials"] == 6 and second.stats["compute_seconds"] == 0.0
+    strip = lambda table: [{k: r[k] for k in ("val_acc", "test_acc", "epochs", "state")} for r in table]
+    assert strip(second.table) == strip(first.table)
+    studies = StudyStorage(None, home / "mlruns" / "optuna")
+    a, b, c = (studies.peek(name) for name in "abc")
+    assert [t.params for t in b.trials] == [t.params for t in a.trials]
+    assert b.user_attrs["replays"] == "a" and "replays" not in c.user_attrs
+    assert second.stats["replayed_draws"] == len(draws) and other.stats["replayed_draws"] == 0
+    assert other.stats["cached_trials"] == 0
+    c_draws = [t.params for t in c.trials if "baseline" not in t.user_attrs]
+    assert c_draws != [t.params for t in a.trials if "baseline" not in t.user_attrs]

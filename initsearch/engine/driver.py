@@ -64,6 +64,7 @@ class Attr:
     ERROR = "error"        # why a FAIL failed ("diverged at epoch 3: train_loss nan", a traceback)
     INFRA = "infrastructure"  # True on a FAIL whose cause was not the recipe (a worker died)
     REQUEUED = "requeued"  # on a trial queued again after an infrastructure failure
+    REPLAYS = "replays"    # on a draw queued from an earlier twin study: "<study>/<trial number>"
     CACHED = "cached_from"  # the MLflow run whose result the trial replayed (result cache)
 
 
@@ -241,6 +242,35 @@ class StudyDriver(Driver):
                 self.study.enqueue_trial(self.space.params_for(recipe),
                                          user_attrs={Attr.BASELINE: name})
                 room -= 1
+
+    def replay(self, earlier: optuna.Study) -> int:
+        """Queue the draws of ``earlier`` -- a finished study of the same settings, protocol,
+        space and seed -- whose results the cache holds, in their order, as far as the budget
+        has room; returns how many.
+
+        Why: TPE is seeded, but with several trials at a time each draw depends on which trial
+        finished first, so running the same command again would draw other candidates and train
+        them, although the first run's are in the cache. Replayed, the same command gives the
+        same candidates, read back in seconds; the pruner still decides for every trial (a
+        trial it keeps longer than its source ran trains), and TPE draws on from there.
+        """
+        if self.cache is None or not self.cache.reuse:
+            return 0
+        trials = self.study.get_trials(deepcopy=False)
+        room = self.remaining - sum(t.state == TrialState.WAITING for t in trials)
+        queued = 0
+        protocol = self.protocol.to_dict()
+        for t in earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if queued >= room:
+                break
+            recipe = t.user_attrs.get(Attr.RECIPE)
+            if t.user_attrs.get(Attr.BASELINE) or recipe is None:
+                continue  # baselines are queued by enqueue_baselines
+            if self.cache.find(self.cache.key(recipe, protocol)) is None:
+                continue
+            self.study.enqueue_trial(t.params, user_attrs={Attr.REPLAYS: f"{earlier.study_name}/{t.number}"})
+            queued += 1
+        return queued
 
     def recover_interrupted(self) -> int:
         """Trials of a dead driver: mark them FAIL, queue their params again and end their MLflow
