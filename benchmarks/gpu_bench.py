@@ -18,6 +18,9 @@ Rows, every one measured in this run on this GPU:
    ``DataLoader`` with workers, fp32 -- against the product's loop on the same images and epochs.
 
     python benchmarks/gpu_bench.py [--seconds 5] [--only resnet_ds]
+
+``--profile smoke --train-images 512 ...`` runs every row at toy sizes on a CPU in about a minute
+(``tests/test_gpu_bench.py``), so that the one short GPU slot is never spent on a broken script.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,8 +54,11 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+PROFILE = "gpu"  # the protocol whose sizes are measured (--profile)
+
+
 def protocol_for(arch: str):
-    return load_protocol("gpu").for_arch(arch)
+    return load_protocol(PROFILE).for_arch(arch)
 
 
 def batches(n: int, batch: int, channels_last: bool):
@@ -89,8 +96,10 @@ def train_rate(arch: str, mode: str, seconds: float) -> dict:
             "options": options, "batch": p.batch_size}
 
 
-def _concurrent_worker(arch: str, mode: str, seconds: float, start, out) -> None:
-    torch.set_num_threads(2)
+def _concurrent_worker(arch: str, mode: str, seconds: float, start, out, profile: str) -> None:
+    global PROFILE
+    PROFILE = profile  # a spawned process starts from the module's defaults
+    torch.set_num_threads(2 if DEVICE.type == "cuda" else 1)
     train_rate(arch, mode, 1.0)  # initialize CUDA and the kernels before the common start
     start.wait()
     out.put(train_rate(arch, mode, seconds)["img_s"])
@@ -100,7 +109,7 @@ def concurrent(arch: str, mode: str, k: int, seconds: float) -> float:
     """Total images/s of ``k`` trial processes sharing the GPU, started together."""
     ctx = mp.get_context("spawn")
     start, out = ctx.Barrier(k + 1), ctx.Queue()
-    procs = [ctx.Process(target=_concurrent_worker, args=(arch, mode, seconds, start, out))
+    procs = [ctx.Process(target=_concurrent_worker, args=(arch, mode, seconds, start, out, PROFILE))
              for _ in range(k)]
     for proc in procs:
         proc.start()
@@ -143,11 +152,12 @@ def packed(arch: str, k: int, seconds: float) -> float:
     return steps * p.batch_size * k / (time.perf_counter() - t0)
 
 
-def real_trial(arch: str, epochs: int) -> dict:
-    """One trial through run_trial on synthetic data of the gpu profile's split sizes."""
+def real_trial(arch: str, epochs: int, n_train: int) -> dict:
+    """One trial through run_trial on synthetic data: ``n_train`` training images (CIFAR-10's
+    45k by default), the profile's validation size."""
     p, options = protocol_for(arch)
     p = dataclasses.replace(p, epochs=epochs)
-    n_train, n_val, n_test = 45000, p.val_size, 10000
+    n_val, n_test = p.val_size, min(10000, n_train)
     make = lambda n: ImageSet(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8),
                               torch.randint(0, 10, (n,)))
     splits = Splits(make(n_train), make(n_val), make(n_test), 10)
@@ -179,36 +189,39 @@ def halving_epochs(p, budget: int = 50, baselines: int = 9) -> float:
 
 
 CONVENTIONAL = r'''
-import sys, time, torch, torchvision
+import json, sys, time, torch, torchvision
 from torchvision import transforms as T
 t0 = time.perf_counter()
 sys.path.insert(0, sys.argv[3])
 from initsearch.archs import build_model
-root, epochs = sys.argv[1], int(sys.argv[2])
+root, epochs, device, workers = sys.argv[1], int(sys.argv[2]), sys.argv[4], int(sys.argv[5])
+options = json.loads(sys.argv[6])
 tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                 T.Normalize((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))])
 data = torchvision.datasets.ImageFolder(root, tf)
-loader = torch.utils.data.DataLoader(data, batch_size=256, shuffle=True, num_workers=8,
-                                     pin_memory=True, drop_last=True, persistent_workers=True)
-model = build_model("resnet_ds", options={"depth": 20, "width": 16}).cuda()
+loader = torch.utils.data.DataLoader(data, batch_size=256, shuffle=True, num_workers=workers,
+                                     pin_memory=device == "cuda", drop_last=True,
+                                     persistent_workers=workers > 0)
+model = build_model("resnet_ds", options=options).to(device)
 opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
 t1 = time.perf_counter()
 for _ in range(epochs):
     for x, y in loader:
-        x, y = x.cuda(non_blocking=True), y.cuda(non_blocking=True)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         out = model(x)
         main, aux = out if isinstance(out, tuple) else (out, ())
         loss = torch.nn.functional.cross_entropy(main, y) + sum(
             0.3 * torch.nn.functional.cross_entropy(a, y) for a in aux)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-torch.cuda.synchronize()
+torch.cuda.synchronize() if device == "cuda" else None
 print(time.perf_counter() - t1, len(data) * epochs)
 '''
 
 
-def conventional(n_images: int, epochs: int) -> dict:
+def conventional(n_images: int, epochs: int, workers: int) -> dict:
     """A fresh process per trial (as a conventional search runs each trial), JPEG files decoded
-    by DataLoader workers, fp32; wall from process start to the end of training."""
+    by ``workers`` DataLoader workers, fp32, resnet_ds at the profile's size; wall from process
+    start to the end of training."""
     from PIL import Image
 
     root = Path(tempfile.mkdtemp(prefix="cifar-jpeg-"))
@@ -218,10 +231,14 @@ def conventional(n_images: int, epochs: int) -> dict:
         folder.mkdir(exist_ok=True)
         pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=gen).numpy()
         Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=95)
+    options = json.dumps(protocol_for("resnet_ds")[1])
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", CONVENTIONAL, str(root), str(epochs),
-                           str(Path(__file__).resolve().parents[1])],
-                          capture_output=True, text=True, check=True)
+    try:
+        done = subprocess.run([sys.executable, "-c", CONVENTIONAL, str(root), str(epochs),
+                               str(Path(__file__).resolve().parents[1]), DEVICE.type,
+                               str(workers), options], capture_output=True, text=True, check=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     wall = time.perf_counter() - t0
     train_s, images = done.stdout.split()
     return {"wall_s": wall, "train_s": float(train_s), "img_s": float(images) / float(train_s)}
@@ -234,7 +251,15 @@ def main() -> None:
     ap.add_argument("--compile", nargs="*", default=["resnet_ds", "vit"],
                     help="archs to also time with torch.compile (each costs a compilation)")
     ap.add_argument("--json", help="also write every figure to this file")
+    ap.add_argument("--profile", default="gpu", help="the protocol whose sizes are measured")
+    ap.add_argument("--concurrency", nargs="*", type=int, default=[1, 2, 4, 8])
+    ap.add_argument("--packed", nargs="*", type=int, default=[1, 4, 8])
+    ap.add_argument("--train-images", type=int, default=45000, help="the real trial's training set")
+    ap.add_argument("--conventional-images", type=int, default=10000)
+    ap.add_argument("--workers", type=int, default=8, help="the conventional DataLoader's workers")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     name = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; {os.cpu_count()} CPUs", flush=True)
     out: dict = {"device": name, "torch": torch.__version__}
@@ -255,39 +280,42 @@ def main() -> None:
     arch = "resnet_ds"
     print(f"\n{arch}, concurrent trial processes on the GPU (bf16 eager), total img/s:", flush=True)
     out["concurrent"] = {}
-    for k in (1, 2, 4, 8):
+    for k in args.concurrency:
         out["concurrent"][k] = concurrent(arch, "bf16", k, args.seconds)
         print(f"  K={k}: {out['concurrent'][k]:,.0f}", flush=True)
     print(f"\n{arch}, K models packed with torch.func.vmap (fp32), total img/s:", flush=True)
     out["packed"] = {}
-    for k in (1, 4, 8):
+    for k in args.packed:
         try:
             out["packed"][k] = packed(arch, k, args.seconds)
             print(f"  K={k}: {out['packed'][k]:,.0f}", flush=True)
         except Exception as exc:  # vmap may not cover every op: say so, keep going
             print(f"  K={k}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:150]})")
 
-    trial = real_trial(arch, epochs=2)
+    trial = real_trial(arch, epochs=2, n_train=args.train_images)
     trial.pop("p")
     p = protocol_for(arch)[0]  # the full protocol (the timed trial ran 2 of its epochs)
     search_epochs, confirm_epochs = halving_epochs(p), 6 * p.confirm_seeds * p.epochs
     k = max(1, round(1 / p.gpus_per_trial)) if p.gpus_per_trial else 1
-    speedup = out["concurrent"][k] / out["concurrent"][1] if k in out["concurrent"] else 1.0
+    speedup = (out["concurrent"][k] / out["concurrent"][1]
+               if {1, k} <= out["concurrent"].keys() else 1.0)
     per_epoch = trial["epoch_s"]
-    print(f"\none real trial (run_trial, precision {p.precision} and compile {p.compile} as the gpu "
-          f"profile sets them, 45k train images): "
+    print(f"\none real trial (run_trial, precision {p.precision} and compile {p.compile} as the "
+          f"{PROFILE} profile sets them, {args.train_images:,} train images): "
           f"{per_epoch:.1f} s/epoch incl. eval, {trial['img_s']:,.0f} train img/s", flush=True)
-    print(f"projected 50-trial {arch} search on the gpu profile: {search_epochs:.0f} trial-epochs "
+    print(f"projected 50-trial {arch} search on the {PROFILE} profile: {search_epochs:.0f} trial-epochs "
           f"x {per_epoch:.1f} s / {speedup:.2f} (K={k} concurrent, measured above at bf16) = "
           f"{search_epochs * per_epoch / speedup / 60:.0f} min; confirmation (6 recipes x "
           f"{p.confirm_seeds} seeds x {p.epochs} epochs = {confirm_epochs} trial-epochs): "
           f"{confirm_epochs * per_epoch / speedup / 60:.0f} min", flush=True)
     out["trial"] = trial
 
-    conv = conventional(10000, 3)
+    n = args.conventional_images
+    conv = conventional(n, 3, args.workers)
     ours = train_rate(arch, "fp32", args.seconds)["img_s"]
-    print(f"\nconventional pipeline (fresh process, ImageFolder JPEGs, DataLoader 8 workers, fp32): "
-          f"{conv['img_s']:,.0f} train img/s, {conv['wall_s']:.1f} s wall for 3 epochs of 10k images "
+    print(f"\nconventional pipeline (fresh process, ImageFolder JPEGs, DataLoader {args.workers} "
+          f"workers, fp32): {conv['img_s']:,.0f} train img/s, {conv['wall_s']:.1f} s wall for 3 "
+          f"epochs of {n:,} images "
           f"(training alone {conv['train_s']:.1f} s); the product's loop in the same run: "
           f"{ours:,.0f} img/s = {ours / conv['img_s']:.1f}x", flush=True)
     out["conventional"], out["ours_fp32"] = conv, ours
