@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--no-cache", action="store_true",
                      help="train every trial, even one whose result the store already has "
-                          "(same model, recipe, protocol, data and code)")
+                          "(same model, recipe, protocol, data and code), and do not replay an "
+                          "earlier study's draws")
     run.add_argument("--confirm-top", type=int, default=3, metavar="K",
                      help="best distinct candidates re-trained on fresh seeds (default 3)")
     run.add_argument("--confirm-seeds", type=int, metavar="S",

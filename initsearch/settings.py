@@ -43,7 +43,9 @@ class RunConfig:
             cluster (``None``: ``<home>/mlruns/ray``).
         cache: reuse the result of a trial already trained under the same model, recipe,
             protocol, data and code, from any study in the tracking store
-            (:mod:`initsearch.cache`); False (``--no-cache``) trains every trial.
+            (:mod:`initsearch.cache`), and ask first the cached draws of an earlier study with
+            the same settings (:meth:`~initsearch.engine.driver.StudyDriver.replay`); False
+            (``--no-cache``) trains every trial and replays nothing.
     """
 
     name: str | None = None

@@ -23,7 +23,9 @@ failure: the search queues its parameters again (once), a baseline is queued aga
 Before a trial starts, a driver with a :class:`~initsearch.cache.ResultCache` looks its result
 up (the same recipe trained before under the same model, protocol, data and code, in any
 study): the trial then replays those epochs instead of training them, and its run is marked
-``cached_from`` the run that trained it.
+``cached_from`` the run that trained it. A new study also replays the cached draws of an
+earlier study run with the same settings (:meth:`StudyDriver.replay`), so the same command asks
+the same candidates even though asynchronous TPE would not.
 
 Several drivers may share one study in a database storage (Optuna's way to scale out): the
 budget counts the study's trials, whoever runs them, and a driver only tells its own trials.
