@@ -247,23 +247,19 @@ def _content(protocol, space) -> dict:
 
 def _twin(store: StudyStorage, name: str, settings: dict, protocol, space) -> optuna.Study | None:
     """The newest other study run with the same settings (seed included), protocol and space:
-    its draws are this study's to replay from the cache (:meth:`StudyDriver.replay`)."""
-    content = _content(protocol, space)
+    its draws are this study's to replay from the cache (:meth:`StudyDriver.replay`). A study
+    that did not record its space content is nobody's twin."""
     for other in reversed(store.study_names()):
-        if other == name:
-            continue
-        study = store.peek(other)
-        attrs = study.user_attrs if study is not None else {}
-        if (all(attrs.get(k) == v for k, v in settings.items())
-                and attrs.get("protocol_sha256") == content["protocol_sha256"]
-                and attrs.get("space_sha256") == content["space_sha256"]):
+        study = store.peek(other) if other != name else None
+        if (study is not None and "space_sha256" in study.user_attrs
+                and not _differences(study.user_attrs, settings, protocol, space)):
             return study
     return None
 
 
-def _check_same_study(name: str, stored: dict, settings: dict, protocol, space) -> None:
-    """Refuse to resume a study with other settings, another protocol or another space: its
-    trials would not be comparable. One line says what differs."""
+def _differences(stored: dict, settings: dict, protocol, space) -> list[str]:
+    """How a study's recorded attributes differ from these settings, protocol and space, one
+    phrase each (empty: the same study set-up)."""
     differ = [f"{k} {stored.get(k)!r} (now {v!r})" for k, v in settings.items() if stored.get(k) != v]
     now = _content(protocol, space)
     for what, sha, body in (("protocol", "protocol_sha256", "protocol"),
@@ -272,6 +268,13 @@ def _check_same_study(name: str, stored: dict, settings: dict, protocol, space) 
             keys = sorted(k for k in {*stored.get(body, {}), *now[body]}
                           if stored.get(body, {}).get(k) != now[body].get(k))
             differ.append(f"another {what} content ({', '.join(keys) or 'sha256'} differ)")
+    return differ
+
+
+def _check_same_study(name: str, stored: dict, settings: dict, protocol, space) -> None:
+    """Refuse to resume a study with other settings, another protocol or another space: its
+    trials would not be comparable. One line says what differs."""
+    differ = _differences(stored, settings, protocol, space)
     if differ:
         raise UsageError(f"study {name!r} was run with {'; '.join(differ)}; resume it with the "
                          "same settings and files, or start a new --study")

@@ -236,7 +236,7 @@ class StudyDriver(Driver):
         baseline whose trial failed for an infrastructure reason runs again)."""
         trials = self.study.get_trials(deepcopy=False)
         seen = {t.user_attrs.get(Attr.BASELINE) for t in trials if not t.user_attrs.get(Attr.INFRA)}
-        room = self.remaining - sum(t.state == TrialState.WAITING for t in trials)
+        room = self._room()
         for name, recipe in self.space.baselines().items():
             if room <= 0:
                 break
@@ -246,7 +246,7 @@ class StudyDriver(Driver):
                 room -= 1
 
     def replay(self, earlier: optuna.Study) -> int:
-        """Queue the draws of ``earlier`` -- a finished study of the same settings, protocol,
+        """Queue the draws of ``earlier`` -- another study of the same settings, protocol,
         space and seed -- whose results the cache holds, in their order, as far as the budget
         has room; returns how many.
 
@@ -258,9 +258,7 @@ class StudyDriver(Driver):
         """
         if self.cache is None or not self.cache.reuse:
             return 0
-        trials = self.study.get_trials(deepcopy=False)
-        room = self.remaining - sum(t.state == TrialState.WAITING for t in trials)
-        queued = 0
+        room, queued = self._room(), 0
         protocol = self.protocol.to_dict()
         for t in earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             if queued >= room:
@@ -361,6 +359,11 @@ class StudyDriver(Driver):
         return TrialState.COMPLETE
 
     # -- helpers -------------------------------------------------------------------------------
+    def _room(self) -> int:
+        """Trials the budget still has room to queue: those to ask for less those waiting."""
+        waiting = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        return self.remaining - len(waiting)
+
     def _requeue(self, t: optuna.trial.FrozenTrial) -> None:
         """Queue a trial's params again, as the same baseline if it was one."""
         attrs = {Attr.REQUEUED: t.number}
