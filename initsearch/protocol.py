@@ -69,7 +69,7 @@ class Protocol:
     threads_per_trial: int = 1
     gpus_per_trial: float = 0.0                # fractions let several short trials share a GPU
     channels_last: bool = True
-    precision: str = "fp32"                    # fp32 | bf16 (autocast; fp32 master weights)
+    precision: str = "fp32"                    # fp32 | bf16 (autocast; fp32 master weights) | auto (bf16 where native)
     compile: bool = False                      # torch.compile the model for training and eval
     confirm_seeds: int = 3                     # fresh seeds per recipe in the confirmation (0: off)
     archs: dict = field(default_factory=dict)  # {arch: {options: {...}, <key>: value}}: per-arch sizes and overrides
@@ -269,7 +269,7 @@ class _Keys(StrictModel):
     threads_per_trial: int = Field(None, ge=1)
     gpus_per_trial: float = Field(None, ge=0)
     channels_last: bool = None
-    precision: Literal["fp32", "bf16"] = None
+    precision: Literal["fp32", "bf16", "auto"] = None
     compile: bool = None
     confirm_seeds: int = Field(None, ge=0)
 

@@ -43,6 +43,7 @@ from initsearch.space import available_spaces, load_space
 from initsearch.stats import chance_level
 from initsearch.storage import StudyStorage
 from initsearch.tracking import Tracker, check_tracking_uri, default_tracking_uri
+from initsearch.trial import resolve_device, resolve_precision
 
 
 def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None = None,
@@ -92,6 +93,9 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     if protocol.device == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"profile {protocol.name!r} trains on CUDA but no GPU is visible; "
                          "use --profile cpu")
+    # what will run is what is hashed and recorded: the cache and resume tell bf16 from fp32
+    protocol = dataclasses.replace(protocol, precision=resolve_precision(
+        protocol.precision, resolve_device(protocol.device)))
     if protocol.gpus_per_trial > 0 and not torch.cuda.is_available():
         raise UsageError(f"gpus_per_trial={protocol.gpus_per_trial} but no CUDA GPU is visible; "
                          "use --gpus-per-trial 0 or a machine with a GPU")

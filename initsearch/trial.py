@@ -11,8 +11,10 @@ trains only if asked for more.
 The splits go to the training device once per process, as uint8 (:func:`on_device`); each
 minibatch is standardized and augmented on the fly from crops and flips drawn for the whole
 epoch (no DataLoader, no host sync inside an epoch). With several seeds the replicas train in
-lockstep and the metrics are their means. On CUDA: cuDNN autotuning, bf16 autocast with fp32
-master weights (``precision: bf16``) and, optionally, ``torch.compile`` (``compile: true``).
+lockstep and the metrics are their means. bf16 autocast with fp32 master weights
+(``precision: bf16``, or ``auto``: where the device computes bf16 natively,
+:func:`resolve_precision`); on CUDA cuDNN autotuning; optionally ``torch.compile`` (``compile:
+true``).
 
 The optimizer is the protocol's (:func:`make_optimizer`: SGD with Nesterov momentum, or AdamW)
 over two parameter groups (:func:`param_groups`): weight decay on conv/linear weights, none on
@@ -23,6 +25,7 @@ follows ``lr_schedule`` (:func:`lr_factors`, a table written into the groups eac
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -99,6 +102,19 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The protocol's ``precision`` as it runs on ``device``: ``auto`` is ``bf16`` where the
+    device multiplies bf16 natively -- a CUDA GPU that supports it, or a CPU with AMX-BF16 tiles
+    (Intel Sapphire Rapids and later: there bf16 autocast trains the ``cpu`` profile's CNNs ~1.6x
+    faster than fp32) -- and ``fp32`` elsewhere (on an AVX2 CPU every bf16 op converts: ~8x
+    slower). ``fp32`` and ``bf16`` are kept as they are. Measurements: BENCHMARKS.md."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and torch.cpu.get_capabilities().get("amx_bf16") else "fp32"
 
 
 #: Roles whose units' parameters never decay (biases and 1-d parameters never decay either).
@@ -211,6 +227,7 @@ def _train(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module
     p = Protocol.from_dict(config.protocol)
     recipe = Recipe.from_dict(config.recipe)
     device = resolve_device(p.device)
+    p = dataclasses.replace(p, precision=resolve_precision(p.precision, device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once, then reuses the fastest
     fmt = torch.channels_last if p.channels_last else torch.contiguous_format
@@ -284,7 +301,7 @@ def _evaluate(model: nn.Module, data: ImageSet, p: Protocol, prepare: Callable) 
 
 def _autocast(device: torch.device, p: Protocol) -> torch.autocast:
     """bf16 autocast for ``precision: bf16`` (matmuls and convs in bf16, reductions and the
-    loss in fp32, as autocast's op lists say); a no-op for fp32."""
+    loss in fp32, as autocast's op lists say); a no-op for fp32 (``auto`` is resolved before)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.precision == "bf16")
 
 

@@ -118,3 +118,24 @@ def test_the_same_command_replays_the_earlier_draws(data_dir, home, tmp_path, mo
     assert other.stats["cached_trials"] == 0
     c_draws = [t.params for t in c.trials if "baseline" not in t.user_attrs]
     assert c_draws != [t.params for t in a.trials if "baseline" not in t.user_attrs]
+
+
+def test_a_study_records_the_precision_that_ran(data_dir, home, tmp_path):
+    """A search resolves ``precision: auto`` before it hashes and records its protocol: on a CPU
+    with AMX-BF16 it trains in bf16, and an fp32 study does not take its results from the cache;
+    elsewhere auto is fp32, with the hash an fp32 protocol always had, and the cache serves it."""
+    import torch
+
+    from initsearch.protocol import TRIALS_DIR
+
+    auto = tmp_path / "smoke-auto.yaml"
+    auto.write_text((TRIALS_DIR / "smoke.yaml").read_text() + "\nprecision: auto\n")
+    kw = dict(data_dir=data_dir, budget=1, confirm=ConfirmConfig(seeds=0))
+    search("mlp", profile=str(auto), run=RunConfig(name="auto", backend="local", home=home), **kw)
+    plain = search("mlp", profile="smoke", run=RunConfig(name="plain", backend="local", home=home), **kw)
+    studies = StudyStorage(None, home / "mlruns" / "optuna")
+    recorded, fp32 = (studies.peek(name).user_attrs for name in ("auto", "plain"))
+    amx = bool(torch.cpu.get_capabilities().get("amx_bf16"))
+    assert recorded["protocol"]["precision"] == ("bf16" if amx else "fp32")
+    assert (recorded["protocol_sha256"] == fp32["protocol_sha256"]) is not amx
+    assert plain.stats["cached_trials"] == (0 if amx else 1)

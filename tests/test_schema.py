@@ -27,6 +27,7 @@ BAD_PROTOCOLS = {
                             "must be a number >= 0, not '1.0e4' (YAML reads 1.0e4 as text: "
                             "write 1.0e+4)"),
     "number as boolean": ("flip: 1", "flip", "must be true or false, not 1"),
+    "fp16": ("precision: fp16", "precision", "must be fp32, bf16 or auto, not 'fp16'"),
     "unknown key": ("epoch: 3", "unknown key(s) ['epoch']", "allowed: description, device, "),
     "unknown optimizer key": ("optimizer: {lr: 0.1, gamma: 0.5}", "optimizer",
                               "takes only name, lr, momentum, nesterov, weight_decay for sgd, "

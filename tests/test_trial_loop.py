@@ -120,6 +120,25 @@ def test_bf16_autocast_computes_in_bf16_with_fp32_weights(smoke):
     assert math.isfinite(bf16[0]["train_loss"]) and bf16 != fp32  # a different, finite result
 
 
+def test_auto_precision_is_bf16_only_where_the_cpu_has_amx(smoke):
+    """``auto`` trains in bf16 on a CPU with AMX-BF16 tiles and in fp32 elsewhere (on AVX2
+    bf16 is ~8x slower); explicit values are kept. The trial's convolutions say which ran."""
+    p, options, splits = smoke
+    amx = bool(torch.cpu.get_capabilities().get("amx_bf16"))
+    cpu = torch.device("cpu")
+    assert trial.resolve_precision("auto", cpu) == ("bf16" if amx else "fp32")
+    assert [trial.resolve_precision(x, cpu) for x in ("fp32", "bf16")] == ["fp32", "bf16"]
+    dtypes = []
+    model = build_model("resnet_ds", options=options)
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    auto = _strip(run_trial(_config(p, epochs=1, precision="auto"), splits, lambda: model))
+    assert set(dtypes) == {torch.bfloat16 if amx else torch.float32}
+    same = "bf16" if amx else "fp32"  # bit for bit the explicit precision it resolved to
+    assert auto == _strip(run_trial(_config(p, epochs=1, precision=same), splits,
+                                    lambda: build_model("resnet_ds", options=options)))
+
+
 def test_cached_epochs_replay_then_training_resumes_exactly(smoke):
     p, options, splits = smoke
     model_fn = lambda: build_model("resnet_ds", options=options)
