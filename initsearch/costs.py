@@ -17,6 +17,7 @@ import torch
 
 from initsearch.archs import build_model
 from initsearch.data import cache_root, load_splits
+from initsearch.errors import UsageError
 from initsearch.protocol import default_profile, load_protocol
 from initsearch.recipe import Recipe, RoleInit, StepInit
 from initsearch.schemes import STEPS
@@ -30,7 +31,9 @@ def measure_costs(profile: str | None = None, data_dir: str | None = None, arch:
                   arch_options: dict | None = None, steps: tuple[StepInit, ...] = MEASURED,
                   seed: int = 0) -> dict:
     """Apply He + each step once to the profile's model on its real training split, with the
-    profile's threads and device; time one training epoch of plain He for reference."""
+    profile's threads and device; time one training epoch of plain He for reference. A step
+    that refuses the model (T-Fixup without attention, Fixup without branch scalars, ...) is
+    listed with its reason instead of a cost."""
     protocol, options = load_protocol(profile or default_profile()).for_arch(arch)
     protocol = dataclasses.replace(protocol, epochs=1, seeds=(seed,))
     options.update(arch_options or {})
@@ -44,12 +47,17 @@ def measure_costs(profile: str | None = None, data_dir: str | None = None, arch:
     for step in steps:
         recipe = Recipe(he, step.label, steps=(step,))
         config = TrialConfig(0, recipe.to_dict(), protocol.to_dict())
-        first = next(run_trial(config, splits, model_fn))  # applies the recipe, trains one epoch
+        try:
+            first = next(run_trial(config, splits, model_fn))  # applies the recipe, trains one epoch
+        except UsageError as exc:
+            rows.append({"step": step.label, "data": step.needs_data, "refused": str(exc)})
+            continue
         rows.append({"step": step.label, "data": step.needs_data,
                      "seconds": first["init_seconds"], "passes": first["init_passes"],
                      "epoch_seconds": first["train_seconds"]})
-    epoch = sorted(r["epoch_seconds"] for r in rows)[len(rows) // 2]  # median over the runs
-    for r in rows:
+    ran = [r for r in rows if "refused" not in r]
+    epoch = sorted(r["epoch_seconds"] for r in ran)[len(ran) // 2]  # median over the runs
+    for r in ran:
         r["epochs"] = r["seconds"] / epoch
     costs = {"profile": protocol.name, "arch": arch, "arch_options": options,
              "device": protocol.device, "threads": protocol.threads_per_trial,
@@ -78,8 +86,9 @@ def format_costs(costs: dict) -> str:
             f"one training epoch = {costs['epoch_seconds']:.2f} s")
     lines = [head, f"{'step':26s} {'kind':6s} {'seconds':>8s} {'passes':>7s} {'x epoch':>8s}"]
     for r in costs["rows"]:
-        lines.append(f"{r['step']:26s} {'data' if r['data'] else 'static':6s} {r['seconds']:8.2f} "
-                     f"{r['passes']:7d} {r['epochs']:8.3f}")
+        kind = f"{r['step']:26s} {'data' if r['data'] else 'static':6s}"
+        lines.append(f"{kind}  does not apply: {r['refused']}" if "refused" in r else
+                     f"{kind} {r['seconds']:8.2f} {r['passes']:7d} {r['epochs']:8.3f}")
     lines.append("passes = forward + backward passes over a batch (a double backward counts 2)")
     return "\n".join(lines)
 

@@ -86,8 +86,8 @@ def test_unit_variance_on_real_images_and_held_out(cifar_batch, norm):
         else:
             assert row["iterations"] == 10, (path, row)
     assert report["converged_all"]
-    # One full pass for the order, then 1 + iterations partial passes per layer.
-    assert report["forward_passes"] == 1 + sum(1 + r["iterations"] for r in rows.values())
+    # One full pass for the order, then one partial pass per layer (re-measures run the layer only).
+    assert report["forward_passes"] == 1 + len(rows)
 
     # It generalizes: on 128 images LSUV never saw, every layer's variance stays near 1.
     for path, var in _variances(model, held_out).items():
@@ -280,3 +280,18 @@ def test_step_registration_options_and_recipe(cifar_batch):
     assert report["batch_size"] == 32
     assert {r["role"] for r in report["layers"]} == {"conv", "branch_last"}
     assert report["converged_all"]
+
+
+def test_init_costs_list_steps_that_refuse_the_model(data_dir):
+    """`initsearch schemes --measure` times LSUV on the profile's model and real data (one
+    partial pass per layer after the order pass) and lists a transformer-only step with why it
+    does not apply, instead of stopping at it."""
+    from initsearch.costs import format_costs, measure_costs
+
+    costs = measure_costs("smoke", data_dir, steps=(StepInit("tfixup"), StepInit("lsuv")))
+    tfixup, lsuv = costs["rows"]
+    assert "attention" in tfixup["refused"] and "seconds" not in tfixup
+    n_layers = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+                   for m in build_model("resnet_ds", options=costs["arch_options"]).modules())
+    assert lsuv["passes"] == 1 + n_layers and lsuv["seconds"] > 0
+    assert "tfixup" in format_costs(costs) and "does not apply" in format_costs(costs)

@@ -54,17 +54,19 @@ Order. The order is recorded with forward hooks on one full forward pass -- not 
 registration order, which the reference PyTorch ports use and which differs from execution
 order whenever a model registers layers out of order.
 
-Cost. No backward passes. Forward passes: 1 full pass to record the order, then for each visited
-layer ``1 + iterations`` partial passes, each stopped (by an exception raised from a hook, caught
-here) right after that layer. Bias-free layers need one correction, so a bias-free network of
-``n`` layers costs about ``2n`` partial passes, i.e. about ``n`` full-forward equivalents on a
-network of evenly spread cost. ``forward_passes`` in the report counts full and partial passes
-alike.
+Cost. No backward passes. Forward passes: 1 full pass to record the order, then 1 partial pass
+per visited layer, stopped (by an exception raised from a hook, caught here) right after that
+layer, which keeps the inputs the layer saw. The layers before it do not change while its own
+weight is rescaled, so each re-measurement after a correction runs only the layer itself on
+those inputs -- the same numbers as forwarding the prefix again, at the cost of one layer. A
+network of ``n`` layers of evenly spread cost thus costs about ``n / 2`` full-forward
+equivalents plus one layer evaluation per correction. ``forward_passes`` in the report counts
+the full and partial passes.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -142,8 +144,11 @@ class _Probe:
                  bias: torch.Tensor | None = None, block: int | None = None) -> None:
         self.path, self.module, self.weight, self.bias, self.block = path, module, weight, bias, block
 
-    def output(self, args: tuple, kwargs: dict, out: Any) -> torch.Tensor:
+    def output(self, args: tuple, kwargs: dict, out: Any = None) -> torch.Tensor:
+        """The map's output, read from the module's output ``out`` -- or, with ``out`` None,
+        computed again from the module's inputs ``args`` and ``kwargs``."""
         if self.block is None:  # the module's own output (an attention returns a tuple)
+            out = self.module(*args, **kwargs) if out is None else out
             return out[0] if isinstance(out, tuple) else out
         name = ("query", "key", "value")[self.block]  # q/k/v from the attention's inputs
         source = args[self.block] if len(args) > self.block else kwargs[name]
@@ -184,12 +189,13 @@ def _execution_order(model: nn.Module, x: torch.Tensor, probes: Mapping[str, _Pr
     return order
 
 
-def _output_variance(model: nn.Module, x: torch.Tensor, probe: _Probe) -> float:
-    """Variance over all elements of the probed output, forwarding only as far as it."""
-    seen: list[float] = []
+def _layer_variance(model: nn.Module, x: torch.Tensor, probe: _Probe) -> tuple[float, Callable[[], float]]:
+    """The variance over all elements of the probed output, forwarding only as far as it, and
+    a function that measures it again from the inputs the layer saw (only the layer runs)."""
+    seen: list[tuple] = []
 
     def hook(module, args, kwargs, output):
-        seen.append(torch.var(probe.output(args, kwargs, output).detach().double(), correction=0).item())
+        seen.append((args, kwargs, probe.output(args, kwargs, output)))
         raise _Stop
 
     handle = probe.module.register_forward_hook(hook, with_kwargs=True)
@@ -199,7 +205,9 @@ def _output_variance(model: nn.Module, x: torch.Tensor, probe: _Probe) -> float:
         pass
     finally:
         handle.remove()
-    return seen[0]
+    args, kwargs, out = seen[0]
+    variance = lambda y: torch.var(y.detach().double(), correction=0).item()
+    return variance(out), lambda: variance(probe.output(args, kwargs))
 
 
 def _unit_variance_(model: nn.Module, x: torch.Tensor, key: str, probe: _Probe, role: str,
@@ -207,17 +215,16 @@ def _unit_variance_(model: nn.Module, x: torch.Tensor, key: str, probe: _Probe, 
     """LSUV's inner loop on one linear map; returns its report row and the forward passes used."""
     if not probe.weight.any():
         return _row(key, role, skipped="zero weight"), 0
-    var = first = _output_variance(model, x, probe)
-    passes, iterations = 1, 0
+    var, again = _layer_variance(model, x, probe)
+    first, iterations = var, 0
     while abs(var - 1) >= tol and iterations < max_iter:
         if not (math.isfinite(var) and var > 0):  # nothing to divide by: report, leave alone
             return _row(key, role, first, var, iterations, False,
-                        skipped=f"output variance {var} cannot be rescaled to 1"), passes
+                        skipped=f"output variance {var} cannot be rescaled to 1"), 1
         probe.weight.div_(math.sqrt(var))
         iterations += 1
-        var = _output_variance(model, x, probe)
-        passes += 1
-    return _row(key, role, first, var, iterations, abs(var - 1) < tol), passes
+        var = again()
+    return _row(key, role, first, var, iterations, abs(var - 1) < tol), 1
 
 
 def _row(path: str, role: str, initial: float | None = None, variance: float | None = None,
