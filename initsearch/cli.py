@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("study", nargs="?", help="the study (default: the newest under --home)")
     report.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
     report.add_argument("--out", metavar="DIR", help="folder for the plots (default report-<study>/)")
+    report.add_argument("--storage", metavar="URL",
+                        help="the Optuna storage the study is in, as given to run (default: the "
+                             "journals under --home)")
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 on the project's store")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
@@ -138,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from initsearch.report import report
 
-    text, folder, files = report(args.study, args.home, args.out)
+    text, folder, files = report(args.study, args.home, args.out, args.storage)
     print(text)
     print(f"\nplots in {folder}/: {', '.join(files) or 'none yet (too few completed trials)'}")
     return 0

@@ -104,30 +104,34 @@ def close_figures(figures: Iterable[Any]) -> None:
         plt.close(fig)
 
 
-def report(study_name: str | None, home: str | os.PathLike | None, out: str | os.PathLike | None
-           ) -> tuple[str, Path, list[str]]:
-    """Read a study (the newest under ``home`` when ``study_name`` is None) and write its plots
-    to ``out`` (default ``report-<study>/``). Returns the text to print, the folder and the
-    files written.
+def report(study_name: str | None, home: str | os.PathLike | None, out: str | os.PathLike | None,
+           storage: str | None = None) -> tuple[str, Path, list[str]]:
+    """Read a study (the newest in its storage when ``study_name`` is None) and write its plots
+    to ``out`` (default ``report-<study>/``). ``storage``: where the study is, as for ``search``
+    (``RunConfig.storage``: a journal file or folder, or a database URL); None: the journals
+    under ``home``. The study is only read (no lock: a driver may still be running it). Returns
+    the text to print, the folder and the files written.
 
     Raises:
-        UsageError: no such study, or it has no completed trial yet.
+        UsageError: no such study, it cannot be read as it is, or it has no completed trial yet.
     """
+    from initsearch.storage import StudyStorage
     from initsearch.study import resolve_home
 
-    journals = resolve_home(home) / "mlruns" / "optuna"
+    store = StudyStorage(storage, resolve_home(home) / "mlruns" / "optuna")
+    names = store.study_names()
     if study_name is None:
-        found = sorted(journals.glob("*.journal"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise UsageError(f"no study under {journals}; run a search first or pass --home")
-        study_name = found[-1].stem
-    journal = journals / f"{study_name}.journal"
-    if not journal.exists():
-        known = ", ".join(sorted(p.stem for p in journals.glob("*.journal"))) or "none"
-        raise UsageError(f"no study {study_name!r} in {journals} (studies: {known}); "
-                         "check the name or pass --home")
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-    study = optuna.load_study(study_name=study_name, storage=storage)
+        if not names:
+            raise UsageError(f"no study under {store.display}; run a search first or pass "
+                             "--home or --storage")
+        study_name = names[-1]
+    elif study_name not in names:
+        raise UsageError(f"no study {study_name!r} in {store.display} (studies: "
+                         f"{', '.join(names) or 'none'}); check the name or pass --home or --storage")
+    study = store.peek(study_name)
+    if study is None:
+        raise UsageError(f"study {study_name!r} in {store.display} cannot be read as it is; "
+                         f"`initsearch run --study {study_name} --resume` repairs a damaged journal")
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise UsageError(f"study {study_name!r} has no completed trial yet; resume it "
                          f"(initsearch run --study {study_name} --resume) and report again")

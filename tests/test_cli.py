@@ -114,6 +114,27 @@ def test_unreadable_data(tmp_path, capsys, home, monkeypatch):
     assert not (home / "mlruns").exists()
 
 
+def test_report_reads_a_study_in_a_database(capsys, home, data_dir, tmp_path):
+    """``report --storage URL`` reads a study run with ``--storage URL`` (here an SQLite
+    database; PostgreSQL is the same path): the newest by default, or by name."""
+    from initsearch.settings import ConfirmConfig, RunConfig
+    from initsearch.study import search
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    search("mlp", data_dir=data_dir, budget=1, profile="smoke", confirm=ConfirmConfig(seeds=0),
+           run=RunConfig(name="in-db", backend="local", home=home, storage=url))
+    capsys.readouterr()
+    for study in ([], ["in-db"]):
+        assert main(["report", *study, "--storage", url, "--home", str(home),
+                     "--out", str(tmp_path / "rep")]) == 0
+        assert "pytorch_default" in capsys.readouterr().out
+    assert main(["report", "nope", "--storage", url, "--home", str(home)]) == 2
+    err = capsys.readouterr().err
+    assert "no study 'nope' in sqlite:///" in err and "(studies: in-db)" in err
+    assert main(["report", "--home", str(home)]) == 2  # not in the journals under --home
+    assert "no study under" in capsys.readouterr().err
+
+
 def test_report_bad_input(capsys, home):
     """``report`` on a study that does not exist, or that has no completed trial: one line,
     exit 2, nothing written."""
