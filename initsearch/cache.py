@@ -135,7 +135,7 @@ def _epochs(client, run) -> list[dict[str, float]]:
     n = int(run.data.tags.get("epochs", 0))
     rows: dict[int, dict[str, float]] = {e: {"epoch": e} for e in range(1, n + 1)}
     for name in METRICS:
-        if name == "epoch":
+        if name in ("epoch", "retrain_seconds"):  # a replay spends no seconds: not needed
             continue
         for m in client.get_metric_history(run.info.run_id, name):
             if m.step in rows:

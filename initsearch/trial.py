@@ -6,7 +6,8 @@ backend in-process). The trial is a generator: after each epoch it yields
 and ``init_passes`` -- the init's cost -- after the first, ``test_acc`` after the last epoch) and
 the caller decides whether to go on -- that is where pruning happens. A trial whose result the
 store already has (:mod:`initsearch.cache`) replays those epochs first, marked ``cached``, and
-trains only if asked for more.
+trains only if asked for more: from scratch, the seconds of the epochs it trained again reported
+as ``retrain_seconds`` with the first new epoch.
 
 The splits go to the training device once per process, as uint8 (:func:`on_device`); each
 minibatch is standardized and augmented on the fly from crops and flips drawn for the whole
@@ -46,7 +47,9 @@ from initsearch.schemes import InitData
 
 #: The keys a trial yields each epoch (``test_acc`` only after the last one).
 METRICS = ("epoch", "train_loss", "val_loss", "val_acc", "test_acc", "train_seconds", "eval_seconds",
-           "init_seconds", "init_passes")
+           "init_seconds", "init_passes", "retrain_seconds")
+#: The metrics that are seconds of compute (a trial's cost is their sum over its epochs).
+SECONDS = ("init_seconds", "train_seconds", "eval_seconds", "retrain_seconds")
 
 
 @dataclass(frozen=True)
@@ -199,13 +202,19 @@ def run_trial(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Mod
     ``roles``: the model's roles under the recipe's overrides, if already discovered (a search
     discovers them once and hands them to every trial). Epochs in ``config.cached`` are
     yielded first (with ``cached: True``); training starts only if the caller asks for more,
-    and then from scratch, yielding only the epochs after them."""
+    and then from scratch, yielding only the epochs after them (the first of them with
+    ``retrain_seconds``: what training the cached epochs again cost)."""
     for metrics in config.cached:
         yield {**metrics, "cached": True}
     if len(config.cached) < config.protocol["epochs"]:
+        redone = 0.0  # the cached epochs, trained again (there is no checkpoint to go on from)
         for metrics in _train(config, splits, model_fn, roles):
-            if metrics["epoch"] > len(config.cached):
-                yield metrics
+            if metrics["epoch"] <= len(config.cached):
+                redone += sum(metrics.get(k, 0.0) for k in SECONDS)
+                continue
+            if redone:  # spent now, so it counts: once, with the first new epoch
+                metrics["retrain_seconds"], redone = redone, 0.0
+            yield metrics
 
 
 def on_device(splits: Splits, device: torch.device) -> tuple[ImageSet, ImageSet, ImageSet]:

@@ -21,7 +21,7 @@ from initsearch.recipe import BASELINES
 from initsearch.trial import TrialConfig, lr_factor, lr_factors, make_optimizer, run_trial
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TIMES = ("train_seconds", "eval_seconds", "init_seconds")
+TIMES = trial.SECONDS
 
 
 def _strip(metrics: list[dict]) -> list[dict]:
@@ -148,6 +148,9 @@ def test_cached_epochs_replay_then_training_resumes_exactly(smoke):
     resumed = list(run_trial(config, splits, model_fn))
     assert [m.get("cached", False) for m in resumed] == [True, False, False]
     assert _strip(resumed[1:]) == _strip(fresh[1:])  # the same epochs 2 and 3, bit for bit
+    # epoch 1 was trained again (no checkpoint): its cost is counted once, with epoch 2
+    assert resumed[1]["retrain_seconds"] > 0 and "init_seconds" not in resumed[1]
+    assert "retrain_seconds" not in resumed[2] and "retrain_seconds" not in fresh[1]
 
     def never():
         raise AssertionError("a fully cached trial must not build its model")

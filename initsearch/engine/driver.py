@@ -48,7 +48,7 @@ from initsearch.engine.progress import Progress
 from initsearch.protocol import Protocol
 from initsearch.space import Space
 from initsearch.tracking import Tracker
-from initsearch.trial import METRICS, TrialConfig, diverged
+from initsearch.trial import METRICS, SECONDS, TrialConfig, diverged
 
 
 # Optuna warns on every ask that heartbeats are meant for Study.optimize; _Heartbeat beats for us.
@@ -167,8 +167,7 @@ class Driver(abc.ABC):
         live.last = dict(metrics)
         live.curve.append(float(metrics["val_acc"]))
         if not cached:  # a replayed epoch's seconds were spent by the run that trained it
-            self.compute_seconds += sum(float(metrics.get(k, 0.0))
-                                        for k in ("init_seconds", "train_seconds", "eval_seconds"))
+            self.compute_seconds += sum(float(metrics.get(k, 0.0)) for k in SECONDS)
         self.tracker.log_epoch(live.run_id, metrics, epoch)
         live.diverged = diverged(metrics)
         return bool(live.diverged) or self._observe(live, epoch, float(metrics["val_acc"]))
