@@ -249,7 +249,8 @@ class SearchResult:
             the first trial (validation, data, store, study); ``compute_seconds`` inside init,
             training and evaluation, summed over trials; ``bookkeeping_seconds`` in the
             drivers' Optuna and MLflow calls; ``confirm_seconds`` (wall time of the
-            confirmation); ``slots`` (trials at once); ``outside_compute_share``; trial counts.
+            confirmation); ``slots`` (trials at once); ``outside_compute_share``; trial counts;
+            ``cached_trials`` and ``replayed_draws`` (:mod:`initsearch.cache`).
     """
 
     best: Recipe | None

@@ -217,6 +217,7 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
         bar.close()
         table = build_table(study_obj)
         evidence = {"study": study_name, **settings, "protocol_sha256": protocol.content_hash(),
+                    "precision": protocol.precision,
                     "search": {s.lower(): sum(r["state"] == s for r in table)
                                for s in ("COMPLETE", "PRUNED", "FAIL")}}
         best = recommended_recipe(verdict, evidence) if verdict else None

@@ -131,11 +131,12 @@ def test_a_study_records_the_precision_that_ran(data_dir, home, tmp_path):
     auto = tmp_path / "smoke-auto.yaml"
     auto.write_text((TRIALS_DIR / "smoke.yaml").read_text() + "\nprecision: auto\n")
     kw = dict(data_dir=data_dir, budget=1, confirm=ConfirmConfig(seeds=0))
-    search("mlp", profile=str(auto), run=RunConfig(name="auto", backend="local", home=home), **kw)
+    first = search("mlp", profile=str(auto), run=RunConfig(name="auto", backend="local", home=home), **kw)
     plain = search("mlp", profile="smoke", run=RunConfig(name="plain", backend="local", home=home), **kw)
     studies = StudyStorage(None, home / "mlruns" / "optuna")
     recorded, fp32 = (studies.peek(name).user_attrs for name in ("auto", "plain"))
     amx = bool(torch.cpu.get_capabilities().get("amx_bf16"))
     assert recorded["protocol"]["precision"] == ("bf16" if amx else "fp32")
+    assert first.best.evidence["precision"] == recorded["protocol"]["precision"]  # the recipe file says it
     assert (recorded["protocol_sha256"] == fp32["protocol_sha256"]) is not amx
     assert plain.stats["cached_trials"] == (0 if amx else 1)
