@@ -94,6 +94,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         raise UsageError(f"profile {protocol.name!r} trains on CUDA but no GPU is visible; "
                          "use --profile cpu")
     # what will run is what is hashed and recorded: the cache and resume tell bf16 from fp32
+    auto = protocol.precision == "auto"
     protocol = dataclasses.replace(protocol, precision=resolve_precision(
         protocol.precision, resolve_device(protocol.device)))
     if protocol.gpus_per_trial > 0 and not torch.cuda.is_available():
@@ -129,6 +130,9 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     try:
         if run.resume:  # a study must not mix protocols or spaces
             stored = optuna.load_study(study_name=study_name, storage=storage).user_attrs
+            if auto:  # a study goes on in the precision it began in, wherever it is resumed
+                protocol = dataclasses.replace(protocol, precision=stored.get(
+                    "protocol", {}).get("precision", protocol.precision))
             _check_same_study(study_name, stored, settings, protocol, space_obj)
         twin = None if run.resume or not run.cache else _twin(store, study_name, settings,
                                                                protocol, space_obj)

@@ -140,3 +140,13 @@ def test_a_study_records_the_precision_that_ran(data_dir, home, tmp_path):
     assert first.best.evidence["precision"] == recorded["protocol"]["precision"]  # the recipe file says it
     assert (recorded["protocol_sha256"] == fp32["protocol_sha256"]) is not amx
     assert plain.stats["cached_trials"] == (0 if amx else 1)
+
+    # resumed with precision auto, an fp32 study goes on in fp32 (not refused as "another
+    # protocol" on an AMX machine, where auto means bf16 for a new study)
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "smoke.yaml").write_text(auto.read_text())
+    search("mlp", profile=str(tmp_path / "again" / "smoke.yaml"), data_dir=data_dir, budget=2,
+           confirm=ConfirmConfig(seeds=0),
+           run=RunConfig(name="plain", backend="local", home=home, resume=True))
+    resumed = studies.peek("plain")
+    assert len(resumed.trials) == 2 and resumed.user_attrs["protocol"]["precision"] == "fp32"
