@@ -56,6 +56,9 @@ def measure_costs(profile: str | None = None, data_dir: str | None = None, arch:
                      "seconds": first["init_seconds"], "passes": first["init_passes"],
                      "epoch_seconds": first["train_seconds"]})
     ran = [r for r in rows if "refused" not in r]
+    if not ran:
+        raise UsageError(f"no step of {', '.join(s.label for s in steps)} applies to {arch}; "
+                         "pass an arch they apply to")
     epoch = sorted(r["epoch_seconds"] for r in ran)[len(ran) // 2]  # median over the runs
     for r in ran:
         r["epochs"] = r["seconds"] / epoch

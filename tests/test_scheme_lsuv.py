@@ -295,3 +295,5 @@ def test_init_costs_list_steps_that_refuse_the_model(data_dir):
                    for m in build_model("resnet_ds", options=costs["arch_options"]).modules())
     assert lsuv["passes"] == 1 + n_layers and lsuv["seconds"] > 0
     assert "tfixup" in format_costs(costs) and "does not apply" in format_costs(costs)
+    with pytest.raises(UsageError, match="no step of tfixup applies to resnet_ds"):
+        measure_costs("smoke", data_dir, steps=(StepInit("tfixup"),))
