@@ -1,15 +1,23 @@
-"""Statistics of a confirmation: seed means with confidence intervals, paired differences, Holm.
+"""Statistics of a confirmation: seed means with confidence intervals, paired differences, Holm,
+equivalence.
 
 Every recipe of a confirmation is trained on the same fresh seeds, and seed ``s`` fixes the data
 order, the augmentation and the init RNG for every recipe (common random numbers). The
 difference between two recipes is therefore measured seed by seed: ``d_s = a_s - b_s``, its mean
-with a Student-t 95 % interval over the ``S`` seeds and a two-sided paired t-test
-(:func:`scipy.stats.ttest_rel`). When several candidates are tested against one reference, the
-p-values are Holm-corrected (step-down Bonferroni: controls the family-wise error at ``alpha``
-without assuming independence).
+with a Student-t interval over the ``S`` seeds and a two-sided paired t-test
+(:func:`scipy.stats.ttest_rel`). When several recipes are tested in one look, the p-values are
+Holm-corrected (step-down Bonferroni: controls the family-wise error at the look's level without
+assuming independence).
 
-With ``S`` seeds the interval has ``S - 1`` degrees of freedom: with 3 seeds ``t = 4.30``, so a
-difference must be large relative to its seed-to-seed spread before it is called one.
+Rules that keep a small sample from misleading:
+
+* no test below :data:`MIN_SEEDS` paired seeds (:func:`paired` refuses): with two seeds the
+  t-interval has one degree of freedom and a lucky pair reads as an effect;
+* a difference with no spread (the same ``d`` on every seed) gets the exact sign-flip
+  permutation p-value, ``2 / 2**S`` (0.25 with three seeds), never ``p = 0``;
+* "better" and "worse" carry the sign (:meth:`Paired.better`, :meth:`Paired.worse`);
+* equivalence within ``±delta`` is two one-sided tests (TOST): the ``1 - 2 alpha`` interval of
+  the difference lies inside ``(-delta, +delta)`` (:meth:`Paired.equivalent`).
 """
 from __future__ import annotations
 
@@ -18,19 +26,25 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
+from scipy import special as _special
 from scipy import stats as _scipy
 
-ALPHA = 0.05  #: significance level of every verdict (95 % intervals)
+ALPHA = 0.05   #: significance level of every verdict (95 % intervals)
+MIN_SEEDS = 3  #: the fewest paired seeds a test is run on
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean over seeds with its 95 % confidence interval (``lo == hi == mean`` for one seed)."""
+    """A mean over seeds with its ``1 - alpha`` confidence interval (a point for one seed)."""
 
     mean: float
     lo: float
     hi: float
     n: int
+
+    @property
+    def half_width(self) -> float:
+        return (self.hi - self.lo) / 2
 
     def to_dict(self) -> dict[str, float]:
         return {"mean": self.mean, "ci95": [self.lo, self.hi], "n": self.n}
@@ -42,17 +56,42 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Paired:
-    """``a - b`` seed by seed: the mean difference, its 95 % CI, the paired t-test's p-value and
-    (when part of a family) the Holm-adjusted p-value."""
+    """``a - b`` seed by seed: the mean difference, its 95 % CI, the two-sided p-value (paired
+    t-test, or the exact permutation test when every seed's difference is the same) and the
+    Holm-adjusted p-value within its family (``p`` until :func:`holm` adjusts it). ``sd``: the
+    seed-to-seed standard deviation of the difference."""
 
     diff: Estimate
     p: float
     p_holm: float
+    sd: float = 0.0
+
+    def better(self, alpha: float = ALPHA) -> bool:
+        """``a`` beats ``b``: the difference is positive and its Holm-adjusted p < ``alpha``."""
+        return self.diff.mean > 0 and self.p_holm < alpha
+
+    def worse(self, alpha: float = ALPHA) -> bool:
+        """``a`` loses to ``b``: the difference is negative and its Holm-adjusted p < ``alpha``."""
+        return self.diff.mean < 0 and self.p_holm < alpha
 
     @property
     def significant(self) -> bool:
-        """The difference is positive and survives the family's correction at :data:`ALPHA`."""
-        return self.diff.mean > 0 and self.p_holm < ALPHA
+        """:meth:`better` at :data:`ALPHA` (the sign included: a significant loss is not)."""
+        return self.better()
+
+    def equivalent(self, delta: float, alpha: float = ALPHA) -> bool:
+        """TOST: both one-sided tests reject at ``alpha`` -- the ``1 - 2 alpha`` interval of the
+        difference lies strictly inside ``(-delta, +delta)``."""
+        n = self.diff.n
+        half = _t_quantile(1 - alpha, n - 1) * self.sd / math.sqrt(n)
+        return -delta < self.diff.mean - half and self.diff.mean + half < delta
+
+    def seeds_to_resolve(self, delta: float, alpha: float = ALPHA, power: float = 0.8) -> int:
+        """Paired seeds at which a difference of ``delta`` would be found with ``power`` (or
+        equivalence within ``delta`` shown) given this comparison's spread: the normal
+        approximation ``((z_(1-alpha/2) + z_power) sd / delta)^2``, at least :data:`MIN_SEEDS`."""
+        z = _scipy.norm.ppf(1 - alpha / 2) + _scipy.norm.ppf(power)
+        return max(MIN_SEEDS, math.ceil((z * self.sd / delta) ** 2))
 
     def to_dict(self) -> dict[str, object]:
         return {"diff": self.diff.to_dict(), "p": self.p, "p_holm": self.p_holm}
@@ -65,27 +104,43 @@ class Paired:
                 f"p={self.p_holm:.2g})")
 
 
-def estimate(values: Sequence[float]) -> Estimate:
-    """Mean and Student-t 95 % interval of ``values`` (one seed: no spread, a point)."""
+def estimate(values: Sequence[float], alpha: float = ALPHA) -> Estimate:
+    """Mean and Student-t ``1 - alpha`` interval of ``values`` (one seed: no spread, a point)."""
     n = len(values)
     mean = statistics.fmean(values)
     if n < 2:
         return Estimate(mean, mean, mean, n)
-    half = float(_scipy.t.ppf(1 - ALPHA / 2, n - 1)) * statistics.stdev(values) / math.sqrt(n)
+    half = _t_quantile(1 - alpha / 2, n - 1) * _sd(values, mean) / math.sqrt(n)
     return Estimate(mean, mean - half, mean + half, n)
 
 
+def _sd(values: Sequence[float], mean: float) -> float:
+    """Sample standard deviation in floats (``statistics.stdev`` is exact but 20x slower)."""
+    return math.sqrt(max(0.0, sum((v - mean) ** 2 for v in values) / (len(values) - 1)))
+
+
+def _t_quantile(q: float, df: int) -> float:
+    """Student-t quantile (scipy's special function: the race calls it thousands of times)."""
+    return float(_special.stdtrit(df, q))
+
+
 def paired(a: Sequence[float], b: Sequence[float]) -> Paired:
-    """``a - b`` over the same seeds; ``p_holm`` equals ``p`` until :func:`holm` adjusts it."""
-    if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f"a paired comparison needs the same >= 2 seeds on both sides "
+    """``a - b`` over the same seeds (at least :data:`MIN_SEEDS`).
+
+    Raises:
+        ValueError: the sides differ in length or have fewer than :data:`MIN_SEEDS` seeds.
+    """
+    if len(a) != len(b) or len(a) < MIN_SEEDS:
+        raise ValueError(f"a paired comparison needs the same >= {MIN_SEEDS} seeds on both sides "
                          f"(got {len(a)} and {len(b)})")
     d = [x - y for x, y in zip(a, b)]
-    if max(d) == min(d):  # no spread: the t statistic is undefined, the sign is certain
-        p = 1.0 if d[0] == 0 else 0.0
-    else:
-        p = float(_scipy.ttest_rel(a, b).pvalue)
-    return Paired(estimate(d), p, p)
+    n, mean = len(d), statistics.fmean(d)
+    sd = _sd(d, mean)
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # no spread: t is undefined; the sign-flip test is exact
+        sd, p = 0.0, 1.0 if mean == 0 else min(1.0, 2 / 2 ** n)
+    else:  # the paired t-test (scipy.stats.ttest_rel's statistic and two-sided p)
+        p = float(2 * _special.stdtr(n - 1, -abs(mean) / (sd / math.sqrt(n))))
+    return Paired(estimate(d), p, p, sd)
 
 
 def holm(comparisons: Sequence[Paired]) -> list[Paired]:
@@ -99,7 +154,7 @@ def holm(comparisons: Sequence[Paired]) -> list[Paired]:
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (m - rank) * comparisons[i].p))
         adjusted[i] = running
-    return [Paired(c.diff, c.p, adj) for c, adj in zip(comparisons, adjusted)]
+    return [Paired(c.diff, c.p, adj, c.sd) for c, adj in zip(comparisons, adjusted)]
 
 
 def chance_level(num_classes: int, n_val: int) -> float:

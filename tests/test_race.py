@@ -1,0 +1,140 @@
+"""The racing confirmation and its statistics on generated score streams (no training): a known
+winner, a known equivalence, known noise, failures and dead seeds, and the repeated-look error
+rate; the statistics' edge cases (sign, no spread, too few seeds)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from initsearch.race import RaceRules, race
+from initsearch.stats import Paired, estimate, paired
+
+SEEDS = list(range(100, 112))
+RULES = RaceRules(min_seeds=3, max_seeds=10, min_effect=0.01, chance=0.112)
+
+
+def stream(means: dict[str, float], noise: float, seed: int = 0, shared: float = 0.02) -> dict:
+    """``{name: {seed: accuracy}}`` for every seed: a shared per-seed effect plus own noise."""
+    rng = np.random.default_rng(seed)
+    common = rng.normal(0, shared, len(SEEDS))
+    return {m: {s: float(mu + c + rng.normal(0, noise)) for s, c in zip(SEEDS, common)}
+            for m, mu in means.items()}
+
+
+def test_paired_statistics_agree_with_scipy_and_keep_the_sign():
+    a, b = [0.52, 0.55, 0.50, 0.58], [0.50, 0.51, 0.49, 0.53]
+    d = paired(a, b)
+    assert math.isclose(d.p, scipy_stats.ttest_rel(a, b).pvalue, rel_tol=1e-9)
+    half = scipy_stats.t.ppf(0.975, 3) * scipy_stats.tstd([x - y for x, y in zip(a, b)]) / 2
+    assert math.isclose(d.diff.hi - d.diff.mean, half, rel_tol=1e-9)
+    assert d.better() and d.significant and not d.worse()
+    flipped = paired(b, a)  # the same evidence, the other way round: a significant loss
+    assert math.isclose(flipped.p, d.p) and flipped.worse() and not flipped.better()
+    assert not flipped.significant
+
+
+def test_no_spread_is_never_p_zero_and_few_seeds_are_refused():
+    same = paired([0.52, 0.55, 0.50], [0.50, 0.53, 0.48])  # +2 pp on every seed
+    assert same.p == pytest.approx(0.25) and not same.better()  # the exact sign-flip p
+    assert paired([0.5] * 7, [0.4] * 7).p == pytest.approx(2 / 2 ** 7)
+    assert paired([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]).p == 1.0
+    with pytest.raises(ValueError):
+        paired([0.5, 0.6], [0.4, 0.5])  # two seeds: no test
+
+
+def test_equivalence_is_two_one_sided_tests():
+    tight = paired([0.500, 0.510, 0.505, 0.502], [0.501, 0.509, 0.506, 0.500])
+    assert tight.equivalent(0.01)
+    assert not tight.equivalent(0.0005)  # its 90 % interval is wider than that
+    shifted = paired([0.520, 0.531, 0.524, 0.523], [0.50, 0.51, 0.505, 0.502])  # +2 pp, tight
+    assert not shifted.equivalent(0.01) and shifted.better()
+
+
+def test_a_known_winner_drops_everyone_else():
+    means = {"default": 0.40, "he": 0.45, "lsuv": 0.45, "best": 0.55}
+    out = race(list(means), "default", stream(means, 0.005), SEEDS, RULES)
+    assert out.stop == "winner" and out.survivors == ("best",) and out.leader == "best"
+    assert set(out.dropped) == {"default", "he", "lsuv"}
+    assert all(why.startswith("worse than best") for _, why in out.dropped.values())
+
+
+def test_beating_the_default_is_not_enough_to_win():
+    """A candidate far above the default but level with a baseline is no winner: the race goes on
+    to its budget with both alive (the verdict's 'beats the best baseline' condition)."""
+    means = {"default": 0.30, "baseline": 0.50, "candidate": 0.50}
+    out = race(list(means), "default", stream(means, 0.01), SEEDS, RULES)
+    assert "default" in out.dropped
+    assert out.stop == "budget" and set(out.survivors) == {"baseline", "candidate"}
+    assert out.seeds == RULES.max_seeds
+
+
+def test_a_known_equivalence_stops_early():
+    means = {"default": 0.50, "a": 0.50, "b": 0.50}
+    out = race(list(means), "default", stream(means, 0.0005, shared=0.02), SEEDS, RULES)
+    assert out.stop == "equivalent" and out.seeds == 3 and set(out.survivors) == set(means)
+
+
+def test_known_noise_runs_to_the_budget_and_asks_seed_by_seed():
+    means = {"default": 0.45, "a": 0.45, "b": 0.45}
+    full = stream(means, 0.03)
+    partial = {m: {s: v for s, v in scores.items() if s in SEEDS[:4]} for m, scores in full.items()}
+    partial["b"].pop(SEEDS[3])
+    out = race(list(means), "default", partial, SEEDS, RULES)
+    if out.stop == "running":  # the 4th seed of every survivor, b's still missing
+        assert out.wanted == (("b", SEEDS[3]),) or ("b", SEEDS[3]) in out.wanted
+    done = race(list(means), "default", full, SEEDS, RULES)
+    assert done.stop in ("budget", "equivalent")
+    replayed = race(list(means), "default", full, SEEDS, RULES)  # a pure function of the records
+    assert replayed == done
+
+
+def test_a_failed_or_dead_seed_is_never_recommended_over_one_that_always_trains():
+    means = {"default": 0.10, "steady": 0.40, "flaky": 0.60, "boom": 0.70}
+    scores = stream(means, 0.01)
+    scores["default"] = {s: 0.10 for s in SEEDS}  # stays at chance
+    scores["flaky"][SEEDS[1]] = 0.10               # one dead seed, a higher mean
+    scores["boom"][SEEDS[2]] = "diverged at epoch 2: train_loss nan"
+    out = race(list(means), "default", scores, SEEDS, RULES)
+    assert out.dropped["boom"][1].startswith(f"failed on seed {SEEDS[2]}: diverged")
+    assert out.dropped["flaky"][1].startswith(f"stayed at chance on seed {SEEDS[1]}")
+    assert out.dropped["default"][0] == 1
+    assert out.stop == "winner" and out.survivors == ("steady",)
+
+
+def test_nothing_trains():
+    scores = {m: {s: 0.10 for s in SEEDS} for m in ("default", "a")}
+    out = race(["default", "a"], "default", scores, SEEDS, RULES)
+    assert out.stop == "nothing" and out.seeds == 3
+
+
+def test_lower_bound_ranking_prefers_the_steady_leader():
+    scores = {"steady": {s: 0.50 + 0.001 * i for i, s in enumerate(SEEDS)},
+              "wild": {s: (0.70 if i % 3 else 0.32) for i, s in enumerate(SEEDS)}}
+    by_mean = race(list(scores), None, scores, SEEDS, RULES)
+    by_lcb = race(list(scores), None, scores, SEEDS, RaceRules(rank="lcb", chance=0.112))
+    assert by_mean.looks[0].leader == "wild" and by_lcb.looks[0].leader == "steady"
+
+
+def test_repeated_looks_keep_false_drops_of_the_best_rare():
+    """Under the null (every recipe equal), a race that looks 8 times must still recommend a
+    non-default recipe in at most 5 % of races (here 400 races; the benchmark runs 4,000)."""
+    rules = RaceRules(min_seeds=3, max_seeds=10, min_effect=0.01, chance=0.112)
+    names = ["default"] + [f"r{i}" for i in range(1, 12)]
+    false = 0
+    for k in range(400):
+        out = race(names, "default", stream(dict.fromkeys(names, 0.45), 0.015, seed=k), SEEDS, rules)
+        false += out.leader not in (None, "default") and (
+            out.stop == "winner" or (out.stop == "budget" and "default" not in out.survivors))
+    assert false / 400 <= 0.05
+
+
+def test_rules_are_checked():
+    with pytest.raises(ValueError):
+        RaceRules(min_seeds=2)
+    with pytest.raises(ValueError):
+        RaceRules(rank="median")
+    assert RaceRules(min_seeds=3, max_seeds=10).level == pytest.approx(0.05 / 8)
+    assert estimate([0.5]).lo == 0.5 and isinstance(paired([1, 2, 3], [0, 1, 1]), Paired)
