@@ -53,10 +53,19 @@ def _parser() -> argparse.ArgumentParser:
                           "(same model, recipe, protocol, data and code), and do not replay an "
                           "earlier study's draws")
     run.add_argument("--confirm-top", type=int, default=3, metavar="K",
-                     help="best distinct candidates re-trained on fresh seeds (default 3)")
+                     help="best distinct candidates that race the default and every applicable "
+                          "baseline on fresh seeds (default 3)")
     run.add_argument("--confirm-seeds", type=int, metavar="S",
-                     help="fresh seeds per confirmed recipe; 0 turns the confirmation off "
-                          "(default: the profile's, 3 on cpu and 5 on gpu)")
+                     help="seeds every racing recipe starts with, >= 3; 0 turns the "
+                          "confirmation off (default: the profile's confirm_seeds, 3)")
+    run.add_argument("--confirm-max-seeds", type=int, metavar="N",
+                     help="the race's budget: seeds per recipe at most (default: the profile's)")
+    run.add_argument("--min-effect", type=float, metavar="FRACTION",
+                     help="smallest accuracy difference worth acting on, e.g. 0.01 for 1 pp "
+                          "(default: the profile's)")
+    run.add_argument("--confirm-rank", choices=("mean", "lcb"),
+                     help="who leads the race: best mean, or best lower 95%% bound (dead seeds "
+                          "cost more); default: the profile's")
     archs = sub.add_parser("archs", help="list architectures: sizes, params, FLOPs, roles, baselines")
     archs.add_argument("name", nargs="?", help="one architecture (default: all)")
     archs.add_argument("--profile", help="also show the sizes this trial protocol gives them")
@@ -115,7 +124,9 @@ def _run(args: argparse.Namespace) -> int:
                     tracking_uri=args.tracking_uri, progress=not args.no_progress,
                     storage=args.storage, ray_address=args.ray_address, ray_storage=args.ray_storage,
                     cache=not args.no_cache)
-    confirm = ConfirmConfig(top=args.confirm_top, seeds=args.confirm_seeds)
+    confirm = ConfirmConfig(top=args.confirm_top, seeds=args.confirm_seeds,
+                            max_seeds=args.confirm_max_seeds, min_effect=args.min_effect,
+                            rank=args.confirm_rank)
     result = search(args.model or args.arch or "resnet_ds", dataset=args.dataset, data_dir=args.data,
                     budget=args.budget, profile=args.profile, space=args.space,
                     arch_options=key_values(args.arch_opt, "--arch-opt"), seed=args.seed,

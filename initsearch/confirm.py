@@ -1,23 +1,27 @@
-"""The confirmation stage: which recipes are trained again, on which seeds, and what came back.
+"""The confirmation stage: which recipes race, on which seeds, what came back, and the loop.
 
 A search ranks its trials on one seed and reports the maximum of many noisy scores, which
-overstates the winner. So every search ends by training again, on the full protocol and on
-``S`` fresh seeds the search never used, the ``K`` best *distinct* candidates, PyTorch's
-default (the reference every verdict is stated against) and the two best baselines. Seed ``s``
-fixes data order, augmentation and init RNG for every recipe (common random numbers), so the
-differences are paired (:mod:`initsearch.stats`).
+overstates the winner. So every search ends with a race (:mod:`initsearch.race`) on seeds the
+search never used, at the confirmation's own fidelity (``confirm_epochs`` on
+``confirm_train_size`` images, :meth:`~initsearch.protocol.Protocol.for_confirmation`), scored
+on the confirm split the search never saw. Who races (:func:`select`): the ``K`` best *distinct*
+candidates of the search, PyTorch's default (the reference every verdict is stated against)
+and *every* baseline that applies to the model -- no baseline is pre-picked on one-seed scores.
+Seed ``s`` fixes data order, augmentation and init RNG for every recipe (common random numbers),
+so the differences are paired (:mod:`initsearch.stats`).
 
 Each finished job is one record in the study (an Optuna user attribute ``confirm/<recipe
-key>/<seed>``), so an interrupted confirmation resumes where it stopped and ``initsearch
-report`` reads everything from the study alone. The recipe key hashes the recipe's content
-(roles, scales, steps, overrides), not its name: the same recipe found twice is one candidate.
+key>/<seed>``); the entries, seeds and rules are recorded before the first job (``confirm``), so
+an interrupted race resumes where it stopped and ``initsearch report`` replays it from the study
+alone. The recipe key hashes the recipe's content (roles, scales, steps, overrides), not its
+name: the same recipe found twice is one candidate.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -25,13 +29,15 @@ from optuna.trial import TrialState
 from initsearch.cache import ResultCache
 from initsearch.engine.driver import Attr, Driver, LiveTrial, timed, reason
 from initsearch.engine.progress import Progress
+from initsearch.errors import UsageError
 from initsearch.protocol import Protocol
+from initsearch.race import Outcome, RaceRules, Score, race
 from initsearch.recipe import BASELINES, Recipe
 from initsearch.tracking import Tracker
 from initsearch.trial import TrialConfig
 
 REFERENCE = "pytorch_default"  #: the recipe every verdict is stated against
-N_BASELINES = 2                #: best baselines confirmed besides the reference
+PLAN = "confirm"               #: the study attribute holding the race's entries, seeds and rules
 _PREFIX = "confirm/"
 
 
@@ -56,6 +62,16 @@ class Entry:
     def key(self) -> str:
         return recipe_key(self.recipe)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "recipe": self.recipe.to_dict(), "baseline": self.baseline,
+                "source_trial": self.source_trial, "params": self.params,
+                "search_val_acc": self.search_val_acc}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Entry":
+        return cls(d["name"], Recipe.from_dict(d["recipe"]), d["baseline"], d["source_trial"],
+                   dict(d["params"]), d["search_val_acc"])
+
 
 @dataclass(frozen=True)
 class ConfirmJob:
@@ -75,40 +91,54 @@ def fresh_seeds(search_seeds: tuple[int, ...], n: int) -> list[int]:
     return list(range(start, start + n))
 
 
-def select(study: optuna.Study, top: int, chance: float) -> list[Entry]:
-    """The recipes to confirm: the ``top`` best distinct candidates, the reference and the
-    two best baselines -- each only if it finished the search above ``chance`` (the
-    reference always). Candidates whose content equals a baseline's are that baseline."""
-    complete = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                       if Attr.RECIPE in t.user_attrs and t.value > chance),
-                      key=lambda t: -t.value)
+def select(study: optuna.Study, baselines: dict[str, Recipe], top: int, chance: float) -> list[Entry]:
+    """Who races: PyTorch's default, every baseline in ``baselines`` (those that apply to the
+    model, whatever their search score), and the ``top`` best distinct candidates that finished
+    the search above ``chance``. A baseline the search ran carries its trial and score; a
+    candidate whose content equals a baseline's is that baseline."""
+    ran = {t.user_attrs[Attr.BASELINE]: t for t in study.get_trials(deepcopy=False)
+           if Attr.RECIPE in t.user_attrs and t.user_attrs.get(Attr.BASELINE)
+           and t.state == TrialState.COMPLETE}
     entries: dict[str, Entry] = {}
 
-    def add(t: optuna.trial.FrozenTrial) -> None:
-        recipe = Recipe.from_dict(t.user_attrs[Attr.RECIPE])
-        entry = Entry(recipe.name, recipe, t.user_attrs.get(Attr.BASELINE), t.number,
-                      dict(t.params), t.value)
+    def add(recipe: Recipe, baseline: str | None, t: optuna.trial.FrozenTrial | None) -> None:
+        entry = (Entry(recipe.name, recipe, baseline, None) if t is None else
+                 Entry(recipe.name, recipe, baseline, t.number, dict(t.params), t.value))
         entries.setdefault(entry.key, entry)
 
-    ran = {t.user_attrs.get(Attr.BASELINE): t for t in study.get_trials(deepcopy=False)
-           if Attr.RECIPE in t.user_attrs and t.user_attrs.get(Attr.BASELINE)}
-    if REFERENCE in ran:
-        add(ran[REFERENCE])
-    else:  # the space could not express it: it is still the reference
-        reference = BASELINES[REFERENCE]
-        entries[recipe_key(reference)] = Entry(REFERENCE, reference, REFERENCE, None)
-    others = [t for t in complete if t.user_attrs.get(Attr.BASELINE) not in (None, REFERENCE)]
-    for t in others[:N_BASELINES]:
-        add(t)
-    baseline_keys = set(entries)
-    candidates = [t for t in complete if t.user_attrs.get(Attr.BASELINE) is None]
+    for name in [REFERENCE] + [b for b in baselines if b != REFERENCE]:
+        t = ran.get(name)
+        recipe = Recipe.from_dict(t.user_attrs[Attr.RECIPE]) if t else baselines.get(name, BASELINES[name])
+        add(recipe, name, t)
+    candidates = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                         if Attr.RECIPE in t.user_attrs and not t.user_attrs.get(Attr.BASELINE)
+                         and t.value > chance), key=lambda t: -t.value)
+    picked = 0
     for t in candidates:
-        if sum(e.baseline is None for e in entries.values()) == top:
+        if picked == top:
             break
-        key = recipe_key(Recipe.from_dict(t.user_attrs[Attr.RECIPE]))
-        if key not in baseline_keys:
-            add(t)
+        recipe = Recipe.from_dict(t.user_attrs[Attr.RECIPE])
+        if recipe_key(recipe) not in entries:
+            add(recipe, None, t)
+            picked += 1
     return list(entries.values())
+
+
+def save_plan(study: optuna.Study, entries: list[Entry], seeds: list[int], rules: RaceRules,
+              protocol: Protocol) -> None:
+    """Record who races, on which seeds, under which rules and fidelity -- before any result."""
+    study.set_user_attr(PLAN, {"entries": [e.to_dict() for e in entries], "seeds": seeds,
+                               "rules": rules.to_dict(), "epochs": protocol.epochs,
+                               "train_size": protocol.train_size})
+
+
+def load_plan(study: optuna.Study) -> tuple[list[Entry], list[int], RaceRules] | None:
+    """The race :func:`save_plan` recorded, or None (no confirmation, or one from before races)."""
+    plan = study.user_attrs.get(PLAN)
+    if not plan or "entries" not in plan:
+        return None
+    return ([Entry.from_dict(e) for e in plan["entries"]], list(plan["seeds"]),
+            RaceRules(**plan["rules"]))
 
 
 def write_record(study: optuna.Study, job: ConfirmJob, record: dict[str, Any]) -> None:
@@ -122,17 +152,42 @@ def records(study: optuna.Study, entries: list[Entry], seeds: list[int]) -> dict
                      if (job := ConfirmJob(e, s)).record_name in attrs} for e in entries}
 
 
-def pending(study: optuna.Study, entries: list[Entry], seeds: list[int]) -> list[ConfirmJob]:
-    """The jobs not recorded yet, seed-major (every recipe's first seed, then the second, ...),
-    so an interrupted confirmation leaves complete pairs behind."""
-    attrs = study.user_attrs
-    return [ConfirmJob(e, s) for s in seeds for e in entries
-            if ConfirmJob(e, s).record_name not in attrs]
+def scores(recorded: dict[str, dict[int, dict]]) -> dict[str, dict[int, Score]]:
+    """What the race reads from the records: the confirm-split accuracy of a completed job, the
+    reason of a failed one."""
+    return {name: {s: (r["confirm_acc"] if r["state"] == "COMPLETE" else r["error"] or r["state"])
+                   for s, r in runs.items()} for name, runs in recorded.items()}
+
+
+def run_race(study: optuna.Study, entries: list[Entry], seeds: list[int], rules: RaceRules,
+             train: Callable[[list[ConfirmJob]], None]) -> Outcome:
+    """Race ``entries`` until a stop: replay the looks from the study's records, hand the jobs
+    the race still wants to ``train`` (one round: every survivor's next seed, or the first
+    seeds of every entry), and look again.
+
+    Raises:
+        UsageError: a round left jobs unrecorded (their workers kept failing), so the race
+            cannot go on; ``--resume`` continues it.
+    """
+    by_name = {e.name: e for e in entries}
+    while True:
+        outcome = race([e.name for e in entries], REFERENCE if REFERENCE in by_name else None,
+                       scores(records(study, entries, seeds)), seeds, rules)
+        if outcome.stop != "running":
+            return outcome
+        jobs = [ConfirmJob(by_name[name], seed) for name, seed in outcome.wanted]
+        train(jobs)
+        missing = [j for j in jobs if j.record_name not in study.user_attrs]
+        if missing:
+            raise UsageError(f"confirmation stopped: {len(missing)} of {len(jobs)} jobs of the "
+                             "round failed for reasons that are not their recipe's; fix the "
+                             "machine or cluster, then continue with --resume")
 
 
 class ConfirmDriver(Driver):
-    """Runs fixed (recipe, seed) jobs on the full protocol, never pruned, and records each in
-    the study; pass it only the jobs still :func:`pending`."""
+    """Runs fixed (recipe, seed) jobs under the confirmation's protocol (``protocol`` is
+    :meth:`~initsearch.protocol.Protocol.for_confirmation`'s), never pruned, and records each
+    in the study; a job the race wants is one not recorded yet."""
 
     def __init__(self, study: optuna.Study, jobs: list[ConfirmJob], protocol: Protocol,
                  tracker: Tracker, plan_for: Any, progress: Progress | None = None,
@@ -164,6 +219,7 @@ class ConfirmDriver(Driver):
         write_record(self.study, live.handle, {
             "state": state.name, "epochs": int(live.last.get("epoch", 0)), "curve": live.curve,
             "val_acc": None if error else live.last.get("val_acc"),
+            "confirm_acc": None if error else live.last.get("confirm_acc"),
             "test_acc": None if error else live.last.get("test_acc"),
             "error": reason(error) if error else None, "run_id": live.run_id,
             "cached_from": live.cached_from})

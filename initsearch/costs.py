@@ -38,9 +38,7 @@ def measure_costs(profile: str | None = None, data_dir: str | None = None, arch:
     protocol = dataclasses.replace(protocol, epochs=1, seeds=(seed,))
     options.update(arch_options or {})
     model_fn = functools.partial(build_model, arch, options=options)
-    splits = load_splits("cifar10", data_dir, train_size=protocol.train_size,
-                         val_size=protocol.val_size, test_size=protocol.test_size,
-                         split_seed=protocol.split_seed)
+    splits = load_splits("cifar10", data_dir, **protocol.split_sizes())
     torch.set_num_threads(protocol.threads_per_trial)
     he = {r: RoleInit("he") for r in ("stem", "conv", "branch_last", "shortcut", "classifier")}
     rows = []

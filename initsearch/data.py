@@ -49,20 +49,24 @@ class ImageSet:
 
 @dataclass(frozen=True)
 class Splits:
-    """What a trial trains on (``train``), decides on (``val``) and finally reports (``test``).
-    ``fingerprint``: SHA-256 of every image and label of the three splits (computed once, on
-    construction): the data a result was trained on, for the result cache and for keeping the
-    splits on a device once per process."""
+    """Four disjoint sets: what a trial trains on (``train``); what the search selects and
+    prunes on (``val``, the *select* split); what the confirmation decides on (``confirm``,
+    never seen by the search); and what is finally reported (``test``, never used to decide).
+    ``fingerprint``: SHA-256 of every image and label (computed once, on construction): the
+    data a result was trained on, for the result cache and for keeping the splits on a device
+    once per process."""
 
     train: ImageSet
     val: ImageSet
     test: ImageSet
     num_classes: int
+    confirm: ImageSet = field(default_factory=lambda: ImageSet(torch.zeros(0, 3, 32, 32, dtype=torch.uint8),
+                                                               torch.zeros(0, dtype=torch.int64)))
     fingerprint: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         digest = hashlib.sha256(str(self.num_classes).encode())
-        for part in (self.train, self.val, self.test):
+        for part in (self.train, self.val, self.confirm, self.test):
             for t in (part.x, part.y):
                 t = t.contiguous()
                 digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
@@ -115,23 +119,28 @@ def load_cifar10(data_dir: str | os.PathLike | None = None) -> tuple[ImageSet, I
 
 
 def make_splits(train: ImageSet, test: ImageSet, *, train_size: int | None, val_size: int,
-                test_size: int | None, split_seed: int, num_classes: int = 10) -> Splits:
-    """Carve a validation split out of the training set; subsample train and test.
+                test_size: int | None, split_seed: int, confirm_size: int = 0,
+                num_classes: int = 10) -> Splits:
+    """Carve the select (``val_size``) and confirm (``confirm_size``) splits out of the training
+    set, then take ``train_size`` training images from the rest; subsample test.
 
     The permutation depends only on ``split_seed``, so every trial of a study sees the same
-    images: differences between trials come from the init, not from the data.
+    images: differences between trials come from the init, not from the data. ``train_size``
+    is the most any trial trains on (a confirmation may train on more images than the search,
+    :meth:`~initsearch.protocol.Protocol.split_sizes`); a trial takes its first images.
     """
-    if val_size >= len(train):
-        raise UsageError(f"val_size {val_size} leaves no training images "
-                         f"(the training set has {len(train)}); lower it in the protocol")
+    if val_size + confirm_size >= len(train):
+        raise UsageError(f"val_size {val_size} + confirm_size {confirm_size} leave no training "
+                         f"images (the training set has {len(train)}); lower them in the protocol")
     gen = torch.Generator().manual_seed(split_seed)
     order = torch.randperm(len(train), generator=gen)
-    val_idx, rest = order[:val_size], order[val_size:]
+    held = val_size + confirm_size
+    val_idx, confirm_idx, rest = order[:val_size], order[val_size:held], order[held:]
     train_idx = rest[:train_size] if train_size else rest
     test_idx = torch.randperm(len(test), generator=gen)[:test_size] if test_size else None
     return Splits(train=train.take(train_idx), val=train.take(val_idx),
                   test=test.take(test_idx) if test_idx is not None else test,
-                  num_classes=num_classes)
+                  num_classes=num_classes, confirm=train.take(confirm_idx))
 
 
 def load_splits(dataset: str, data_dir: str | os.PathLike | None, **split_args) -> Splits:

@@ -34,12 +34,17 @@ from initsearch.schema import StrictModel, refuse, validate
 FORMAT, VERSION = "initsearch.protocol", 1
 TRIALS_DIR = Path(__file__).resolve().parent.parent / "trials"
 PRUNERS = ("successive_halving", "hyperband", "median", "none")
+#: Keys that do not decide how a trial trains or is scored: the race's decision rule
+#: (:class:`~initsearch.race.RaceRules`) and the placement of trials.
 _NOT_CONTENT = ("name", "description", "archs", "threads_per_trial", "gpus_per_trial",
-                "confirm_seeds")
+                "confirm_seeds", "confirm_max_seeds", "min_effect", "confirm_rank")
 #: Keys added after protocols were first hashed, with their defaults: left out of
 #: :meth:`Protocol.content_hash` while at the default, so a protocol that does not use them keeps
-#: its hash.
-_NEW_DEFAULTS = {"grad_clip": None, "precision": "fp32", "compile": False}
+#: its hash. (``confirm_size`` is not among them: carving the confirm split moved the training
+#: images, so every protocol hashes anew.)
+_NEW_DEFAULTS = {"grad_clip": None, "precision": "fp32", "compile": False, "confirm_epochs": None,
+                 "confirm_train_size": None, "stage": "search"}
+RANKS = ("mean", "lcb")
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,14 @@ class Protocol:
     channels_last: bool = True
     precision: str = "fp32"                    # fp32 | bf16 (autocast; fp32 master weights) | auto (bf16 where native)
     compile: bool = False                      # torch.compile the model for training and eval
-    confirm_seeds: int = 3                     # fresh seeds per recipe in the confirmation (0: off)
+    confirm_size: int = 5000                   # the confirm split, carved from the training set
+    confirm_epochs: int | None = None          # the confirmation's training length (None: epochs)
+    confirm_train_size: int | None = None      # the confirmation's training images (None: train_size)
+    confirm_seeds: int = 3                     # seeds every racing recipe starts with (0: no confirmation)
+    confirm_max_seeds: int = 10                # the race's budget: seeds per recipe at most
+    min_effect: float = 0.01                   # the smallest accuracy difference worth acting on (1 pp)
+    confirm_rank: str = "mean"                 # who leads a look: mean | lcb (lower 95 % bound)
+    stage: str = "search"                      # search | confirm (set by for_confirmation, not in files)
     archs: dict = field(default_factory=dict)  # {arch: {options: {...}, <key>: value}}: per-arch sizes and overrides
 
     def content_hash(self) -> str:
@@ -82,6 +94,27 @@ class Protocol:
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_CONTENT
              and not (k in _NEW_DEFAULTS and v == _NEW_DEFAULTS[k])}  # keeps the hash it had
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+    def split_sizes(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`initsearch.data.load_splits` for this protocol: the
+        training split holds as many images as the search or the confirmation trains on."""
+        sizes = (self.train_size, self.confirm_train_size or self.train_size)
+        return {"train_size": None if None in sizes else max(sizes), "val_size": self.val_size,
+                "confirm_size": self.confirm_size, "test_size": self.test_size,
+                "split_seed": self.split_seed}
+
+    def for_confirmation(self) -> "Protocol":
+        """How a confirmation job trains: ``confirm_epochs`` on ``confirm_train_size`` images,
+        scored on the confirm split (``stage: confirm``) at its last epoch."""
+        return replace(self, epochs=self.confirm_epochs or self.epochs,
+                       train_size=self.confirm_train_size or self.train_size, stage="confirm")
+
+    def race_rules(self, chance: float) -> "RaceRules":
+        """The race's rules (:class:`~initsearch.race.RaceRules`) from the ``confirm_*`` keys."""
+        from initsearch.race import RaceRules
+
+        return RaceRules(min_seeds=self.confirm_seeds, max_seeds=self.confirm_max_seeds,
+                         min_effect=self.min_effect, rank=self.confirm_rank, chance=chance)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         opts = {k: v for k, v in self.pruner.items() if k != "name"}
@@ -166,8 +199,12 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
     checks = [
         (protocol.train_size is None or protocol.train_size >= protocol.batch_size,
          "train_size must be at least batch_size"),
-        (protocol.confirm_seeds != 1,
-         "confirm_seeds must be 0 (no confirmation) or >= 2 (a confidence interval needs two)"),
+        (protocol.confirm_seeds in (0,) or protocol.confirm_seeds >= 3,
+         "confirm_seeds must be 0 (no confirmation) or >= 3 (no test runs on fewer paired seeds)"),
+        (protocol.confirm_max_seeds >= protocol.confirm_seeds,
+         "confirm_max_seeds must be >= confirm_seeds (the race starts with confirm_seeds)"),
+        (protocol.confirm_train_size is None or protocol.confirm_train_size >= protocol.batch_size,
+         "confirm_train_size must be at least batch_size"),
         (not (sgd and sgd.nesterov and sgd.momentum == 0),
          "optimizer.nesterov needs momentum > 0; set nesterov: false or a momentum"),
     ]
@@ -272,6 +309,12 @@ class _Keys(StrictModel):
     precision: Literal["fp32", "bf16", "auto"] = None
     compile: bool = None
     confirm_seeds: int = Field(None, ge=0)
+    confirm_size: int = Field(None, ge=1)
+    confirm_epochs: int | None = Field(None, ge=1)
+    confirm_train_size: int | None = Field(None, ge=1)
+    confirm_max_seeds: int = Field(None, ge=3)
+    min_effect: float = Field(None, gt=0, lt=1, description="an accuracy difference in (0, 1), e.g. 0.01 for 1 pp")
+    confirm_rank: Literal[RANKS] = None
 
 
 class ProtocolFile(_Keys):
@@ -309,6 +352,6 @@ def _check_archs(protocol: Protocol, where: str) -> None:
                              f"choose from {', '.join(ARCHS)}")
         validate(ArchSection, protocol.archs[arch], f"protocol {where} (archs.{arch})")
         applied = {k: v for k, v in protocol.for_arch(arch)[0].to_dict().items()
-                   if k not in ("name", "archs")}
+                   if k not in ("name", "archs", "stage")}
         parse_protocol({"format": FORMAT, "version": VERSION, **applied}, protocol.name,
                        f"{where} (archs.{arch})")

@@ -1,24 +1,26 @@
-"""Recommendation: the search's table, the confirmed comparison and the verdict, with evidence.
+"""Recommendation: the search's table, the race's comparison and the verdict, with evidence.
 
-The search ranks its trials by one seed's validation accuracy; that ranking only *selects* what
-the confirmation trains again (:mod:`initsearch.confirm`). The verdict is read from the
-confirmation alone, on the validation split (decisions), with the test split reported beside it:
+The search ranks its trials by one seed's score on the select split; that ranking only *selects*
+who races (:mod:`initsearch.confirm`). The verdict is read from the race alone
+(:mod:`initsearch.race`), on the confirm split the search never saw, at the confirmation's
+fidelity, with the test split reported beside it and never used. It always says what it rules
+out:
 
-1. a candidate is recommended if, paired by seed, it beats PyTorch's default *and* the best
-   confirmed baseline, each with a Holm-corrected p < 0.05 over the candidates
-   (``recommend X: +a pp vs PyTorch default (95% CI [l, u]), +b pp vs best baseline Y``);
-2. else the baseline with the best mean among those that beat PyTorch's default (Holm over the
-   baselines; ``no candidate beats baseline Y on S seeds: recommend Y``) -- a published scheme
-   is the simpler answer -- saying so when a baseline with a higher mean did not;
-3. else PyTorch's default (``nothing beats PyTorch's default on this protocol``).
+* ``recommend``: one recipe was left, every other one significantly worse than a leader,
+  failed, or dead on a seed -- ``recommend X: +d pp [CI] vs PyTorch's default, +e pp [CI] vs
+  the best other baseline Y``. Also at the budget when the default is out but several recipes
+  remain, with the leader recommended and how far the others could still differ;
+* ``equivalent``: every survivor is within ``±min_effect`` of PyTorch's default (TOST); the
+  default is recommended, the simplest answer;
+* ``undecided``: the budget is spent with the default among several survivors: which remain,
+  the differences not ruled out, and about how many more seeds per recipe would resolve
+  ``min_effect`` (from the observed spread);
+* ``nothing``: no recipe trained above chance.
 
-Differences are always stated against PyTorch's default when it completed every seed, even at
-chance: a default that does not train is exactly what a recommendation has to beat.
-
-A recipe that diverged on any confirmation seed, or whose mean accuracy is at or below chance
-(:func:`initsearch.stats.chance_level`), is never recommended; if nothing trains, the verdict
-says so and recommends nothing. Without a confirmation (``--confirm-seeds 0``) the search's best
-completed trial above chance is returned, labelled as unconfirmed.
+When the search's best trial was dropped at the confirmation's fidelity, the verdict says so;
+the rank agreement between the search's scores and the race's means (Kendall tau) is reported.
+Without a confirmation (``--confirm-seeds 0``) the search's best completed trial above chance
+is returned, labelled as unconfirmed.
 """
 from __future__ import annotations
 
@@ -29,25 +31,28 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from scipy import stats as _scipy
 
-from initsearch.confirm import REFERENCE, Entry, records, select
+from initsearch.confirm import REFERENCE, Entry, load_plan, records, scores
 from initsearch.engine.driver import Attr, reason
+from initsearch.race import Outcome, RaceRules, race
 from initsearch.recipe import Recipe
-from initsearch.stats import Estimate, Paired, estimate, holm, paired
+from initsearch.stats import MIN_SEEDS, Estimate, Paired, estimate, paired
 
 COLUMNS = ("trial", "name", "recipe", "val_acc", "test_acc", "epochs", "state", "note", "cached")
+KINDS = ("recommend", "equivalent", "undecided", "nothing", "unconfirmed")
 
 
 @dataclass(frozen=True)
 class Confirmed:
-    """One recipe of the confirmation: its records per seed and what they show."""
+    """One recipe of the race: its records per seed and what they show."""
 
     entry: Entry
     runs: dict[int, dict]                 # seed -> record (see initsearch.confirm)
-    val: Estimate | None = None           # over the seeds, when every seed completed
+    val: Estimate | None = None           # confirm-split accuracy over its completed seeds
     test: Estimate | None = None
-    vs_reference: Paired | None = None    # paired by seed, Holm over its family
-    vs_best: Paired | None = None
+    vs_reference: Paired | None = None    # paired by seed over the seeds both ran
+    status: str = ""                      # "recommended", "survivor", "dropped at look k: why"
 
     @property
     def name(self) -> str:
@@ -63,155 +68,201 @@ class Confirmed:
     def failures(self) -> list[str]:
         return [r["error"] or r["state"] for r in self.runs.values() if r["state"] != "COMPLETE"]
 
-    def values(self, key: str = "val_acc") -> list[float]:
-        return [self.runs[s][key] for s in sorted(self.runs)]
+    def values(self, key: str = "confirm_acc", seeds: list[int] | None = None) -> list[float]:
+        """``key`` of the completed runs, by seed (only ``seeds``, when given)."""
+        return [self.runs[s][key] for s in sorted(self.runs) if self.runs[s]["state"] == "COMPLETE"
+                and (seeds is None or s in seeds)]
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"kind": self.kind, "seeds": sorted(self.runs)}
+        d: dict[str, Any] = {"kind": self.kind, "seeds": sorted(self.runs), "status": self.status,
+                             "search_val_acc": self.entry.search_val_acc}
         if self.val is not None:
-            d.update(val_acc=self.val.to_dict(), test_acc=self.test.to_dict())
+            d.update(confirm_acc=self.val.to_dict(), test_acc=self.test.to_dict())
         if self.failures:
             d["failed"] = self.failures
         if self.vs_reference is not None:
             d["vs_default"] = self.vs_reference.to_dict()
-        if self.vs_best is not None:
-            d["vs_best_baseline"] = self.vs_best.to_dict()
         return d
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The confirmation's conclusion: what is recommended and why, in words and figures."""
+    """The race's conclusion: what is recommended and why, in words and figures."""
 
     text: str
     recommended: Entry | None
+    kind: str = "unconfirmed"
     rows: list[Confirmed] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)   # the seeds the survivors trained on
     best_baseline: str | None = None
     chance: float = 0.0
+    outcome: Outcome | None = None
+    rules: RaceRules | None = None
+    tau: float | None = None    # Kendall tau: search scores vs the race's means
 
     def table(self) -> str:
-        """The confirmed comparison as text, one row per recipe."""
+        """The race's comparison as text, one row per recipe."""
         if not self.rows:
             return ""
-        best = self.best_baseline or "-"
-        header = ["recipe", "kind", "val acc % [95% CI]", "test acc % [95% CI]",
-                  "vs PyTorch default", f"vs best baseline ({best})"]
+        header = ["recipe", "kind", "seeds", "confirm acc % [95% CI]", "test acc %",
+                  "vs PyTorch default", "search val %", "race"]
         lines = [header]
-        chosen = self.recommended.name if self.recommended else None
         for r in self.rows:
-            name = f"* {r.name}" if r.name == chosen else r.name
-            if r.val is None:
-                why = r.failures[0] if r.failures else "not run"
-                lines.append([name, r.kind, f"failed on {len(r.failures)}/{len(r.runs)} seeds: {why}",
-                              "", "", ""])
-                continue
-            lines.append([name, r.kind, r.val.pct(), r.test.pct(),
-                          r.vs_reference.pp() if r.vs_reference else "-",
-                          r.vs_best.pp() if r.vs_best else "-"])
-        widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
-        title = (f"confirmation: {len(self.seeds)} fresh seeds ({', '.join(map(str, self.seeds))}), "
-                 "full protocol; differences paired by seed, p Holm-corrected over the candidates; "
-                 f"chance level {100 * self.chance:.1f}%; * recommended")
+            name = f"* {r.name}" if self.recommended and r.name == self.recommended.name else r.name
+            acc = r.val.pct() if r.val is not None else "-"
+            test = f"{100 * r.test.mean:.2f}" if r.test is not None else "-"
+            search = f"{100 * r.entry.search_val_acc:.2f}" if r.entry.search_val_acc is not None else "-"
+            lines.append([name, r.kind, str(len(r.runs)), acc, test,
+                          r.vs_reference.pp() if r.vs_reference else "-", search, r.status])
+        widths = [max(len(row[i]) for row in lines) for i in range(len(header) - 1)]
+        rules = self.rules
+        tau = f"; search-vs-race rank agreement Kendall tau {self.tau:+.2f}" if self.tau is not None else ""
+        title = (f"race: {rules.min_seeds}..{rules.max_seeds} fresh seeds per recipe (reached "
+                 f"{len(self.seeds)}), {len(self.outcome.looks)} looks at p < {rules.level:.4f} "
+                 f"each (Holm within a look), min effect {100 * rules.min_effect:.1f} pp; scored "
+                 f"on the confirm split; differences paired by seed (95% CI); chance "
+                 f"{100 * self.chance:.1f}%{tau}; * recommended")
         return title + "\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                                        for row in lines)
+                                        + "  " + row[-1] for row in lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seeds": self.seeds, "verdict": self.text, "best_baseline": self.best_baseline,
-                "chance_acc": self.chance, "confirmed": {r.name: r.to_dict() for r in self.rows}}
+        d: dict[str, Any] = {"kind": self.kind, "seeds": self.seeds, "verdict": self.text,
+                             "best_baseline": self.best_baseline, "chance_acc": self.chance,
+                             "confirmed": {r.name: r.to_dict() for r in self.rows}}
+        if self.rules is not None:
+            d.update(race={**self.rules.to_dict(), "stop": self.outcome.stop,
+                           "looks": len(self.outcome.looks)}, kendall_tau=self.tau)
+        return d
 
 
-def judge(entries: list[Entry], records: dict[str, dict[int, dict]], seeds: list[int],
-          chance: float) -> Verdict:
-    """The verdict of a confirmation (rules in the module docstring)."""
-    rows = []
-    for e in entries:
-        runs = records.get(e.name, {})
-        done = [runs[s] for s in seeds if s in runs and runs[s]["state"] == "COMPLETE"]
-        row = Confirmed(e, runs)
-        if len(done) == len(seeds):
-            row = replace(row, val=estimate([r["val_acc"] for r in done]),
-                          test=estimate([r["test_acc"] for r in done]))
-        rows.append(row)
-    # the reference is compared against whenever it completed every seed, even at chance (a
-    # default that does not train is exactly what a recommendation should beat); only recipes
-    # above chance may be recommended
-    reference = next((r for r in rows if r.kind == "reference" and r.val is not None), None)
-    trained = {r.name: r for r in rows if r.val is not None and r.val.mean > chance}
-    baselines = [r for r in trained.values() if r.kind != "candidate"]
-    best = max(baselines, key=lambda r: r.val.mean, default=None)
-    candidates = [r for r in trained.values() if r.kind == "candidate"]
-    others = [r for r in baselines if r is not reference]
-
-    def family(members: list[Confirmed], ref: Confirmed | None) -> dict[str, Paired]:
-        if ref is None or not members:
-            return {}
-        return dict(zip([m.name for m in members], holm([paired(m.values(), ref.values())
-                                                          for m in members])))
-
-    cand_vs_ref, cand_vs_best = family(candidates, reference), family(candidates, best)
-    base_vs_ref = family(others, reference)
-    rows = [replace(r, vs_reference=cand_vs_ref.get(r.name) or base_vs_ref.get(r.name),
-                    vs_best=cand_vs_best.get(r.name)) for r in rows]
+def judge(entries: list[Entry], recorded: dict[str, dict[int, dict]], seeds: list[int],
+          rules: RaceRules) -> Verdict:
+    """The verdict of a race over ``recorded`` (rules in the module docstring)."""
+    names = [e.name for e in entries]
+    outcome = race(names, REFERENCE if REFERENCE in names else None, scores(recorded), seeds, rules)
+    used = list(seeds[:outcome.seeds])
+    rows = [Confirmed(e, recorded.get(e.name, {})) for e in entries]
+    rows = [replace(r, val=estimate(r.values()) if r.values() else None,
+                    test=estimate(r.values("test_acc")) if r.values() else None) for r in rows]
     by_name = {r.name: r for r in rows}
-    n = len(seeds)
+    ref = by_name.get(REFERENCE)
 
-    def beats(name: str, table: dict[str, Paired], ref: Confirmed | None) -> bool:
-        return ref is None or table[name].significant
+    def versus(a: Confirmed, b: Confirmed | None) -> Paired | None:
+        """``a - b`` over the seeds both completed (None below :data:`MIN_SEEDS` of them)."""
+        if b is None or a is b:
+            return None
+        both = sorted(s for s in a.runs if s in b.runs and a.runs[s]["state"] == "COMPLETE"
+                      and b.runs[s]["state"] == "COMPLETE")
+        return paired(a.values(seeds=both), b.values(seeds=both)) if len(both) >= MIN_SEEDS else None
 
-    winners = [c for c in candidates if beats(c.name, cand_vs_ref, reference)
-               and beats(c.name, cand_vs_best, best)]
-    no_default = "PyTorch's default diverged on this protocol"
-    if winners:
-        w = by_name[max(winners, key=lambda c: c.val.mean).name]
-        parts = [w.vs_reference.pp("PyTorch default") if reference else no_default]
-        if best is not None and best is not reference:
-            parts.append(w.vs_best.pp(f"best baseline {best.name}"))
-        elif best is reference:
-            parts.append("PyTorch's default is also the best confirmed baseline")
-        elif best is None:
-            parts.append("no baseline trains above chance")
-        text = f"recommend {w.name}: {', '.join(parts)} (val accuracy, {n} seeds)"
-        chosen = w
-    elif sure := [b for b in others if reference is None or base_vs_ref[b.name].significant]:
-        b = max(sure, key=lambda r: r.val.mean)
-        versus = base_vs_ref[b.name].pp("PyTorch default") if reference else no_default
-        higher = (f"; {best.name} has a higher mean but no significant difference from "
-                  f"PyTorch's default ({base_vs_ref[best.name].pp()})" if b is not best else "")
-        text = (f"no candidate beats baseline {b.name} on {n} seeds: recommend {b.name}: "
-                f"{versus} (val accuracy){higher}")
-        chosen = by_name[b.name]
-    elif reference is not None and reference.name in trained:
-        runner = max((r for r in trained.values() if r is not reference), default=None,
-                     key=lambda r: r.val.mean)
-        closest = (f"; closest: {runner.name}, {by_name[runner.name].vs_reference.pp()}"
-                   if runner is not None else "")
-        text = (f"nothing beats PyTorch's default on this protocol ({n} seeds{closest}): "
-                f"recommend {REFERENCE}")
-        chosen = reference
-    elif best is not None:  # the default stays at chance and nothing beats it clearly
-        text = (f"PyTorch's default stays at chance on this protocol and no recipe beats it "
-                f"significantly on {n} seeds (best: {best.name}, "
-                f"{by_name[best.name].vs_reference.pp()}); "
-                "no recommendation: confirm on more seeds")
-        chosen = None
+    chosen = outcome.leader if outcome.stop in ("winner", "budget") else (
+        REFERENCE if outcome.stop == "equivalent" else None)
+    if outcome.stop == "budget" and REFERENCE in outcome.survivors:
+        chosen = None  # undecided: the default is still in the race
+    rows = [replace(r, vs_reference=versus(r, ref),
+                    status=("recommended" if r.name == chosen else "survivor"
+                            if r.name in outcome.survivors else
+                            f"dropped at look {outcome.dropped[r.name][0]}: {outcome.dropped[r.name][1]}"
+                            if r.name in outcome.dropped else "not run"))
+            for r in rows]
+    by_name = {r.name: r for r in rows}
+    ref = by_name.get(REFERENCE)
+    n, delta = len(used), f"{100 * rules.min_effect:.1f} pp"
+    first = list(seeds[:rules.min_seeds])  # every entry ran these (or failed on them)
+
+    def mean_on_first(r: Confirmed) -> float:
+        v = r.values(seeds=first)
+        return sum(v) / len(v) if len(v) == len(first) else float("-inf")
+
+    baselines = [r for r in rows if r.kind == "baseline" and r.name != chosen]
+    best = max(baselines, key=mean_on_first, default=None)
+    if best is not None and mean_on_first(best) == float("-inf"):
+        best = None
+
+    def against_default(r: Confirmed) -> str:
+        if r is ref:
+            return ""
+        if ref is not None and ref.failures:
+            return f"PyTorch's default failed ({ref.failures[0]})"
+        return r.vs_reference.pp("PyTorch's default") if r.vs_reference else "no paired default"
+
+    if outcome.stop == "nothing":
+        kind, text = "nothing", (f"nothing trained above chance ({100 * rules.chance:.1f}%) on the "
+                                 f"confirm split after {n} seeds: every recipe diverged or stayed "
+                                 "at chance on this protocol; no recommendation")
+    elif chosen == REFERENCE and outcome.stop == "winner":
+        kind, text = "recommend", (f"recommend {REFERENCE}: nothing beats PyTorch's default; every "
+                                   f"other recipe was significantly worse, failed or stayed at "
+                                   f"chance ({n} seeds)")
+    elif outcome.stop == "equivalent":
+        others = len(outcome.dropped)
+        kind, text = "equivalent", (
+            f"equivalent: no recipe beats PyTorch's default by more than {delta} (TOST, {n} "
+            f"seeds): {', '.join(m for m in outcome.survivors if m != REFERENCE)} within "
+            f"±{delta} of it" + (f", {others} others significantly worse or failed" if others else "")
+            + f"; recommend {REFERENCE}")
+    elif chosen is not None:
+        w = by_name[chosen]
+        parts = [against_default(w)]
+        if best is not None:
+            label = "best other baseline" if w.kind == "baseline" else "best baseline"
+            vs_best = versus(w, best)
+            parts.append(vs_best.pp(f"{label} {best.name}") if vs_best else f"{label} {best.name} not paired")
+        kind = "recommend"
+        text = f"recommend {chosen}: {', '.join(p for p in parts if p)} (confirm accuracy, {n} seeds)"
+        if outcome.stop == "budget":
+            text += "; " + _undecided(outcome, by_name, rules, chosen)
     else:
-        text = (f"nothing trained above chance ({100 * chance:.1f}%) on {n} confirmation seeds: "
-                "every recipe diverged or stayed at chance on this protocol; no recommendation")
-        chosen = None
-    return Verdict(text, chosen.entry if chosen else None, rows, list(seeds),
-                   best.name if best else None, chance)
+        kind = "undecided"
+        text = (f"undecided after {n} seeds: {_undecided(outcome, by_name, rules, outcome.leader)}; "
+                f"PyTorch's default is not beaten, so no recommendation")
+    top = max((e for e in entries if e.search_val_acc is not None), default=None,
+              key=lambda e: e.search_val_acc)
+    if top is not None and top.name in outcome.dropped and kind != "nothing":
+        look, why = outcome.dropped[top.name]
+        text += (f"; the search's best, {top.name} ({100 * top.search_val_acc:.2f}% on one seed), "
+                 f"lost at the confirmation's fidelity: dropped at look {look}, {why}")
+    return Verdict(text, by_name[chosen].entry if chosen else None, kind, rows, used,
+                   best.name if best else None, rules.chance, outcome, rules,
+                   _tau(rows, first))
+
+
+def _undecided(outcome: Outcome, rows: dict[str, Confirmed], rules: RaceRules, leader: str) -> str:
+    """``A, B remain within ±w pp of the leader; about M more seeds per recipe would resolve d``."""
+    lead = rows[leader]
+    others = [m for m in outcome.survivors if m != leader]
+    comparisons = []
+    for m in others:
+        both = sorted(set(rows[m].runs) & set(lead.runs))
+        comparisons.append(paired(rows[m].values(seeds=both), lead.values(seeds=both)))
+    w = max((max(abs(c.diff.lo), abs(c.diff.hi)) for c in comparisons), default=0.0)
+    need = max((c.seeds_to_resolve(rules.min_effect, rules.level) for c in comparisons), default=0)
+    more = max(1, need - outcome.seeds)
+    return (f"{', '.join(others)} remain{'s' if len(others) == 1 else ''} beside {leader}; "
+            f"differences up to ±{100 * w:.1f} pp cannot be ruled out; about {more} more seeds "
+            f"per recipe would resolve {100 * rules.min_effect:.1f} pp")
+
+
+def _tau(rows: list[Confirmed], first: list[int]) -> float | None:
+    """Kendall tau between the search's one-seed scores and the race's means on its first
+    seeds (every entry ran them), over the entries that have both."""
+    pairs = [(r.entry.search_val_acc, sum(v) / len(v)) for r in rows
+             if r.entry.search_val_acc is not None and len(v := r.values(seeds=first)) == len(first)]
+    if len(pairs) < 3:
+        return None
+    tau = _scipy.kendalltau(*zip(*pairs)).statistic
+    return None if tau != tau else float(tau)  # NaN when one side is constant
 
 
 def verdict_of(study: optuna.Study) -> Verdict:
     """The verdict a study's records support, read from the study alone (what ``initsearch
-    report`` shows): the confirmation's top-K and seeds and the chance level are stored there."""
-    plan = study.user_attrs.get("confirm", {})
+    report`` shows): the race's entries, seeds and rules are stored there."""
     chance = study.user_attrs.get("chance_acc", 0.0)
-    if not plan.get("seeds"):
+    plan = load_plan(study)
+    if plan is None:
         return unconfirmed(study, chance)
-    entries = select(study, plan["top"], chance)
-    return judge(entries, records(study, entries, plan["seeds"]), plan["seeds"], chance)
+    entries, seeds, rules = plan
+    return judge(entries, records(study, entries, seeds), seeds, rules)
 
 
 def unconfirmed(study: optuna.Study, chance: float) -> Verdict:
@@ -221,13 +272,13 @@ def unconfirmed(study: optuna.Study, chance: float) -> Verdict:
                key=lambda t: t.value, default=None)
     if best is None:
         return Verdict(f"nothing trained above chance ({100 * chance:.1f}%) in the search; "
-                       "no recommendation", None, chance=chance)
+                       "no recommendation", None, "nothing", chance=chance)
     recipe = Recipe.from_dict(best.user_attrs[Attr.RECIPE])
     entry = Entry(recipe.name, recipe, best.user_attrs.get(Attr.BASELINE), best.number,
                   dict(best.params), best.value)
     return Verdict(f"recommend {recipe.name} on its single-seed search score "
                    f"({100 * best.value:.2f}% val): NOT confirmed (--confirm-seeds 0)", entry,
-                   chance=chance)
+                   "unconfirmed", chance=chance)
 
 
 @dataclass

@@ -5,8 +5,10 @@ and writes PNG plots; ``initsearch run`` logs the same plots to the search's MLf
 (``plots/``), so the MLflow UI shows them. The plots are drawn by Optuna's visualization module
 and matplotlib:
 
-* ``val_acc_curves.png`` -- validation accuracy per epoch, mean and min-max band over the
-  confirmation seeds, for every confirmed recipe (the recommendation drawn thick);
+* ``race.png`` -- the race: each recipe's confirm-split accuracy (mean and 95 % interval) at
+  every look it survived to, so a reader sees who was dropped when and how the intervals closed;
+* ``val_acc_curves.png`` -- select-split accuracy per epoch of the confirmation jobs, mean and
+  min-max band over each recipe's seeds (the recommendation drawn thick);
 * ``optimization_history.png`` -- the search's objective by trial
   (:func:`optuna.visualization.matplotlib.plot_optimization_history`);
 * ``param_importances.png`` -- which choices mattered
@@ -42,6 +44,7 @@ def plots(study: optuna.Study, verdict: Verdict | None) -> dict[str, Any]:
 
     figures: dict[str, Any] = {}
     if verdict is not None and any(r.val is not None for r in verdict.rows):
+        figures["race.png"] = _race(verdict)
         figures["val_acc_curves.png"] = _curves(verdict)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
@@ -76,13 +79,36 @@ def plots(study: optuna.Study, verdict: Verdict | None) -> dict[str, Any]:
     return figures
 
 
+def _race(verdict: Verdict):
+    """Accuracy and 95 % interval per look, one line per recipe, ending where it was dropped."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    chosen = verdict.recommended.name if verdict.recommended else None
+    looks = verdict.outcome.looks
+    for i, name in enumerate(r.name for r in verdict.rows):
+        at = [(k.seeds, k.standings[name]) for k in looks if name in k.standings]
+        if not at:
+            continue
+        x = [s + 0.04 * (i % 7 - 3) for s, _ in at]  # a small offset keeps the bars apart
+        mean = [100 * e.mean for _, e in at]
+        err = [[100 * (e.mean - e.lo) for _, e in at], [100 * (e.hi - e.mean) for _, e in at]]
+        ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, lw=3.0 if name == chosen else 1.2,
+                    label=name)
+    ax.axhline(100 * verdict.chance, color="grey", ls=":", lw=1, label="chance level")
+    ax.set_xlabel("seeds per recipe at the look")
+    ax.set_ylabel("confirm-split accuracy (%), mean and 95% CI")
+    ax.set_title(f"Race: {len(looks)} looks; {verdict.kind}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
 def _curves(verdict: Verdict):
     fig, ax = plt.subplots(figsize=(8, 5))
     chosen = verdict.recommended.name if verdict.recommended else None
     for row in verdict.rows:
-        if row.val is None:
+        curves = [row.runs[s]["curve"] for s in sorted(row.runs) if row.runs[s]["state"] == "COMPLETE"]
+        if not curves:
             continue
-        curves = [row.runs[s]["curve"] for s in sorted(row.runs)]
         epochs = range(1, min(map(len, curves)) + 1)
         by_epoch = [[c[e - 1] for c in curves] for e in epochs]
         mean = [100 * sum(v) / len(v) for v in by_epoch]
@@ -92,8 +118,8 @@ def _curves(verdict: Verdict):
                         [100 * max(v) for v in by_epoch], color=line.get_color(), alpha=0.15)
     ax.axhline(100 * verdict.chance, color="grey", ls=":", lw=1, label="chance level")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"Confirmation: mean and min-max over {len(verdict.seeds)} fresh seeds")
+    ax.set_ylabel("select-split accuracy (%)")
+    ax.set_title("Confirmation jobs: mean and min-max over each recipe's seeds")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -6,16 +6,17 @@ when built, so the CLI and the API refuse the same bad values with the same one-
 Example:
     >>> import initsearch
     >>> run = initsearch.RunConfig(backend="local", home="/tmp/is", progress=True)
-    >>> confirm = initsearch.ConfirmConfig(top=2, seeds=5)
+    >>> confirm = initsearch.ConfirmConfig(top=2, seeds=3, max_seeds=12, min_effect=0.01)
     >>> initsearch.search("resnet_ds", budget=20, run=run, confirm=confirm)  # doctest: +SKIP
 """
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from initsearch.errors import UsageError
+from initsearch.protocol import Protocol
 
 BACKENDS = ("ray", "local")
 
@@ -71,26 +72,61 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class ConfirmConfig:
-    """The confirmation stage that ends every search.
+    """The racing confirmation that ends every search (:mod:`initsearch.race`).
 
-    The ``top`` best distinct candidates of the search, PyTorch's default and the two best
-    baselines are trained again on ``seeds`` fresh seeds (never used by the search), on the full
-    protocol, and compared seed by seed (see :mod:`initsearch.stats`).
+    PyTorch's default, every baseline that applies to the model and the ``top`` best distinct
+    candidates of the search start a race on ``seeds`` fresh seeds (never used by the search),
+    at the confirmation's fidelity, scored on the confirm split; after each look the entries
+    significantly worse than the leader are dropped and the survivors train one more seed, up
+    to ``max_seeds``. Every field left None takes the profile's key (in brackets).
 
     Attributes:
-        top: candidates to confirm (>= 1); ``--confirm-top``.
-        seeds: fresh seeds per recipe (>= 2 for an interval), ``0`` turns the stage off;
-            ``None`` takes the profile's ``confirm_seeds`` (3 on ``cpu``, 5 on ``gpu``).
+        top: candidates to race (>= 1); ``--confirm-top``.
+        seeds: seeds every entry starts with, >= 3 (no test runs on fewer), or ``0`` to turn
+            the stage off [``confirm_seeds``: 3]; ``--confirm-seeds``.
+        max_seeds: the race's budget, seeds per recipe at most [``confirm_max_seeds``: 10 on
+            ``cpu``]; ``--confirm-max-seeds``.
+        min_effect: the smallest accuracy difference worth acting on, as a fraction (0.01 is
+            1 pp) [``min_effect``]; ``--min-effect``.
+        rank: who leads a look: ``"mean"`` or ``"lcb"`` (the lower 95 % bound of the mean, which
+            a dead seed pulls down) [``confirm_rank``]; ``--confirm-rank``.
     """
 
     top: int = 3
     seeds: int | None = None
+    max_seeds: int | None = None
+    min_effect: float | None = None
+    rank: str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.top, bool) or not isinstance(self.top, int) or self.top < 1:
+        def whole(v) -> bool:
+            return not isinstance(v, bool) and isinstance(v, int)
+
+        if not whole(self.top) or self.top < 1:
             raise UsageError(f"confirm top must be a whole number >= 1, not {self.top!r}; "
                              "turn the confirmation off with --confirm-seeds 0")
-        if self.seeds is not None and (isinstance(self.seeds, bool) or not isinstance(self.seeds, int)
-                                       or self.seeds < 0 or self.seeds == 1):
-            raise UsageError(f"confirm seeds must be 0 (off) or a whole number >= 2 (a confidence "
-                             f"interval needs two seeds), not {self.seeds!r}")
+        if self.seeds is not None and (not whole(self.seeds) or self.seeds in (1, 2) or self.seeds < 0):
+            raise UsageError(f"confirm seeds must be 0 (off) or a whole number >= 3 (no test runs "
+                             f"on fewer paired seeds), not {self.seeds!r}")
+        if self.max_seeds is not None and (not whole(self.max_seeds) or self.max_seeds < 3):
+            raise UsageError(f"confirm max seeds must be a whole number >= 3, not {self.max_seeds!r}")
+        if self.min_effect is not None and not (isinstance(self.min_effect, (int, float))
+                                                and 0 < self.min_effect < 1):
+            raise UsageError(f"min effect must be an accuracy difference in (0, 1), e.g. 0.01 for "
+                             f"1 pp, not {self.min_effect!r}")
+        if self.rank is not None and self.rank not in ("mean", "lcb"):
+            raise UsageError(f"confirm rank must be mean or lcb, not {self.rank!r}")
+
+    def over(self, protocol: Protocol) -> Protocol:
+        """``protocol`` with the fields set here in place of its ``confirm_*`` keys.
+
+        Raises:
+            UsageError: the race would start with more seeds than its budget.
+        """
+        keys = {"confirm_seeds": self.seeds, "confirm_max_seeds": self.max_seeds,
+                "min_effect": self.min_effect, "confirm_rank": self.rank}
+        out = replace(protocol, **{k: v for k, v in keys.items() if v is not None})
+        if out.confirm_seeds and out.confirm_max_seeds < out.confirm_seeds:
+            raise UsageError(f"the race starts with {out.confirm_seeds} seeds but may use only "
+                             f"{out.confirm_max_seeds}; raise --confirm-max-seeds")
+        return out

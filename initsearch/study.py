@@ -30,7 +30,7 @@ from torch import nn
 
 from initsearch.archs import build_model
 from initsearch.cache import ResultCache, model_fingerprint
-from initsearch.confirm import ConfirmDriver, fresh_seeds, pending, select
+from initsearch.confirm import ConfirmDriver, fresh_seeds, run_race, save_plan, select
 from initsearch.data import load_splits
 from initsearch.engine.driver import StudyDriver
 from initsearch.engine.progress import Progress
@@ -103,7 +103,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     if model_fn is not None and arch_options:
         raise UsageError("arch_options apply to a built-in arch or a 'module:function' factory; "
                          "with model_fn, bind them into it (functools.partial(factory, ...))")
-    confirm_seeds = protocol.confirm_seeds if confirm.seeds is None else confirm.seeds
+    protocol = confirm.over(protocol)
     label = _label(model_fn) if model_fn else arch.rpartition(":")[2]
     named_space = arch if model_fn is None and arch in available_spaces() else "default"
     if model_fn is None:
@@ -113,10 +113,10 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     space_obj = load_space(space or named_space).bind(probe)  # labels every layer, or fails clearly
     roles = space_obj.model_roles  # discovered once, when the space was bound to the model
     plan_for = functools.partial(_plan, probe, roles)
-    splits = load_splits(dataset, data_dir, train_size=protocol.train_size,
-                         val_size=protocol.val_size, test_size=protocol.test_size,
-                         split_seed=protocol.split_seed)
+    splits = load_splits(dataset, data_dir, **protocol.split_sizes())
     chance = chance_level(splits.num_classes, len(splits.val))
+    rules = (protocol.race_rules(chance_level(splits.num_classes, len(splits.confirm)))
+             if protocol.confirm_seeds else None)
     state = resolve_home(run.home) / "mlruns"
     store = StudyStorage(run.storage, state / "optuna")
     study_name = _study_name(run.name, run.resume, store, label, dataset)
@@ -138,7 +138,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
                                                                protocol, space_obj)
         return _search(study_name, storage, store.multi_driver, settings, protocol, space_obj,
                        splits, model_fn, roles, plan_for, chance, state, tracking_uri, label,
-                       arch_opts, budget, seed, confirm_seeds, run, confirm, t_start,
+                       arch_opts, budget, seed, rules, run, confirm, t_start,
                        model_fingerprint(probe), twin)
     finally:
         store.close()
@@ -146,7 +146,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
 
 def _search(study_name: str, storage, shared: bool, settings: dict, protocol, space_obj, splits,
             model_fn, roles, plan_for, chance: float, state: Path, tracking_uri: str, label: str,
-            arch_opts: dict, budget: int, seed: int, confirm_seeds: int, run: RunConfig,
+            arch_opts: dict, budget: int, seed: int, rules, run: RunConfig,
             confirm: ConfirmConfig, t_start: float, model_key: str,
             twin: optuna.Study | None) -> SearchResult:
 
@@ -161,7 +161,9 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
     parent = tracker.start_search(
         study_name, {**settings, "backend": run.backend, "budget": budget,
                      "epochs": protocol.epochs, "gpus_per_trial": protocol.gpus_per_trial,
-                     "confirm_top": confirm.top, "confirm_seeds": confirm_seeds},
+                     "confirm_top": confirm.top, "confirm_seeds": protocol.confirm_seeds,
+                     "confirm_max_seeds": protocol.confirm_max_seeds,
+                     "min_effect": protocol.min_effect, "confirm_rank": protocol.confirm_rank},
         protocol.to_dict(), {"arch": label, "arch_options": json.dumps(arch_opts, sort_keys=True)})
     bar = Progress(budget, enabled=run.progress)
     cache = ResultCache(tracker, model_key, splits.fingerprint, reuse=run.cache)
@@ -204,15 +206,26 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
                                  f"machine, then continue with --resume --study {study_name}")
             bar.close()
             t_confirm = time.perf_counter()
-            seeds = fresh_seeds(protocol.seeds, confirm_seeds)
-            study_obj.set_user_attr("confirm", {"top": confirm.top, "seeds": seeds})
-            jobs = pending(study_obj, select(study_obj, confirm.top, chance), seeds)
-            if jobs:
-                confirm_bar = Progress(len(jobs), enabled=run.progress, stage="confirm")
-                drivers.append(ConfirmDriver(study_obj, jobs, protocol, tracker, plan_for,
-                                             confirm_bar, cache))
-                slots = max(slots, backend.run(drivers[-1], f"{study_name}-confirm"))
-                confirm_bar.close()
+            if rules is not None:  # the race: entries, seeds and rules recorded before any result
+                fidelity = protocol.for_confirmation()
+                entries = select(study_obj, space_obj.baselines(), confirm.top, chance)
+                seeds = fresh_seeds(protocol.seeds, rules.max_seeds)
+                save_plan(study_obj, entries, seeds, rules, fidelity)
+                confirm_bar = Progress(0, enabled=run.progress, stage="confirm")
+
+                def train(jobs: list) -> None:  # one round of the race, every job at once
+                    nonlocal slots
+                    confirm_bar.extend(len(jobs), f"({len({j.entry.name for j in jobs})} racing)")
+                    drivers.append(ConfirmDriver(study_obj, jobs, fidelity, tracker, plan_for,
+                                                 confirm_bar, cache))
+                    slots = max(slots, backend.run(drivers[-1], f"{study_name}-confirm"))
+
+                try:
+                    run_race(study_obj, entries, seeds, rules, train)
+                finally:
+                    confirm_bar.close()
+            else:
+                study_obj.set_user_attr("confirm", {})
             verdict = verdict_of(study_obj)
             confirm_seconds = time.perf_counter() - t_confirm
         status = "FINISHED"

@@ -3,7 +3,9 @@
 This is the only training loop; both search backends run it (Ray inside a worker, the local
 backend in-process). The trial is a generator: after each epoch it yields
 ``{epoch, train_loss, val_loss, val_acc, train_seconds, eval_seconds}`` (plus ``init_seconds``
-and ``init_passes`` -- the init's cost -- after the first, ``test_acc`` after the last epoch) and
+and ``init_passes`` -- the init's cost -- after the first, ``test_acc`` after the last epoch, and
+for a confirmation job, ``stage: confirm``, ``confirm_acc`` on the confirm split after the last
+epoch: the score its race decides on; ``val_acc`` is always the select split's) and
 the caller decides whether to go on -- that is where pruning happens. A trial whose result the
 store already has (:mod:`initsearch.cache`) replays those epochs first, marked ``cached``, and
 trains only if asked for more: from scratch, the seconds of the epochs it trained again reported
@@ -46,8 +48,8 @@ from initsearch.schemes import InitData
 
 
 #: The keys a trial yields each epoch (``test_acc`` only after the last one).
-METRICS = ("epoch", "train_loss", "val_loss", "val_acc", "test_acc", "train_seconds", "eval_seconds",
-           "init_seconds", "init_passes", "retrain_seconds")
+METRICS = ("epoch", "train_loss", "val_loss", "val_acc", "confirm_acc", "test_acc", "train_seconds",
+           "eval_seconds", "init_seconds", "init_passes", "retrain_seconds")
 #: The metrics that are seconds of compute (a trial's cost is their sum over its epochs).
 SECONDS = ("init_seconds", "train_seconds", "eval_seconds", "retrain_seconds")
 
@@ -217,18 +219,18 @@ def run_trial(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Mod
             yield metrics
 
 
-def on_device(splits: Splits, device: torch.device) -> tuple[ImageSet, ImageSet, ImageSet]:
+def on_device(splits: Splits, device: torch.device) -> tuple[ImageSet, ImageSet, ImageSet, ImageSet]:
     """``splits`` on ``device`` as uint8, uploaded once per process: later trials on the same
     data and device (a Ray worker runs many) reuse the copy; only the newest is kept."""
     key = (splits.fingerprint, str(device))
     if key not in _ON_DEVICE:
         _ON_DEVICE.clear()
         _ON_DEVICE[key] = tuple(ImageSet(s.x.to(device), s.y.to(device))
-                                for s in (splits.train, splits.val, splits.test))
+                                for s in (splits.train, splits.val, splits.confirm, splits.test))
     return _ON_DEVICE[key]
 
 
-_ON_DEVICE: dict[tuple[str, str], tuple[ImageSet, ImageSet, ImageSet]] = {}
+_ON_DEVICE: dict[tuple[str, str], tuple[ImageSet, ...]] = {}
 
 
 def _train(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module],
@@ -241,7 +243,9 @@ def _train(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module
         torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN times its kernels once, then reuses the fastest
     fmt = torch.channels_last if p.channels_last else torch.contiguous_format
     prepare = functools.partial(standardize, channels_last=p.channels_last)
-    train, val, test = on_device(splits, device)
+    train, val, confirm, test = on_device(splits, device)
+    if p.train_size and p.train_size < len(train):  # the search trains on fewer than a confirmation
+        train = ImageSet(train.x[:p.train_size], train.y[:p.train_size])
     steps_per_epoch = len(train) // p.batch_size  # drop the ragged last batch: keeps BN sane
     factors = lr_factors(p, steps_per_epoch)
 
@@ -274,6 +278,9 @@ def _train(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module
         if epoch == 1:  # the init's cost (data-dependent steps), once per trial, all seeds
             metrics.update(init_seconds=init_seconds, init_passes=init_passes)
         if epoch == p.epochs:  # the test split is only for the final report, never for decisions
+            if p.stage == "confirm":  # what the race decides on: images the search never saw
+                scores = [_evaluate(r.forward, confirm, p, prepare) for r in replicas]
+                metrics["confirm_acc"] = sum(c[1] for c in scores) / len(scores)
             scores = [_evaluate(r.forward, test, p, prepare) for r in replicas]
             metrics["test_acc"] = sum(t[1] for t in scores) / len(scores)
         metrics["eval_seconds"] = _now(device) - t1

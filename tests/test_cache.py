@@ -55,16 +55,17 @@ def test_key_follows_recipe_protocol_and_data():
 
 
 def test_second_search_replays_the_first(data_dir, home):
-    """Budget 3 (three baselines) and a confirmation (PyTorch's default + the 2 best baselines
-    on 2 seeds): 9 trials trained by the first study, all 9 replayed by the second, none by a
+    """Budget 3 (three baselines) and a race (PyTorch's default and every baseline, from 3
+    seeds): every trial and job the first study trained is replayed by the second, none by a
     third with the cache off."""
-    confirm = ConfirmConfig(top=1, seeds=2)
+    confirm = ConfirmConfig(top=1, seeds=3)
     run = lambda name, **kw: RunConfig(name=name, backend="local", home=home, **kw)
     first = search("resnet_ds", data_dir=data_dir, budget=3, profile="smoke", run=run("a"),
                    confirm=confirm)
     second = search("resnet_ds", data_dir=data_dir, budget=3, profile="smoke", run=run("b"),
                     confirm=confirm)
-    assert first.stats["cached_trials"] == 0 and second.stats["cached_trials"] == 9
+    trained = 3 + sum(len(r.runs) for r in first.verdict.rows)
+    assert first.stats["cached_trials"] == 0 and second.stats["cached_trials"] == trained
     assert second.stats["compute_seconds"] == 0.0 < first.stats["compute_seconds"]
     assert [r["cached"] for r in second.table] == [True] * 3 and "cached" in second.comparison()
     strip = lambda table: [{k: r[k] for k in ("name", "val_acc", "test_acc", "epochs", "state")}

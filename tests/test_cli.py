@@ -34,7 +34,11 @@ CASES = {
     "unknown arch option": (["--arch-opt", "wdith=8"], "wdith"),
     "confirm top zero": (["--confirm-top", "0"], "confirm top must be a whole number >= 1"),
     "negative confirm seeds": (["--confirm-seeds", "-2"], "confirm seeds must be 0 (off)"),
-    "one confirm seed": (["--confirm-seeds", "1"], "a confidence interval needs two seeds"),
+    "two confirm seeds": (["--confirm-seeds", "2"], "no test runs on fewer paired seeds"),
+    "race budget below its start": (["--confirm-max-seeds", "3", "--confirm-seeds", "4"],
+                                    "raise --confirm-max-seeds"),
+    "min effect in pp": (["--min-effect", "1"], "min effect must be an accuracy difference in (0, 1)"),
+    "unknown race rank": (["--confirm-rank", "median"], "invalid choice"),
 }
 
 

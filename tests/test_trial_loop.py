@@ -62,7 +62,7 @@ def test_results_equal_standardizing_the_whole_split_first(smoke, monkeypatch):
     new = _strip(run_trial(config, splits, model_fn))
     # the former loop: the whole split standardized once on the device, batches only sliced
     floats = tuple(dataclasses.replace(s, x=standardize(s.x, channels_last=p.channels_last))
-                   for s in (splits.train, splits.val, splits.test))
+                   for s in (splits.train, splits.val, splits.confirm, splits.test))
     monkeypatch.setattr(trial, "on_device", lambda s, d: floats)
     monkeypatch.setattr(trial, "standardize", lambda x, channels_last: x)
     old = _strip(run_trial(config, splits, model_fn))

@@ -33,6 +33,13 @@ class Progress:
         self._bar.update(1)
         self._refresh()
 
+    def extend(self, n: int, note: str = "") -> None:
+        """``n`` more trials (a race's next round); ``note`` names the round before the bar."""
+        self._bar.total += n
+        if note:
+            self._bar.set_description_str(f"{self.stage} {note}")
+        self._bar.refresh()
+
     def close(self) -> None:
         self._bar.close()
 
