@@ -17,7 +17,10 @@ The held-out images are carved from CIFAR-10's training set (never its test set)
 from the training images. One process per seed, one thread each, as the search runs trials.
 
     python benchmarks/confirm_fidelity.py --data ../shared/data/cifar10 [--epochs 4 6 24] \
-        [--seeds 0 1] [--heldout 6000] [--json fidelity.json]
+        [--seeds 0 1] [--heldout 6000] [--json fidelity.json] [--reuse earlier.json]
+
+``--reuse`` reads the runs of an earlier ``--json`` and trains only the (seed, epochs) pairs it
+lacks (the same recipe, seed and length train bit-identically on the same machine).
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ def _carve(data_dir: str, train_size: int, heldout: int) -> tuple[ImageSet, Imag
 
 
 def _run_seed(seed: int, data_dir: str, epochs_list: list[int], heldout: int) -> list[dict]:
+    if not epochs_list:
+        return []
     import dataclasses
 
     torch.set_num_threads(1)
@@ -106,11 +111,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--heldout", type=int, default=6000)
     ap.add_argument("--json")
+    ap.add_argument("--reuse", help="an earlier --json whose runs are kept, not trained again")
     args = ap.parse_args()
     t0 = time.perf_counter()
+    earlier = json.load(open(args.reuse)) if args.reuse else []
+    have = {(x["seed"], x["epochs"]) for x in earlier}
+    todo = [(s, args.data, [e for e in args.epochs if (s, e) not in have], args.heldout)
+            for s in args.seeds]
     with mp.get_context("spawn").Pool(len(args.seeds)) as pool:
-        runs = list(itertools.chain(*pool.starmap(
-            _run_seed, [(s, args.data, args.epochs, args.heldout) for s in args.seeds])))
+        runs = list(itertools.chain(*pool.starmap(_run_seed, todo)))
+    runs += [x for x in earlier if x["seed"] in args.seeds and x["epochs"] in args.epochs]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(runs, f)

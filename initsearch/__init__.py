@@ -4,7 +4,9 @@ Public API::
 
     import initsearch
     result = initsearch.search(arch="resnet_ds", data_dir="...", budget=50)
-    print(result.verdict.text)               # confirmed on fresh seeds, with CIs
+    print(result.verdict.text)               # raced on fresh seeds and unseen images, with CIs
+    initsearch.confirm_recipes([recipe], "resnet_ds", arch_options={"depth": 20},
+                               confirm=initsearch.ConfirmConfig(epochs=12))  # at the target size
     result.best.apply(model)                 # a Recipe, applies to any nn.Module
     result.best.evidence                     # what the recommendation rests on
     result.best.save("recipe.yaml"); initsearch.Recipe.load("recipe.yaml")
@@ -21,7 +23,7 @@ from initsearch.schemes import SCHEMES, STEPS, InitData
 from initsearch.settings import ConfirmConfig, RunConfig
 
 __version__ = "0.1.0"
-__all__ = ["search", "SearchResult", "RunConfig", "ConfirmConfig", "Recipe", "RoleInit",
+__all__ = ["search", "confirm_recipes", "SearchResult", "RunConfig", "ConfirmConfig", "Recipe", "RoleInit",
            "StepInit", "InitData", "InitReport", "BASELINES", "SCHEMES", "STEPS", "ROLES",
            "discover_roles", "UsageError"]
 
@@ -29,9 +31,9 @@ __all__ = ["search", "SearchResult", "RunConfig", "ConfirmConfig", "Recipe", "Ro
 def __getattr__(name: str):
     # search pulls in Optuna and MLflow; keep `import initsearch` light for Ray workers and users
     # who only apply a recipe.
-    if name == "search":
-        from initsearch.study import search
-        return search
+    if name in ("search", "confirm_recipes"):
+        from initsearch import study
+        return getattr(study, name)
     if name == "SearchResult":
         from initsearch.recommend import SearchResult
         return SearchResult

@@ -20,52 +20,17 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="initsearch", description="Search weight initializations like hyperparameters.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="search init recipes for an architecture")
-    run.add_argument("--arch", help="built-in architecture (initsearch archs); default resnet_ds")
-    run.add_argument("--model", metavar="MODULE:FUNCTION",
-                     help="your own model factory instead of --arch")
-    run.add_argument("--arch-opt", action="append", default=[], metavar="KEY=VALUE",
-                     help="architecture option, repeatable (e.g. depth=14, norm=none)")
+    run = sub.add_parser("run", help="search init recipes for an architecture, then race the best")
     run.add_argument("--budget", type=int, default=50, help="trials in the study, baselines included")
-    run.add_argument("--dataset", default="cifar10")
-    run.add_argument("--data", metavar="DIR", help="dataset directory (env INITSEARCH_DATA)")
-    run.add_argument("--profile", help="trial protocol (initsearch profiles); default gpu or cpu")
-    run.add_argument("--space", help="search space (initsearch spaces); default <arch> or default")
-    run.add_argument("--backend", choices=("ray", "local"), default="ray")
-    run.add_argument("--study", help="study name (default <arch>-<dataset>-<time>)")
-    run.add_argument("--resume", action="store_true", help="continue --study (or the newest one)")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--tracking-uri", help="MLflow store: http://host:port of a tracking server, "
-                     "or a database URI (env MLFLOW_TRACKING_URI; default sqlite in ./mlruns)")
-    run.add_argument("--storage", metavar="URL",
-                     help="Optuna storage: an RDB URL such as postgresql://user:pw@host/db lets "
-                     "several drivers share the study (default: a journal file in ./mlruns/optuna)")
-    run.add_argument("--ray-address", metavar="ADDR",
-                     help="run trials on this Ray cluster (env RAY_ADDRESS; default: start Ray here)")
-    run.add_argument("--ray-storage", metavar="PATH_OR_URI",
-                     help="Tune's storage, shared by the cluster's nodes (default ./mlruns/ray)")
-    run.add_argument("--out", default=None, help="best recipe file (default best-<study>.yaml)")
-    run.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, fractions allowed")
-    run.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    run.add_argument("--no-cache", action="store_true",
-                     help="train every trial, even one whose result the store already has "
-                          "(same model, recipe, protocol, data and code), and do not replay an "
-                          "earlier study's draws")
-    run.add_argument("--confirm-top", type=int, default=3, metavar="K",
-                     help="best distinct candidates that race the default and every applicable "
-                          "baseline on fresh seeds (default 3)")
-    run.add_argument("--confirm-seeds", type=int, metavar="S",
-                     help="seeds every racing recipe starts with, >= 3; 0 turns the "
-                          "confirmation off (default: the profile's confirm_seeds, 3)")
-    run.add_argument("--confirm-max-seeds", type=int, metavar="N",
-                     help="the race's budget: seeds per recipe at most (default: the profile's)")
-    run.add_argument("--min-effect", type=float, metavar="FRACTION",
-                     help="smallest accuracy difference worth acting on, e.g. 0.01 for 1 pp "
-                          "(default: the profile's)")
-    run.add_argument("--confirm-rank", choices=("mean", "lcb"),
-                     help="who leads the race: best mean, or best lower 95%% bound (dead seeds "
-                          "cost more); default: the profile's")
+    _study_arguments(run)
+    confirm = sub.add_parser("confirm", help="race recipe files (or a finished study's race) "
+                                             "against the baselines under another protocol")
+    confirm.add_argument("recipes", nargs="*", metavar="RECIPE",
+                         help="recipe files (YAML or JSON) to race as candidates")
+    confirm.add_argument("--from-study", metavar="STUDY",
+                         help="race a finished study's candidates and baselines (under --home / "
+                              "--storage) with their search scores")
+    _study_arguments(confirm)
     archs = sub.add_parser("archs", help="list architectures: sizes, params, FLOPs, roles, baselines")
     archs.add_argument("name", nargs="?", help="one architecture (default: all)")
     archs.add_argument("--profile", help="also show the sizes this trial protocol gives them")
@@ -98,10 +63,63 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _study_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments ``run`` and ``confirm`` share: the model, the data, the protocol, where the
+    study lives and runs, and the race."""
+    p.add_argument("--arch", help="built-in architecture (initsearch archs); default resnet_ds")
+    p.add_argument("--model", metavar="MODULE:FUNCTION",
+                   help="your own model factory instead of --arch")
+    p.add_argument("--arch-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="architecture option, repeatable (e.g. depth=14, norm=none)")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--data", metavar="DIR", help="dataset directory (env INITSEARCH_DATA)")
+    p.add_argument("--profile", help="trial protocol (initsearch profiles); default gpu or cpu")
+    p.add_argument("--space", help="search space (initsearch spaces); default <arch> or default")
+    p.add_argument("--backend", choices=("ray", "local"), default="ray")
+    p.add_argument("--study", help="study name (default <arch>-<dataset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue --study (or the newest one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tracking-uri", help="MLflow store: http://host:port of a tracking server, "
+                   "or a database URI (env MLFLOW_TRACKING_URI; default sqlite in ./mlruns)")
+    p.add_argument("--storage", metavar="URL",
+                   help="Optuna storage: an RDB URL such as postgresql://user:pw@host/db lets "
+                   "several drivers share the study (default: a journal file in ./mlruns/optuna)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="run trials on this Ray cluster (env RAY_ADDRESS; default: start Ray here)")
+    p.add_argument("--ray-storage", metavar="PATH_OR_URI",
+                   help="Tune's storage, shared by the cluster's nodes (default ./mlruns/ray)")
+    p.add_argument("--out", default=None, help="best recipe file (default best-<study>.yaml)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPU share per trial, fractions allowed")
+    p.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-cache", action="store_true",
+                   help="train every trial, even one whose result the store already has "
+                        "(same model, recipe, protocol, data and code), and do not replay an "
+                        "earlier study's draws")
+    p.add_argument("--confirm-top", type=int, default=3, metavar="K",
+                   help="best distinct candidates that race the default and every applicable "
+                        "baseline on fresh seeds (default 3)")
+    p.add_argument("--confirm-seeds", type=int, metavar="S",
+                   help="seeds every racing recipe starts with, >= 3; 0 turns the "
+                        "confirmation off (default: the profile's confirm_seeds, 3)")
+    p.add_argument("--confirm-max-seeds", type=int, metavar="N",
+                   help="the race's budget: seeds per recipe at most (default: the profile's)")
+    p.add_argument("--min-effect", type=float, metavar="FRACTION",
+                   help="smallest accuracy difference worth acting on, e.g. 0.01 for 1 pp "
+                        "(default: the profile's)")
+    p.add_argument("--confirm-rank", choices=("mean", "lcb"),
+                   help="who leads the race: best mean, or best lower 95%% bound (dead seeds "
+                        "cost more); default: the profile's")
+    p.add_argument("--confirm-epochs", type=int, metavar="N",
+                   help="the race's training length (default: the profile's confirm_epochs)")
+    p.add_argument("--confirm-train-size", type=int, metavar="N",
+                   help="the race's training images (default: the profile's)")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return {"run": _run, "archs": _archs, "roles": _roles, "spaces": _spaces,
+        return {"run": _run, "confirm": _confirm, "archs": _archs, "roles": _roles, "spaces": _spaces,
                 "schemes": _schemes, "profiles": _profiles, "report": _report,
                 "ui": _ui}[args.command](args)
     except UsageError as exc:
@@ -113,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> tuple[dict, "RunConfig", "ConfirmConfig"]:
+    """What ``run`` and ``confirm`` take alike: the study's arguments, its run and its race."""
     from initsearch.settings import ConfirmConfig, RunConfig
-    from initsearch.study import search
 
     if args.model and args.arch:
         raise UsageError("pass either --arch or --model, not both")
@@ -126,12 +144,37 @@ def _run(args: argparse.Namespace) -> int:
                     cache=not args.no_cache)
     confirm = ConfirmConfig(top=args.confirm_top, seeds=args.confirm_seeds,
                             max_seeds=args.confirm_max_seeds, min_effect=args.min_effect,
-                            rank=args.confirm_rank)
-    result = search(args.model or args.arch or "resnet_ds", dataset=args.dataset, data_dir=args.data,
-                    budget=args.budget, profile=args.profile, space=args.space,
-                    arch_options=key_values(args.arch_opt, "--arch-opt"), seed=args.seed,
-                    run=run, confirm=confirm)
+                            rank=args.confirm_rank, epochs=args.confirm_epochs,
+                            train_size=args.confirm_train_size)
+    study = dict(arch=args.model or args.arch or "resnet_ds", dataset=args.dataset,
+                 data_dir=args.data, profile=args.profile, space=args.space,
+                 arch_options=key_values(args.arch_opt, "--arch-opt"), seed=args.seed)
+    return study, run, confirm
+
+
+def _run(args: argparse.Namespace) -> int:
+    from initsearch.study import search
+
+    study, run, confirm = _settings(args)
+    result = search(budget=args.budget, run=run, confirm=confirm, **study)
     print(result.comparison())
+    _finish(args, result)
+    return 0
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    from initsearch.recipe import Recipe
+    from initsearch.study import confirm_recipes
+
+    study, run, confirm = _settings(args)
+    recipes = [Recipe.load(path) for path in args.recipes]
+    result = confirm_recipes(recipes, from_study=args.from_study, run=run, confirm=confirm, **study)
+    _finish(args, result)
+    return 0
+
+
+def _finish(args: argparse.Namespace, result) -> None:
+    """The race's table, the study's figures, the recipe file, the review link and the verdict."""
     if result.verdict.rows:
         print("\n" + result.verdict.table())
     s = result.stats
@@ -146,7 +189,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"recommended recipe ({result.best.name}, with its evidence) written to {out}")
     print(f"review: initsearch ui, then {result.ui_url}")
     print(f"\nverdict: {result.verdict.text}")
-    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

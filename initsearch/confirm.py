@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import optuna
@@ -122,6 +122,24 @@ def select(study: optuna.Study, baselines: dict[str, Recipe], top: int, chance: 
             add(recipe, None, t)
             picked += 1
     return list(entries.values())
+
+
+def merge(entries: list[Entry], extra: list[Entry]) -> list[Entry]:
+    """``entries`` and then ``extra``, one entry per recipe content and per name: an extra
+    recipe already racing lends it its search score; one whose name is taken is renamed with
+    its key."""
+    out = {e.key: e for e in entries}
+    for e in extra:
+        known = out.get(e.key)
+        if known is not None:
+            if known.search_val_acc is None and e.search_val_acc is not None:
+                out[e.key] = replace(known, source_trial=e.source_trial,
+                                     search_val_acc=e.search_val_acc, params=e.params)
+            continue
+        if e.name in {x.name for x in out.values()}:
+            e = replace(e, name=f"{e.name}-{e.key[:6]}")
+        out[e.key] = e
+    return list(out.values())
 
 
 def save_plan(study: optuna.Study, entries: list[Entry], seeds: list[int], rules: RaceRules,

@@ -15,8 +15,12 @@ import os
 import re
 from dataclasses import dataclass, replace
 
+from typing import TYPE_CHECKING
+
 from initsearch.errors import UsageError
-from initsearch.protocol import Protocol
+
+if TYPE_CHECKING:  # the protocol module imports Optuna; `import initsearch` stays light
+    from initsearch.protocol import Protocol
 
 BACKENDS = ("ray", "local")
 
@@ -90,6 +94,10 @@ class ConfirmConfig:
             1 pp) [``min_effect``]; ``--min-effect``.
         rank: who leads a look: ``"mean"`` or ``"lcb"`` (the lower 95 % bound of the mean, which
             a dead seed pulls down) [``confirm_rank``]; ``--confirm-rank``.
+        epochs: the confirmation's training length [``confirm_epochs``, else ``epochs``];
+            ``--confirm-epochs``.
+        train_size: the confirmation's training images [``confirm_train_size``, else
+            ``train_size``]; ``--confirm-train-size``.
     """
 
     top: int = 3
@@ -97,6 +105,8 @@ class ConfirmConfig:
     max_seeds: int | None = None
     min_effect: float | None = None
     rank: str | None = None
+    epochs: int | None = None
+    train_size: int | None = None
 
     def __post_init__(self) -> None:
         def whole(v) -> bool:
@@ -116,6 +126,9 @@ class ConfirmConfig:
                              f"1 pp, not {self.min_effect!r}")
         if self.rank is not None and self.rank not in ("mean", "lcb"):
             raise UsageError(f"confirm rank must be mean or lcb, not {self.rank!r}")
+        for what, v in (("epochs", self.epochs), ("train size", self.train_size)):
+            if v is not None and (not whole(v) or v < 1):
+                raise UsageError(f"confirm {what} must be a whole number >= 1, not {v!r}")
 
     def over(self, protocol: Protocol) -> Protocol:
         """``protocol`` with the fields set here in place of its ``confirm_*`` keys.
@@ -124,9 +137,13 @@ class ConfirmConfig:
             UsageError: the race would start with more seeds than its budget.
         """
         keys = {"confirm_seeds": self.seeds, "confirm_max_seeds": self.max_seeds,
-                "min_effect": self.min_effect, "confirm_rank": self.rank}
+                "min_effect": self.min_effect, "confirm_rank": self.rank,
+                "confirm_epochs": self.epochs, "confirm_train_size": self.train_size}
         out = replace(protocol, **{k: v for k, v in keys.items() if v is not None})
         if out.confirm_seeds and out.confirm_max_seeds < out.confirm_seeds:
             raise UsageError(f"the race starts with {out.confirm_seeds} seeds but may use only "
                              f"{out.confirm_max_seeds}; raise --confirm-max-seeds")
+        if (out.confirm_train_size or 0) > 0 and out.confirm_train_size < out.batch_size:
+            raise UsageError(f"confirm train size {out.confirm_train_size} is below the batch size "
+                             f"{out.batch_size}; raise it")
         return out

@@ -30,12 +30,14 @@ from torch import nn
 
 from initsearch.archs import build_model
 from initsearch.cache import ResultCache, model_fingerprint
-from initsearch.confirm import ConfirmDriver, fresh_seeds, run_race, save_plan, select
+from initsearch.confirm import (ConfirmDriver, Entry, fresh_seeds, load_plan, merge, run_race,
+                                save_plan, select)
 from initsearch.data import load_splits
 from initsearch.engine.driver import StudyDriver
 from initsearch.engine.progress import Progress
 from initsearch.errors import UsageError
 from initsearch.protocol import load_protocol
+from initsearch.recipe import Recipe
 from initsearch.recommend import SearchResult, build_table, recommended_recipe, verdict_of
 from initsearch.report import close_figures, plots
 from initsearch.settings import ConfirmConfig, RunConfig
@@ -79,12 +81,77 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         >>> print(result.verdict.text)                                        # doctest: +SKIP
         >>> result.best.apply(my_model)                                       # doctest: +SKIP
     """
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise UsageError(f"budget must be a whole number >= 1, not {budget!r}")
+    return _run_study(arch, model_fn=model_fn, arch_options=arch_options, dataset=dataset,
+                      data_dir=data_dir, budget=budget, profile=profile, space=space, seed=seed,
+                      run=run, confirm=confirm)
+
+
+def confirm_recipes(recipes: list[Recipe] | None = None, arch: str = "resnet_ds", *,
+                    from_study: str | None = None, model_fn: Callable[[], nn.Module] | None = None,
+                    arch_options: dict | None = None, dataset: str = "cifar10",
+                    data_dir: str | os.PathLike | None = None, profile: str | None = None,
+                    space: str | None = None, seed: int = 0, run: RunConfig | None = None,
+                    confirm: ConfirmConfig | None = None) -> SearchResult:
+    """Race recipes against PyTorch's default and every applicable baseline under another
+    protocol -- the size and length the user will train -- with no search.
+
+    A user who searched a small proxy on a CPU confirms at the target size: ``arch_options``
+    (e.g. ``{"depth": 20}``), ``profile`` (``"gpu"``), ``confirm.epochs`` and
+    ``confirm.train_size`` set the confirmation's fidelity. The verdict is the search's
+    (:mod:`initsearch.recommend`), and reports the rank agreement (Kendall tau) between the
+    scores the recipes came with (their search score, ``meta.search_val_acc``) and the means
+    measured here.
+
+    Args:
+        recipes: recipe files' contents (:meth:`Recipe.load`) to race as candidates.
+        from_study: instead of (or besides) ``recipes``, the entries of a finished study's race
+            (its candidates and baselines, with their search scores), read from ``run.home`` /
+            ``run.storage``.
+        Others as for :func:`search`; ``run.name`` names this confirmation's own study.
+
+    Returns:
+        A :class:`~initsearch.recommend.SearchResult` with an empty search ``table``.
+
+    Example:
+        >>> best = initsearch.Recipe.load("best-resnet_ds-cifar10-20261207.yaml")  # doctest: +SKIP
+        >>> r = initsearch.confirm_recipes([best], "resnet_ds", arch_options={"depth": 20},
+        ...                                confirm=initsearch.ConfirmConfig(epochs=12))  # doctest: +SKIP
+        >>> print(r.verdict.text)                                            # doctest: +SKIP
+    """
+    run = run or RunConfig()
+    entries = [Entry(r.name or f"recipe-{i + 1}", r, None, r.meta.get("trial"), {},
+                     r.meta.get("search_val_acc")) for i, r in enumerate(recipes or [])]
+    if from_study is not None:
+        entries += _race_entries(from_study, run)
+    if not entries:
+        raise UsageError("nothing to confirm: pass recipe files or --from-study STUDY")
+    return _run_study(arch, model_fn=model_fn, arch_options=arch_options, dataset=dataset,
+                      data_dir=data_dir, budget=0, profile=profile, space=space, seed=seed,
+                      run=run, confirm=confirm or ConfirmConfig(), candidates=entries)
+
+
+def _race_entries(name: str, run: RunConfig) -> list[Entry]:
+    """The entries of study ``name``'s race (its candidates and baselines with their scores)."""
+    store = StudyStorage(run.storage, resolve_home(run.home) / "mlruns" / "optuna")
+    study = store.peek(name) if name in store.study_names() else None
+    plan = load_plan(study) if study is not None else None
+    if plan is None:
+        raise UsageError(f"no raced study {name!r} in {store.display}; check --from-study, "
+                         "--home or --storage")
+    return plan[0]
+
+
+def _run_study(arch: str, *, model_fn, arch_options, dataset, data_dir, budget: int, profile,
+               space, seed: int, run: RunConfig | None, confirm: ConfirmConfig | None,
+               candidates: list[Entry] = ()) -> SearchResult:
+    """:func:`search` (``budget`` >= 1) or :func:`confirm_recipes` (``budget`` 0, the
+    ``candidates`` racing besides the baselines)."""
     t_start = time.perf_counter()
     run = run or RunConfig()
     confirm = confirm or ConfirmConfig()
     # -- 1. validate every input; nothing is written before this block ends ----------------------
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-        raise UsageError(f"budget must be a whole number >= 1, not {budget!r}")
     builtin = arch if model_fn is None and ":" not in arch else None
     protocol, arch_opts = load_protocol(profile).for_arch(builtin)
     protocol = dataclasses.replace(protocol, seeds=tuple(s + seed for s in protocol.seeds))
@@ -119,7 +186,10 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
              if protocol.confirm_seeds else None)
     state = resolve_home(run.home) / "mlruns"
     store = StudyStorage(run.storage, state / "optuna")
-    study_name = _study_name(run.name, run.resume, store, label, dataset)
+    if not budget and not protocol.confirm_seeds:
+        raise UsageError("a confirmation without seeds confirms nothing; drop --confirm-seeds 0")
+    study_name = _study_name(run.name, run.resume, store, label if budget else f"confirm-{label}",
+                             dataset)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = {"arch": label, "dataset": dataset, "profile": protocol.name,
                 "space": space_obj.name, "seed": seed, "arch_options": arch_opts}
@@ -139,7 +209,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         return _search(study_name, storage, store.multi_driver, settings, protocol, space_obj,
                        splits, model_fn, roles, plan_for, chance, state, tracking_uri, label,
                        arch_opts, budget, seed, rules, run, confirm, t_start,
-                       model_fingerprint(probe), twin)
+                       model_fingerprint(probe), twin, list(candidates))
     finally:
         store.close()
 
@@ -148,7 +218,7 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
             model_fn, roles, plan_for, chance: float, state: Path, tracking_uri: str, label: str,
             arch_opts: dict, budget: int, seed: int, rules, run: RunConfig,
             confirm: ConfirmConfig, t_start: float, model_key: str,
-            twin: optuna.Study | None) -> SearchResult:
+            twin: optuna.Study | None, candidates: list[Entry]) -> SearchResult:
 
     # -- 2. open the tracking runs and the study ---------------------------------------------------
     # writes the store cannot take now wait in a spool file; a resumed search writes them first
@@ -208,7 +278,8 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
             t_confirm = time.perf_counter()
             if rules is not None:  # the race: entries, seeds and rules recorded before any result
                 fidelity = protocol.for_confirmation()
-                entries = select(study_obj, space_obj.baselines(), confirm.top, chance)
+                entries = merge(select(study_obj, space_obj.baselines(), confirm.top, chance),
+                                candidates)
                 seeds = fresh_seeds(protocol.seeds, rules.max_seeds)
                 save_plan(study_obj, entries, seeds, rules, fidelity)
                 confirm_bar = Progress(0, enabled=run.progress, stage="confirm")

@@ -229,3 +229,35 @@ def test_a_failed_confirmation_job_is_recorded_as_failed(tmp_path):
     assert got[1]["state"] == "COMPLETE" and got[1]["confirm_acc"] == 0.4
     assert got[2]["state"] == "FAIL" and got[2]["confirm_acc"] is None
     assert scores({REFERENCE: got})[REFERENCE] == {1: 0.4, 2: "RuntimeError: boom"}
+
+
+def test_confirm_races_recipe_files_and_a_finished_study_under_another_protocol(
+        data_dir, home, tmp_path, capsys):
+    """`initsearch confirm` races a recipe file against the default and every baseline at
+    another size and length, and a finished study's race again; bad input is one line."""
+    from initsearch.recipe import RoleInit
+
+    mine = Recipe({"linear": RoleInit("xavier"), "classifier": RoleInit("xavier")}, "mine",
+                  meta={"search_val_acc": 0.31})
+    path = mine.save(tmp_path / "mine.yaml")
+    common = ["--arch", "mlp", "--profile", "smoke", "--backend", "local", "--home", str(home),
+              "--data", str(data_dir), "--no-progress"]
+    code = main(["confirm", str(path), "--arch-opt", "depth=4", "--confirm-epochs", "2",
+                 "--study", "c1", *common])
+    out = capsys.readouterr().out
+    assert code == 0 and "verdict: " in out and "race: 3..4 fresh seeds" in out
+    study = _study(home, "c1")
+    plan = study.user_attrs["confirm"]
+    assert plan["epochs"] == 2 and "mine" in {e["name"] for e in plan["entries"]}
+    assert study.user_attrs["arch_options"] == {"depth": 4, "width": 64}
+    assert not [t for t in study.trials]  # no search: only the race
+    # the same study's race, confirmed again with another length: scores carried for Kendall tau
+    code = main(["confirm", "--from-study", "c1", "--confirm-epochs", "3", "--study", "c2", *common])
+    assert code == 0
+    entries = {e["name"]: e for e in _study(home, "c2").user_attrs["confirm"]["entries"]}
+    assert entries["mine"]["search_val_acc"] == 0.31
+    capsys.readouterr()
+    assert main(["confirm", *common]) == 2
+    assert capsys.readouterr().err.strip().startswith("initsearch: error: nothing to confirm")
+    assert main(["confirm", "--from-study", "nope", *common]) == 2
+    assert "no raced study 'nope'" in capsys.readouterr().err
