@@ -295,7 +295,9 @@ def main() -> None:
     trial = real_trial(arch, epochs=2, n_train=args.train_images)
     trial.pop("p")
     p = protocol_for(arch)[0]  # the full protocol (the timed trial ran 2 of its epochs)
-    search_epochs, confirm_epochs = halving_epochs(p), 6 * p.confirm_seeds * p.epochs
+    # the race's first round: the default, the 8 other resnet_ds baselines and 3 candidates
+    confirm_epochs = 12 * p.confirm_seeds * (p.confirm_epochs or p.epochs)
+    search_epochs = halving_epochs(p)
     k = max(1, round(1 / p.gpus_per_trial)) if p.gpus_per_trial else 1
     speedup = (out["concurrent"][k] / out["concurrent"][1]
                if {1, k} <= out["concurrent"].keys() else 1.0)
@@ -305,8 +307,9 @@ def main() -> None:
           f"{per_epoch:.1f} s/epoch incl. eval, {trial['img_s']:,.0f} train img/s", flush=True)
     print(f"projected 50-trial {arch} search on the {PROFILE} profile: {search_epochs:.0f} trial-epochs "
           f"x {per_epoch:.1f} s / {speedup:.2f} (K={k} concurrent, measured above at bf16) = "
-          f"{search_epochs * per_epoch / speedup / 60:.0f} min; confirmation (6 recipes x "
-          f"{p.confirm_seeds} seeds x {p.epochs} epochs = {confirm_epochs} trial-epochs): "
+          f"{search_epochs * per_epoch / speedup / 60:.0f} min; the race's first round (12 recipes x "
+          f"{p.confirm_seeds} seeds x {p.confirm_epochs or p.epochs} epochs = {confirm_epochs} "
+          f"trial-epochs, later rounds one seed per survivor): "
           f"{confirm_epochs * per_epoch / speedup / 60:.0f} min", flush=True)
     out["trial"] = trial
 

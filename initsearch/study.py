@@ -289,7 +289,8 @@ def _search(study_name: str, storage, shared: bool, settings: dict, protocol, sp
                     confirm_bar.extend(len(jobs), f"({len({j.entry.name for j in jobs})} racing)")
                     drivers.append(ConfirmDriver(study_obj, jobs, fidelity, tracker, plan_for,
                                                  confirm_bar, cache))
-                    slots = max(slots, backend.run(drivers[-1], f"{study_name}-confirm"))
+                    slots = max(slots, backend.run(drivers[-1],  # one Tune experiment a round
+                                                   f"{study_name}-confirm{len(drivers) - 1}"))
 
                 try:
                     run_race(study_obj, entries, seeds, rules, train)

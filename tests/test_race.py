@@ -138,3 +138,40 @@ def test_rules_are_checked():
         RaceRules(rank="median")
     assert RaceRules(min_seeds=3, max_seeds=10).level == pytest.approx(0.05 / 8)
     assert estimate([0.5]).lo == 0.5 and isinstance(paired([1, 2, 3], [0, 1, 1]), Paired)
+
+
+def test_an_interrupted_race_resumes_where_it_stopped():
+    """run_race over a real (in-memory) Optuna study, its rounds 'trained' by writing records:
+    cut off in its second round, the race asks again only for what is missing, and ends with
+    the verdict the uninterrupted race reaches."""
+    import optuna
+
+    from initsearch.confirm import ConfirmJob, Entry, run_race, write_record
+    from initsearch.recipe import Recipe, RoleInit
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    means = {"pytorch_default": 0.40, "he": 0.45, "xavier": 0.46}
+    truth = stream(means, 0.01, seed=3)
+    entries = [Entry(m, Recipe({} if m == "pytorch_default" else {"conv": RoleInit(m)}, m),
+                     m, None) for m in means]
+
+    def trainer(study, calls, stop_after=None):
+        def train(jobs: list[ConfirmJob]) -> None:
+            calls.append([(j.entry.name, j.seed) for j in jobs])
+            for i, j in enumerate(jobs):
+                if stop_after is not None and len(calls) == 2 and i == stop_after:
+                    raise KeyboardInterrupt
+                write_record(study, j, {"state": "COMPLETE", "confirm_acc": truth[j.entry.name][j.seed],
+                                        "test_acc": 0.0, "error": None})
+        return train
+
+    whole = optuna.create_study()
+    expected = run_race(whole, entries, SEEDS, RULES, trainer(whole, []))
+    study, first = optuna.create_study(), []
+    with pytest.raises(KeyboardInterrupt):
+        run_race(study, entries, SEEDS, RULES, trainer(study, first, stop_after=1))
+    assert len(first[0]) == 3 * len(entries)  # round 1: every entry's first 3 seeds at once
+    again: list = []
+    resumed = run_race(study, entries, SEEDS, RULES, trainer(study, again))
+    assert again[0] == first[1][1:]  # only what the cut-off round had not recorded
+    assert resumed == expected
