@@ -10,7 +10,10 @@ Scenarios:
 * ``null``: every recipe equal -- any recommendation other than the default is false;
 * ``+delta`` and ``+3 delta``: one recipe better by that much -- power is recommending it;
 * ``dead default``: the default stays at chance, one recipe trains on every seed 10 pp above
-  it, the others are as good but leave a seed at chance with probability 0.3.
+  it, the others are as good but leave a seed at chance with probability 0.3;
+* ``cpu, 6 epochs``: the means measured for the 9 ``resnet_ds`` baselines at the ``cpu`` race's
+  fidelity (BENCHMARKS.md: the default 39.3 %, LION-DG +0.3, ZerO -6.1, ...) and 3 candidates
+  level with the default -- what the main job races; nothing is 3 x delta better.
 
 The race (:func:`initsearch.race.race`) is compared with the fixed design it replaces: 3 seeds,
 each recipe tested against the default (paired t, Holm at 0.05), the best mean among the
@@ -34,6 +37,10 @@ from initsearch.race import RaceRules, race
 from initsearch.stats import holm, paired
 
 REFERENCE = "default"
+#: confirm-split means (%) of the resnet_ds baselines at 6 epochs (benchmarks/confirm_fidelity.py):
+#: the default, LION-DG, emergence, LSUV, He, LSUV+LION-DG, RISOTTO, GradInit, ZerO; then 3
+#: candidates level with the default
+CPU_6_EPOCHS = [39.33, 39.68, 38.81, 38.28, 37.93, 37.64, 37.38, 34.41, 33.23, 39.33, 39.33, 39.33]
 
 
 def scores(mu: np.ndarray, seeds: int, noise: float, rng: np.random.Generator,
@@ -91,6 +98,8 @@ def main() -> None:
         "dead default": (np.where(np.arange(args.entries) == 0, chance, 0.45),
                          np.where(np.arange(args.entries) > 1, 0.3, 0.0), "r1"),
     }
+    if args.entries == 12:
+        scenarios["cpu, 6 epochs"] = (np.array(CPU_6_EPOCHS) / 100, None, None)
     t0 = time.perf_counter()
     print(f"{machine()}; {args.races} races per row, {args.entries} recipes, noise "
           f"{100 * args.noise:.1f} pp per recipe (+2 pp shared per seed), delta "

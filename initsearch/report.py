@@ -158,7 +158,8 @@ def report(study_name: str | None, home: str | os.PathLike | None, out: str | os
     if study is None:
         raise UsageError(f"study {study_name!r} in {store.display} cannot be read as it is; "
                          f"`initsearch run --study {study_name} --resume` repairs a damaged journal")
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    if (not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            and not study.user_attrs.get("confirm")):  # a confirm study has a race, no search
         raise UsageError(f"study {study_name!r} has no completed trial yet; resume it "
                          f"(initsearch run --study {study_name} --resume) and report again")
     verdict = verdict_of(study)
@@ -169,5 +170,6 @@ def report(study_name: str | None, home: str | os.PathLike | None, out: str | os
     for name, fig in figures.items():
         fig.savefig(folder / name, dpi=110)
     close_figures(figures.values())
-    text = "\n\n".join(filter(None, [result.comparison(), verdict.table(), verdict.text]))
+    text = "\n\n".join(filter(None, [result.comparison() if result.table else "", verdict.table(),
+                                      verdict.text]))
     return text, folder, sorted(figures)

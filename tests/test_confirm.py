@@ -256,6 +256,8 @@ def test_confirm_races_recipe_files_and_a_finished_study_under_another_protocol(
     assert code == 0
     entries = {e["name"]: e for e in _study(home, "c2").user_attrs["confirm"]["entries"]}
     assert entries["mine"]["search_val_acc"] == 0.31
+    assert main(["report", "c2", "--home", str(home), "--out", str(tmp_path / "r")]) == 0
+    assert "race.png" in {p.name for p in (tmp_path / "r").iterdir()}
     capsys.readouterr()
     assert main(["confirm", *common]) == 2
     assert capsys.readouterr().err.strip().startswith("initsearch: error: nothing to confirm")
