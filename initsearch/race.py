@@ -162,9 +162,9 @@ def race(names: Sequence[str], reference: str | None, scores: Mapping[str, Mappi
         for m in others:
             c = paired(values[m], values[leader])
             if m == reference:  # a claim against the default: Bonferroni over who could lead
-                c = replace(c, p_holm=min(1.0, c.p * len(others)))
+                c = replace(c, p_adj=min(1.0, c.p * len(others)))
             else:  # who keeps training: one-sided, is m below the leader?
-                c = replace(c, p_holm=c.p / 2)
+                c = replace(c, p_adj=c.p / 2)
             if c.worse(rules.level):
                 why[m] = f"worse than {leader}: {c.pp()}"
         alive = [m for m in alive if m not in why]

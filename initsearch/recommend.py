@@ -119,7 +119,7 @@ class Verdict:
         tau = f"; search-vs-race rank agreement Kendall tau {self.tau:+.2f}" if self.tau is not None else ""
         title = (f"race: {rules.min_seeds}..{rules.max_seeds} fresh seeds per recipe (reached "
                  f"{len(self.seeds)}), {len(self.outcome.looks)} looks at p < {rules.level:.4f} "
-                 f"each (Holm within a look), min effect {100 * rules.min_effect:.1f} pp; scored "
+                 f"each (drops one-sided; the default's Bonferroni'd over the field), min effect {100 * rules.min_effect:.1f} pp; scored "
                  f"on the confirm split; differences paired by seed (95% CI); chance "
                  f"{100 * self.chance:.1f}%{tau}; * recommended")
         return title + "\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()

@@ -4,10 +4,10 @@ equivalence.
 Every recipe of a confirmation is trained on the same fresh seeds, and seed ``s`` fixes the data
 order, the augmentation and the init RNG for every recipe (common random numbers). The
 difference between two recipes is therefore measured seed by seed: ``d_s = a_s - b_s``, its mean
-with a Student-t interval over the ``S`` seeds and a two-sided paired t-test
-(:func:`scipy.stats.ttest_rel`). When several recipes are tested in one look, the p-values are
-Holm-corrected (step-down Bonferroni: controls the family-wise error at the look's level without
-assuming independence).
+with a Student-t interval over the ``S`` seeds and a two-sided paired t-test (the statistic and
+p of :func:`scipy.stats.ttest_rel`). How several tests share an error budget is the caller's
+rule (the race's, :mod:`initsearch.race`); :func:`holm` is here for a fixed family (step-down
+Bonferroni: controls the family-wise error without assuming independence).
 
 Rules that keep a small sample from misleading:
 
@@ -58,21 +58,22 @@ class Estimate:
 class Paired:
     """``a - b`` seed by seed: the mean difference, its 95 % CI, the two-sided p-value (paired
     t-test, or the exact permutation test when every seed's difference is the same) and the
-    Holm-adjusted p-value within its family (``p`` until :func:`holm` adjusts it). ``sd``: the
-    seed-to-seed standard deviation of the difference."""
+    p-value the decision reads, ``p_adj``: ``p`` itself until a multiplicity rule adjusts it
+    (:func:`holm`, or the race's, :mod:`initsearch.race`). ``sd``: the seed-to-seed standard
+    deviation of the difference."""
 
     diff: Estimate
     p: float
-    p_holm: float
+    p_adj: float
     sd: float = 0.0
 
     def better(self, alpha: float = ALPHA) -> bool:
-        """``a`` beats ``b``: the difference is positive and its Holm-adjusted p < ``alpha``."""
-        return self.diff.mean > 0 and self.p_holm < alpha
+        """``a`` beats ``b``: the difference is positive and its adjusted p < ``alpha``."""
+        return self.diff.mean > 0 and self.p_adj < alpha
 
     def worse(self, alpha: float = ALPHA) -> bool:
-        """``a`` loses to ``b``: the difference is negative and its Holm-adjusted p < ``alpha``."""
-        return self.diff.mean < 0 and self.p_holm < alpha
+        """``a`` loses to ``b``: the difference is negative and its adjusted p < ``alpha``."""
+        return self.diff.mean < 0 and self.p_adj < alpha
 
     @property
     def significant(self) -> bool:
@@ -94,14 +95,14 @@ class Paired:
         return max(MIN_SEEDS, math.ceil((z * self.sd / delta) ** 2))
 
     def to_dict(self) -> dict[str, object]:
-        return {"diff": self.diff.to_dict(), "p": self.p, "p_holm": self.p_holm}
+        return {"diff": self.diff.to_dict(), "p": self.p, "p_adj": self.p_adj}
 
     def pp(self, versus: str = "") -> str:
-        """``+1.23 pp [vs X ](95% CI [+0.10, +2.36], p=0.041)`` -- the Holm-adjusted p."""
+        """``+1.23 pp [vs X ](95% CI [+0.10, +2.36], p=0.041)`` -- the adjusted p."""
         d = self.diff
         label = f" vs {versus}" if versus else ""
         return (f"{100 * d.mean:+.2f} pp{label} (95% CI [{100 * d.lo:+.2f}, {100 * d.hi:+.2f}], "
-                f"p={self.p_holm:.2g})")
+                f"p={self.p_adj:.2g})")
 
 
 def estimate(values: Sequence[float], alpha: float = ALPHA) -> Estimate:

@@ -95,6 +95,13 @@ def test_gpu_share_without_gpu(capsys, home, data_dir):
     ("optimizer: {name: adamw, lr: 1e-3}", "optimizer.lr must be a number >= 0, not '1e-3' (YAML"),
     ("grad_clip: -1", "grad_clip must be > 0"),
     ("confirm_seeds: 1", "confirm_seeds must be 0"),
+    ("confirm_seeds: 2", "no test runs on fewer paired seeds"),
+    ("confirm_seeds: 5\nconfirm_max_seeds: 4", "confirm_max_seeds must be >= confirm_seeds"),
+    ("confirm_max_seeds: 2", "confirm_max_seeds must be"),
+    ("min_effect: 1.5", "min_effect must be an accuracy difference in (0, 1)"),
+    ("confirm_rank: best", "confirm_rank must be"),
+    ("confirm_train_size: 10\nbatch_size: 64", "confirm_train_size must be at least batch_size"),
+    ("val_size: 30000\nconfirm_size: 30000", "leave no training images"),
 ])
 def test_bad_protocol_files(text, message, tmp_path, capsys, home, data_dir):
     path = tmp_path / "proto.yaml"

@@ -47,7 +47,7 @@ def test_statistics_against_known_values():
     assert paired([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]).p == 1.0  # identical: no difference, certainly
     # Holm: sorted p (0.01, 0.02, 0.04) x (3, 2, 1) -> 0.03, 0.04, 0.04 (monotone)
     family = holm([paired(a, b).__class__(d.diff, p, p) for p in (0.04, 0.01, 0.02)])
-    assert [round(c.p_holm, 6) for c in family] == [0.04, 0.03, 0.04]
+    assert [round(c.p_adj, 6) for c in family] == [0.04, 0.03, 0.04]
     assert math.isclose(chance_level(10, 2000), 0.1 + 3 * math.sqrt(0.09 / 2000))
     with pytest.raises(ValueError):
         paired([0.5], [0.4])
