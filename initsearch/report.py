@@ -80,10 +80,13 @@ def plots(study: optuna.Study, verdict: Verdict | None) -> dict[str, Any]:
 
 
 def _race(verdict: Verdict):
-    """Accuracy and 95 % interval per look, one line per recipe, ending where it was dropped."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+    """Accuracy and 95 % interval per look, one line per recipe, ending with an x where it was
+    dropped; the chance level is drawn only where the intervals come near it."""
+    fig, ax = plt.subplots(figsize=(9, 5))
     chosen = verdict.recommended.name if verdict.recommended else None
     looks = verdict.outcome.looks
+    colors = plt.get_cmap("tab20").colors  # 12+ recipes: tab10 would repeat colours
+    lows = []
     for i, name in enumerate(r.name for r in verdict.rows):
         at = [(k.seeds, k.standings[name]) for k in looks if name in k.standings]
         if not at:
@@ -91,13 +94,18 @@ def _race(verdict: Verdict):
         x = [s + 0.04 * (i % 7 - 3) for s, _ in at]  # a small offset keeps the bars apart
         mean = [100 * e.mean for _, e in at]
         err = [[100 * (e.mean - e.lo) for _, e in at], [100 * (e.hi - e.mean) for _, e in at]]
-        ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, lw=3.0 if name == chosen else 1.2,
-                    label=name)
-    ax.axhline(100 * verdict.chance, color="grey", ls=":", lw=1, label="chance level")
-    ax.set_xlabel("seeds per recipe at the look")
+        lows += [100 * e.lo for _, e in at]
+        color = colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20]
+        ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, color=color,
+                    lw=3.0 if name == chosen else 1.2, label=name)
+        if name in verdict.outcome.dropped:
+            ax.plot(x[-1], mean[-1], "x", color="black", ms=9, zorder=5)
+    if lows and min(lows) < 100 * verdict.chance + 5:
+        ax.axhline(100 * verdict.chance, color="grey", ls=":", lw=1, label="chance level")
+    ax.set_xlabel("seeds per recipe at the look (x: dropped there)")
     ax.set_ylabel("confirm-split accuracy (%), mean and 95% CI")
     ax.set_title(f"Race: {len(looks)} looks; {verdict.kind}")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
 
