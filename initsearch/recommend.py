@@ -13,8 +13,8 @@ out:
 * ``equivalent``: every survivor is within ``±min_effect`` of PyTorch's default (TOST); the
   default is recommended, the simplest answer;
 * ``undecided``: the budget is spent with the default among several survivors: which remain,
-  the differences not ruled out, and about how many more seeds per recipe would resolve
-  ``min_effect`` (from the observed spread);
+  the differences not ruled out (the span of their 95 % intervals against the leader), and
+  about how many more seeds per recipe would resolve ``min_effect`` (from the observed spread);
 * ``nothing``: no recipe trained above chance.
 
 When the search's best trial was dropped at the confirmation's fidelity, the verdict says so;
@@ -235,12 +235,14 @@ def _undecided(outcome: Outcome, rows: dict[str, Confirmed], rules: RaceRules, l
     for m in others:
         both = sorted(set(rows[m].runs) & set(lead.runs))
         comparisons.append(paired(rows[m].values(seeds=both), lead.values(seeds=both)))
-    w = max((max(abs(c.diff.lo), abs(c.diff.hi)) for c in comparisons), default=0.0)
+    lo = min((c.diff.lo for c in comparisons), default=0.0)
+    hi = max((c.diff.hi for c in comparisons), default=0.0)
     need = max((c.seeds_to_resolve(rules.min_effect, rules.level) for c in comparisons), default=0)
     more = max(1, need - outcome.seeds)
     return (f"{', '.join(others)} remain{'s' if len(others) == 1 else ''} beside {leader}; "
-            f"differences up to ±{100 * w:.1f} pp cannot be ruled out; about {more} more seeds "
-            f"per recipe would resolve {100 * rules.min_effect:.1f} pp")
+            f"differences up to {100 * max(-lo, hi):.1f} pp cannot be ruled out (95% CIs against "
+            f"{leader} span [{100 * lo:+.1f}, {100 * hi:+.1f}] pp); about {more} more seeds per "
+            f"recipe would resolve {100 * rules.min_effect:.1f} pp")
 
 
 def _tau(rows: list[Confirmed], first: list[int]) -> float | None:
