@@ -362,7 +362,7 @@ def test_resume_refuses_another_protocol_or_space(data_dir, home, tmp_path):
     journal = home / "mlruns" / "optuna" / "same.journal"
     size = journal.stat().st_size
     (tmp_path / "smoke.yaml").write_text((TRIALS_DIR / "smoke.yaml").read_text()
-                                         .replace("epochs: 3", "epochs: 2"))
+                                         .replace("\nepochs: 3", "\nepochs: 2"))
     (tmp_path / "mlp.yaml").write_text((SPACES_DIR / "mlp.yaml").read_text()
                                        .replace("gradinit_fast, gradinit]", "gradinit_fast]"))
     resume = RunConfig(name="same", resume=True, backend="local", home=home)
