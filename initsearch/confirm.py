@@ -125,15 +125,16 @@ def select(study: optuna.Study, baselines: dict[str, Recipe], top: int, chance: 
 
 
 def merge(entries: list[Entry], extra: list[Entry]) -> list[Entry]:
-    """``entries`` and then ``extra``, one entry per recipe content and per name: an extra
-    recipe already racing lends it its search score; one whose name is taken is renamed with
-    its key."""
+    """``entries`` and then ``extra``, one entry per recipe content, per baseline and per name:
+    an extra recipe already racing (the same content, or the same baseline as a study's trial
+    spelled it) lends it its search score; one whose name is taken is renamed with its key."""
     out = {e.key: e for e in entries}
+    baselines = {e.baseline: e.key for e in entries if e.baseline}
     for e in extra:
-        known = out.get(e.key)
+        known = out.get(baselines.get(e.baseline, e.key) if e.baseline else e.key)
         if known is not None:
             if known.search_val_acc is None and e.search_val_acc is not None:
-                out[e.key] = replace(known, source_trial=e.source_trial,
+                out[known.key] = replace(known, source_trial=e.source_trial,
                                      search_val_acc=e.search_val_acc, params=e.params)
             continue
         if e.name in {x.name for x in out.values()}:

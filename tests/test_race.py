@@ -175,3 +175,18 @@ def test_an_interrupted_race_resumes_where_it_stopped():
     resumed = run_race(study, entries, SEEDS, RULES, trainer(study, again))
     assert again[0] == first[1][1:]  # only what the cut-off round had not recorded
     assert resumed == expected
+
+
+def test_merging_a_studys_race_keeps_one_entry_per_baseline():
+    """A study's trial spells a baseline with every role explicit; the bound space spells it
+    bare: the same baseline, one entry, carrying the study's search score."""
+    from initsearch.confirm import Entry, merge
+    from initsearch.recipe import Recipe, RoleInit
+
+    bare = Entry("he", Recipe({"conv": RoleInit("he")}, "he"), "he", None)
+    spelled = Entry("he", Recipe({"conv": RoleInit("he"), "stem": RoleInit("default")}, "he"),
+                    "he", 1, {}, 0.37)
+    mine = Entry("he", Recipe({"conv": RoleInit("xavier")}, "he"), None, None, {}, 0.4)
+    merged = merge([bare], [spelled, mine])
+    assert [e.name for e in merged] == ["he", f"he-{mine.key[:6]}"]
+    assert merged[0].search_val_acc == 0.37 and merged[0].key == bare.key
