@@ -141,30 +141,28 @@ def judge(entries: list[Entry], recorded: dict[str, dict[int, dict]], seeds: lis
     names = [e.name for e in entries]
     outcome = race(names, REFERENCE if REFERENCE in names else None, scores(recorded), seeds, rules)
     used = list(seeds[:outcome.seeds])
-    rows = [Confirmed(e, recorded.get(e.name, {})) for e in entries]
-    rows = [replace(r, val=estimate(r.values()) if r.values() else None,
-                    test=estimate(r.values("test_acc")) if r.values() else None) for r in rows]
-    by_name = {r.name: r for r in rows}
-    ref = by_name.get(REFERENCE)
-
-    def versus(a: Confirmed, b: Confirmed | None) -> Paired | None:
-        """``a - b`` over the seeds both completed (None below :data:`MIN_SEEDS` of them)."""
-        if b is None or a is b:
-            return None
-        both = sorted(s for s in a.runs if s in b.runs and a.runs[s]["state"] == "COMPLETE"
-                      and b.runs[s]["state"] == "COMPLETE")
-        return paired(a.values(seeds=both), b.values(seeds=both)) if len(both) >= MIN_SEEDS else None
-
     chosen = outcome.leader if outcome.stop in ("winner", "budget") else (
         REFERENCE if outcome.stop == "equivalent" else None)
     if outcome.stop == "budget" and REFERENCE in outcome.survivors:
         chosen = None  # undecided: the default is still in the race
-    rows = [replace(r, vs_reference=versus(r, ref),
-                    status=("recommended" if r.name == chosen else "survivor"
-                            if r.name in outcome.survivors else
-                            f"dropped at look {outcome.dropped[r.name][0]}: {outcome.dropped[r.name][1]}"
-                            if r.name in outcome.dropped else "not run"))
-            for r in rows]
+
+    def status(name: str) -> str:
+        if name == chosen:
+            return "recommended"
+        if name in outcome.survivors:
+            return "survivor"
+        if name in outcome.dropped:
+            look, why = outcome.dropped[name]
+            return f"dropped at look {look}: {why}"
+        return "not run"
+
+    rows = []
+    for e in entries:
+        r = Confirmed(e, recorded.get(e.name, {}), status=status(e.name))
+        rows.append(replace(r, val=estimate(r.values()), test=estimate(r.values("test_acc")))
+                    if r.values() else r)
+    ref = next((r for r in rows if r.name == REFERENCE), None)
+    rows = [replace(r, vs_reference=_versus(r, ref)) for r in rows]
     by_name = {r.name: r for r in rows}
     ref = by_name.get(REFERENCE)
     n, delta = len(used), f"{100 * rules.min_effect:.1f} pp"
@@ -206,7 +204,7 @@ def judge(entries: list[Entry], recorded: dict[str, dict[int, dict]], seeds: lis
         parts = [against_default(w)]
         if best is not None:
             label = "best other baseline" if w.kind == "baseline" else "best baseline"
-            vs_best = versus(w, best)
+            vs_best = _versus(w, best)
             parts.append(vs_best.pp(f"{label} {best.name}") if vs_best else f"{label} {best.name} not paired")
         kind = "recommend"
         text = f"recommend {chosen}: {', '.join(p for p in parts if p)} (confirm accuracy, {n} seeds)"
@@ -231,10 +229,7 @@ def _undecided(outcome: Outcome, rows: dict[str, Confirmed], rules: RaceRules, l
     """``A, B remain within ±w pp of the leader; about M more seeds per recipe would resolve d``."""
     lead = rows[leader]
     others = [m for m in outcome.survivors if m != leader]
-    comparisons = []
-    for m in others:
-        both = sorted(set(rows[m].runs) & set(lead.runs))
-        comparisons.append(paired(rows[m].values(seeds=both), lead.values(seeds=both)))
+    comparisons = [_versus(rows[m], lead) for m in others]  # survivors share every seed
     lo = min((c.diff.lo for c in comparisons), default=0.0)
     hi = max((c.diff.hi for c in comparisons), default=0.0)
     need = max((c.seeds_to_resolve(rules.min_effect, rules.level) for c in comparisons), default=0)
@@ -243,6 +238,15 @@ def _undecided(outcome: Outcome, rows: dict[str, Confirmed], rules: RaceRules, l
             f"differences up to {100 * max(-lo, hi):.1f} pp cannot be ruled out (95% CIs against "
             f"{leader} span [{100 * lo:+.1f}, {100 * hi:+.1f}] pp); about {more} more seeds per "
             f"recipe would resolve {100 * rules.min_effect:.1f} pp")
+
+
+def _versus(a: Confirmed, b: Confirmed | None) -> Paired | None:
+    """``a - b`` over the seeds both completed (None below :data:`MIN_SEEDS` of them)."""
+    if b is None or a is b:
+        return None
+    both = [s for s in sorted(a.runs) if s in b.runs and a.runs[s]["state"] == "COMPLETE"
+            and b.runs[s]["state"] == "COMPLETE"]
+    return paired(a.values(seeds=both), b.values(seeds=both)) if len(both) >= MIN_SEEDS else None
 
 
 def _tau(rows: list[Confirmed], first: list[int]) -> float | None:

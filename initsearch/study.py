@@ -171,6 +171,8 @@ def _run_study(arch: str, *, model_fn, arch_options, dataset, data_dir, budget: 
         raise UsageError("arch_options apply to a built-in arch or a 'module:function' factory; "
                          "with model_fn, bind them into it (functools.partial(factory, ...))")
     protocol = confirm.over(protocol)
+    if not budget and not protocol.confirm_seeds:  # before the model and the data are loaded
+        raise UsageError("a confirmation without seeds confirms nothing; drop --confirm-seeds 0")
     label = _label(model_fn) if model_fn else arch.rpartition(":")[2]
     named_space = arch if model_fn is None and arch in available_spaces() else "default"
     if model_fn is None:
@@ -186,8 +188,6 @@ def _run_study(arch: str, *, model_fn, arch_options, dataset, data_dir, budget: 
              if protocol.confirm_seeds else None)
     state = resolve_home(run.home) / "mlruns"
     store = StudyStorage(run.storage, state / "optuna")
-    if not budget and not protocol.confirm_seeds:
-        raise UsageError("a confirmation without seeds confirms nothing; drop --confirm-seeds 0")
     study_name = _study_name(run.name, run.resume, store, label if budget else f"confirm-{label}",
                              dataset)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
