@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from initsearch.protocol import Protocol
-from initsearch.trial import METRICS, resolve_device
+from initsearch.protocol import Protocol, resolve_device
+from initsearch.trial import METRICS
 
 KEY_TAG = "cache_key"        #: the trial's cache key, on every trial run
 SOURCE_TAG = "cached_from"   #: on a run fed from the cache: the run that trained it

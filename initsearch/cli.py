@@ -84,6 +84,9 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", metavar="URL",
                    help="Optuna storage: an RDB URL such as postgresql://user:pw@host/db lets "
                    "several drivers share the study (default: a journal file in ./mlruns/optuna)")
+    p.add_argument("--wait-for-others", type=float, default=3600.0, metavar="SECONDS",
+                   help="on a study shared with other drivers, how long to wait for their "
+                        "trials in flight before reporting the study as partial (default 3600)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="run trials on this Ray cluster (env RAY_ADDRESS; default: start Ray here)")
     p.add_argument("--ray-storage", metavar="PATH_OR_URI",
@@ -141,7 +144,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict, "RunConfig", "ConfirmConf
                     gpus_per_trial=args.gpus_per_trial, home=args.home,
                     tracking_uri=args.tracking_uri, progress=not args.no_progress,
                     storage=args.storage, ray_address=args.ray_address, ray_storage=args.ray_storage,
-                    cache=not args.no_cache)
+                    cache=not args.no_cache, wait_for_others=args.wait_for_others)
     confirm = ConfirmConfig(top=args.confirm_top, seeds=args.confirm_seeds,
                             max_seeds=args.confirm_max_seeds, min_effect=args.min_effect,
                             rank=args.confirm_rank, epochs=args.confirm_epochs,
@@ -296,20 +299,20 @@ def _archs(args: argparse.Namespace) -> int:
 
 
 def _roles(args: argparse.Namespace) -> int:
-    from initsearch.archs import build_model, flops_per_image
-    from initsearch.protocol import load_protocol
+    from initsearch.archs import flops_per_image
+    from initsearch.plan import resolve_model
     from initsearch.recipe import BASELINES, Recipe
     from initsearch.roles import discover_roles
-    from initsearch.space import available_spaces, load_space
+    from initsearch.space import load_space
 
     if args.model and args.arch:
         raise UsageError("pass either --arch or --model, not both")
     arch = args.model or args.arch or "resnet_ds"
     _one_thread()
-    options = load_protocol(args.profile).for_arch(None if ":" in arch else arch)[1]
-    options.update(key_values(args.arch_opt, "--arch-opt"))
-    model = build_model(arch, options=options)
-    space = load_space(args.space or (arch if arch in available_spaces() else "default"))
+    _, resolved = resolve_model(arch, arch_options=key_values(args.arch_opt, "--arch-opt"),
+                                profile=args.profile)
+    model, options = resolved.probe, resolved.options
+    space = load_space(args.space or resolved.default_space)
     roles = discover_roles(model, space.role_overrides)
     rows = [(r["path"], r["type"], "x".join(map(str, r["shape"])) or "scalar", r["role"])
             for r in Recipe(role_overrides=space.role_overrides).plan(model, roles)]
@@ -356,7 +359,7 @@ def _profiles(_: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from initsearch.study import resolve_home
+    from initsearch.settings import resolve_home
     from initsearch.tracking import default_tracking_uri
 
     home = resolve_home(args.home)

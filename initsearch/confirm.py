@@ -20,6 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
@@ -27,17 +31,19 @@ import optuna
 from optuna.trial import TrialState
 
 from initsearch.cache import ResultCache
-from initsearch.engine.driver import Attr, Driver, LiveTrial, timed, reason
+from initsearch.engine.driver import Driver, LiveTrial, timed
 from initsearch.engine.progress import Progress
 from initsearch.errors import UsageError
 from initsearch.protocol import Protocol
 from initsearch.race import Outcome, RaceRules, Score, race
 from initsearch.recipe import BASELINES, Recipe
+from initsearch.record import Attr, reason
 from initsearch.tracking import Tracker
 from initsearch.trial import TrialConfig
 
 REFERENCE = "pytorch_default"  #: the recipe every verdict is stated against
 PLAN = "confirm"               #: the study attribute holding the race's entries, seeds and rules
+CLAIM = "confirm_claim"        #: the study attribute naming the driver that runs a shared race
 _PREFIX = "confirm/"
 
 
@@ -158,6 +164,50 @@ def load_plan(study: optuna.Study) -> tuple[list[Entry], list[int], RaceRules] |
         return None
     return ([Entry.from_dict(e) for e in plan["entries"]], list(plan["seeds"]),
             RaceRules(**plan["rules"]))
+
+
+class RaceClaim:
+    """Which driver runs a shared study's race: one per study, however many drivers searched.
+
+    Drivers on a database study cannot lock it, so a claim is a study attribute (``CLAIM``:
+    who, and when it last beat). :meth:`take` writes it unless a live other driver holds it,
+    then reads it back after ``settle`` seconds: two drivers that claimed at once both read the
+    last write, so exactly one goes on. While the race runs, a daemon thread beats every
+    ``interval`` seconds; a claim not beaten for ``stale_after`` seconds is a dead driver's, and
+    the next driver takes it over (the race resumes from its records).
+    """
+
+    def __init__(self, study: optuna.Study, *, interval: float, stale_after: float,
+                 settle: float = 2.0) -> None:
+        self.study, self.interval, self.stale_after, self.settle = study, interval, stale_after, settle
+        self.me = f"{socket.gethostname()}:{os.getpid()}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def take(self) -> str | None:
+        """Claim the race; returns None when this driver holds it, else the live holder."""
+        held = self.study.user_attrs.get(CLAIM)
+        if held and held["who"] != self.me and time.time() - held["beat"] < self.stale_after:
+            return held["who"]
+        self._beat()
+        time.sleep(self.settle)
+        held = self.study.user_attrs.get(CLAIM)
+        if held["who"] != self.me:
+            return held["who"]
+        self._thread = threading.Thread(target=self._run, name="initsearch-race-claim", daemon=True)
+        self._thread.start()
+        return None
+
+    def release(self) -> None:
+        """Stop beating (the claim stays: it says who ran the race)."""
+        self._stop.set()
+
+    def _beat(self) -> None:
+        self.study.set_user_attr(CLAIM, {"who": self.me, "beat": time.time()})
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._beat()
 
 
 def write_record(study: optuna.Study, job: ConfirmJob, record: dict[str, Any]) -> None:

@@ -6,7 +6,6 @@ cache folder; plain ``initsearch schemes`` shows the last measurement on this ma
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import platform
@@ -15,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from initsearch.archs import build_model
 from initsearch.data import cache_root, load_splits
 from initsearch.errors import UsageError
-from initsearch.protocol import default_profile, load_protocol
+from initsearch.plan import resolve_model
+from initsearch.protocol import default_profile
 from initsearch.recipe import Recipe, RoleInit, StepInit
 from initsearch.schemes import STEPS
 from initsearch.trial import TrialConfig, run_trial
@@ -34,10 +33,9 @@ def measure_costs(profile: str | None = None, data_dir: str | None = None, arch:
     profile's threads and device; time one training epoch of plain He for reference. A step
     that refuses the model (T-Fixup without attention, Fixup without branch scalars, ...) is
     listed with its reason instead of a cost."""
-    protocol, options = load_protocol(profile or default_profile()).for_arch(arch)
+    protocol, model = resolve_model(arch, arch_options=arch_options,
+                                    profile=profile or default_profile())
     protocol = dataclasses.replace(protocol, epochs=1, seeds=(seed,))
-    options.update(arch_options or {})
-    model_fn = functools.partial(build_model, arch, options=options)
     splits = load_splits("cifar10", data_dir, **protocol.split_sizes())
     torch.set_num_threads(protocol.threads_per_trial)
     he = {r: RoleInit("he") for r in ("stem", "conv", "branch_last", "shortcut", "classifier")}
@@ -46,7 +44,7 @@ def measure_costs(profile: str | None = None, data_dir: str | None = None, arch:
         recipe = Recipe(he, step.label, steps=(step,))
         config = TrialConfig(0, recipe.to_dict(), protocol.to_dict())
         try:
-            first = next(run_trial(config, splits, model_fn))  # applies the recipe, trains one epoch
+            first = next(run_trial(config, splits, model.factory))  # applies the recipe, trains one epoch
         except UsageError as exc:
             rows.append({"step": step.label, "data": step.needs_data, "refused": str(exc)})
             continue
@@ -60,7 +58,7 @@ def measure_costs(profile: str | None = None, data_dir: str | None = None, arch:
     epoch = sorted(r["epoch_seconds"] for r in ran)[len(ran) // 2]  # median over the runs
     for r in ran:
         r["epochs"] = r["seconds"] / epoch
-    costs = {"profile": protocol.name, "arch": arch, "arch_options": options,
+    costs = {"profile": protocol.name, "arch": arch, "arch_options": model.options,
              "device": protocol.device, "threads": protocol.threads_per_trial,
              "train_size": protocol.train_size, "batch_size": protocol.batch_size,
              "epoch_seconds": epoch, "machine": _machine(), "date": time.strftime("%Y-%m-%d"),

@@ -22,14 +22,17 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import optuna
+import torch
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from initsearch.errors import UsageError
 from initsearch.schema import StrictModel, refuse, validate
+
+if TYPE_CHECKING:
+    import optuna
 
 FORMAT, VERSION = "initsearch.protocol", 1
 TRIALS_DIR = Path(__file__).resolve().parent.parent / "trials"
@@ -109,14 +112,11 @@ class Protocol:
         return replace(self, epochs=self.confirm_epochs or self.epochs,
                        train_size=self.confirm_train_size or self.train_size, stage="confirm")
 
-    def race_rules(self, chance: float) -> "RaceRules":
-        """The race's rules (:class:`~initsearch.race.RaceRules`) from the ``confirm_*`` keys."""
-        from initsearch.race import RaceRules
+    def make_pruner(self) -> "optuna.pruners.BasePruner":
+        """Optuna's pruner for the study (imported here: a Ray worker reads protocols, never
+        prunes, and need not load Optuna)."""
+        import optuna
 
-        return RaceRules(min_seeds=self.confirm_seeds, max_seeds=self.confirm_max_seeds,
-                         min_effect=self.min_effect, rank=self.confirm_rank, chance=chance)
-
-    def make_pruner(self) -> optuna.pruners.BasePruner:
         opts = {k: v for k, v in self.pruner.items() if k != "name"}
         name = self.pruner.get("name", "successive_halving")
         if name == "successive_halving":
@@ -149,6 +149,26 @@ class Protocol:
         d = asdict(self)
         d["seeds"] = list(self.seeds)
         return d
+
+
+def resolve_device(name: str) -> torch.device:
+    """The protocol's ``device`` on this machine: ``auto`` is CUDA where a GPU is visible."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The protocol's ``precision`` as it runs on ``device``: ``auto`` is ``bf16`` where the
+    device multiplies bf16 natively -- a CUDA GPU that supports it, or a CPU with AMX-BF16 tiles
+    (Intel Sapphire Rapids and later: there bf16 autocast trains the ``cpu`` profile's CNNs ~1.6x
+    faster than fp32) -- and ``fp32`` elsewhere (on an AVX2 CPU every bf16 op converts: ~8x
+    slower). ``fp32`` and ``bf16`` are kept as they are. Measurements: BENCHMARKS.md."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and torch.cpu.get_capabilities().get("amx_bf16") else "fp32"
 
 
 def available_profiles() -> dict[str, Path]:

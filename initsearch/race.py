@@ -40,9 +40,12 @@ race resumes by replaying its looks from the records and training what it still 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from initsearch.stats import ALPHA, MIN_SEEDS, Estimate, estimate, paired
+
+if TYPE_CHECKING:  # the race is a pure function of scores; a protocol only sets its rules
+    from initsearch.protocol import Protocol
 
 RANKS = ("mean", "lcb")
 STOPS = ("running", "winner", "equivalent", "budget", "nothing")
@@ -93,6 +96,13 @@ class RaceRules:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def of(cls, protocol: Protocol, chance: float) -> "RaceRules":
+        """The rules a protocol's ``confirm_*`` and ``min_effect`` keys set, with ``chance``
+        the confirm split's chance level."""
+        return cls(min_seeds=protocol.confirm_seeds, max_seeds=protocol.confirm_max_seeds,
+                   min_effect=protocol.min_effect, rank=protocol.confirm_rank, chance=chance)
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,13 @@ from optuna.trial import TrialState
 from scipy import stats as _scipy
 
 from initsearch.confirm import REFERENCE, Entry, load_plan, records, scores
-from initsearch.engine.driver import Attr, reason
 from initsearch.race import Outcome, RaceRules, race
 from initsearch.recipe import Recipe
+from initsearch.record import Attr, reason
 from initsearch.stats import MIN_SEEDS, Estimate, Paired, estimate, paired
 
 COLUMNS = ("trial", "name", "recipe", "val_acc", "test_acc", "epochs", "state", "note", "cached")
-KINDS = ("recommend", "equivalent", "undecided", "nothing", "unconfirmed")
+KINDS = ("recommend", "equivalent", "undecided", "nothing", "unconfirmed", "partial")
 
 
 @dataclass(frozen=True)

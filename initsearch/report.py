@@ -33,7 +33,9 @@ from matplotlib import pyplot as plt  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from initsearch.errors import UsageError  # noqa: E402
-from initsearch.recommend import Verdict, build_table, verdict_of, SearchResult  # noqa: E402
+from initsearch.recommend import SearchResult, Verdict, build_table, verdict_of  # noqa: E402
+from initsearch.settings import resolve_home  # noqa: E402
+from initsearch.storage import StudyStorage  # noqa: E402
 
 
 def plots(study: optuna.Study, verdict: Verdict | None) -> dict[str, Any]:
@@ -149,9 +151,6 @@ def report(study_name: str | None, home: str | os.PathLike | None, out: str | os
     Raises:
         UsageError: no such study, it cannot be read as it is, or it has no completed trial yet.
     """
-    from initsearch.storage import StudyStorage
-    from initsearch.study import resolve_home
-
     store = StudyStorage(storage, resolve_home(home) / "mlruns" / "optuna")
     names = store.study_names()
     if study_name is None:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, replace
-
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from initsearch.errors import UsageError
 
-if TYPE_CHECKING:  # the protocol module imports Optuna; `import initsearch` stays light
+if TYPE_CHECKING:  # only for annotations: settings are plain values
     from initsearch.protocol import Protocol
 
 BACKENDS = ("ray", "local")
@@ -46,6 +46,10 @@ class RunConfig:
             started for this search on this machine).
         ray_storage: Tune's experiment storage, a path or URI every node can reach on a
             cluster (``None``: ``<home>/mlruns/ray``).
+        wait_for_others: on a study shared with other drivers (a database ``storage``), how
+            many seconds a driver whose share is done waits for the others' trials in flight
+            before it reports the study as partial (no race, no recommendation);
+            ``--wait-for-others``.
         cache: reuse the result of a trial already trained under the same model, recipe,
             protocol, data and code, from any study in the tracking store
             (:mod:`initsearch.cache`), and ask first the cached draws of an earlier study with
@@ -64,6 +68,7 @@ class RunConfig:
     ray_address: str | None = None
     ray_storage: str | None = None
     cache: bool = True
+    wait_for_others: float = 3600.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -72,6 +77,19 @@ class RunConfig:
             raise UsageError(f"study name {self.name!r} may hold only letters, digits, '.', '_' and '-'")
         if self.gpus_per_trial is not None and not self.gpus_per_trial >= 0:
             raise UsageError(f"gpus_per_trial must be >= 0, not {self.gpus_per_trial}")
+        if not (isinstance(self.wait_for_others, (int, float)) and self.wait_for_others >= 0):
+            raise UsageError(f"wait for others must be a number of seconds >= 0, not "
+                             f"{self.wait_for_others!r}")
+
+    @property
+    def state(self) -> Path:
+        """``<home>/mlruns``: the MLflow store, the Optuna journals and Tune's folders."""
+        return resolve_home(self.home) / "mlruns"
+
+
+def resolve_home(home: str | os.PathLike | None) -> Path:
+    """The folder holding ``mlruns/``: the argument, else ``$INITSEARCH_HOME``, else the cwd."""
+    return Path(home or os.environ.get("INITSEARCH_HOME") or Path.cwd()).resolve()
 
 
 @dataclass(frozen=True)

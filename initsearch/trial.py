@@ -16,7 +16,7 @@ minibatch is standardized and augmented on the fly from crops and flips drawn fo
 epoch (no DataLoader, no host sync inside an epoch). With several seeds the replicas train in
 lockstep and the metrics are their means. bf16 autocast with fp32 master weights
 (``precision: bf16``, or ``auto``: where the device computes bf16 natively,
-:func:`resolve_precision`); on CUDA cuDNN autotuning; optionally ``torch.compile`` (``compile:
+:func:`~initsearch.protocol.resolve_precision`); on CUDA cuDNN autotuning; optionally ``torch.compile`` (``compile:
 true``).
 
 The optimizer is the protocol's (:func:`make_optimizer`: SGD with Nesterov momentum, or AdamW)
@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from initsearch.data import Augment, ImageSet, Splits, standardize
-from initsearch.protocol import Protocol
+from initsearch.protocol import Protocol, resolve_device, resolve_precision
 from initsearch.recipe import Recipe
 from initsearch.roles import Roles, tensors, units
 from initsearch.schemes import InitData
@@ -101,25 +101,6 @@ def deep_supervision_loss(out, y: torch.Tensor, aux_weight: float,
     for logits in aux:
         loss = loss + aux_weight * F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     return loss
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The protocol's ``precision`` as it runs on ``device``: ``auto`` is ``bf16`` where the
-    device multiplies bf16 natively -- a CUDA GPU that supports it, or a CPU with AMX-BF16 tiles
-    (Intel Sapphire Rapids and later: there bf16 autocast trains the ``cpu`` profile's CNNs ~1.6x
-    faster than fp32) -- and ``fp32`` elsewhere (on an AVX2 CPU every bf16 op converts: ~8x
-    slower). ``fp32`` and ``bf16`` are kept as they are. Measurements: BENCHMARKS.md."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and torch.cpu.get_capabilities().get("amx_bf16") else "fp32"
 
 
 #: Roles whose units' parameters never decay (biases and 1-d parameters never decay either).

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from initsearch.archs import build_model
 from initsearch.archs.resnet import BasicBlock
-from initsearch.archs.scalars import Bias, Scale
+from initsearch.layers import Bias, Scale
 from initsearch.errors import UsageError
 from initsearch.recipe import Recipe, StepInit
 from initsearch.roles import discover_roles

@@ -16,7 +16,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from initsearch import trial
 from initsearch.archs import build_model
 from initsearch.data import Augment, Splits, load_cifar10, load_splits, standardize
-from initsearch.protocol import load_protocol
+from initsearch.protocol import load_protocol, resolve_precision
 from initsearch.recipe import BASELINES
 from initsearch.trial import TrialConfig, lr_factor, lr_factors, make_optimizer, run_trial
 
@@ -126,8 +126,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_amx(smoke):
     p, options, splits = smoke
     amx = bool(torch.cpu.get_capabilities().get("amx_bf16"))
     cpu = torch.device("cpu")
-    assert trial.resolve_precision("auto", cpu) == ("bf16" if amx else "fp32")
-    assert [trial.resolve_precision(x, cpu) for x in ("fp32", "bf16")] == ["fp32", "bf16"]
+    assert resolve_precision("auto", cpu) == ("bf16" if amx else "fp32")
+    assert [resolve_precision(x, cpu) for x in ("fp32", "bf16")] == ["fp32", "bf16"]
     dtypes = []
     model = build_model("resnet_ds", options=options)
     conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))

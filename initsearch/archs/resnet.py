@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from initsearch.archs.checks import one_of, positive_int, subset
-from initsearch.archs.scalars import Bias, Scale
+from initsearch.layers import Bias, Scale
 
 
 class BasicBlock(nn.Module):

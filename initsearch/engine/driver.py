@@ -46,6 +46,7 @@ from optuna.trial import TrialState
 from initsearch.cache import KEY_TAG, SOURCE_TAG, ResultCache
 from initsearch.engine.progress import Progress
 from initsearch.protocol import Protocol
+from initsearch.record import Attr, reason
 from initsearch.space import Space
 from initsearch.tracking import Tracker
 from initsearch.trial import METRICS, SECONDS, TrialConfig, diverged
@@ -53,21 +54,6 @@ from initsearch.trial import METRICS, SECONDS, TrialConfig, diverged
 
 # Optuna warns on every ask that heartbeats are meant for Study.optimize; _Heartbeat beats for us.
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-
-
-class Attr:
-    """Names of the user attributes the driver writes on each Optuna trial (read by recommend)."""
-
-    BASELINE = "baseline"  # the baseline's name, on enqueued baseline trials
-    RECIPE = "recipe"      # the recipe as a dict
-    RUN_ID = "run_id"      # the trial's MLflow child run
-    EPOCHS = "epochs"      # epochs trained; set when the trial ends (absent: cut off mid-trial)
-    TEST_ACC = "test_acc"  # final test accuracy, completed trials only
-    ERROR = "error"        # why a FAIL failed ("diverged at epoch 3: train_loss nan", a traceback)
-    INFRA = "infrastructure"  # True on a FAIL whose cause was not the recipe (a worker died)
-    REQUEUED = "requeued"  # on a trial queued again after an infrastructure failure
-    REPLAYS = "replays"    # on a draw queued from an earlier twin study: "<study>/<trial number>"
-    CACHED = "cached_from"  # the MLflow run whose result the trial replayed (result cache)
 
 
 @dataclass
@@ -96,12 +82,6 @@ def timed(method: Callable) -> Callable:
         finally:
             self.bookkeeping_seconds += time.perf_counter() - t0
     return wrapper
-
-
-def reason(error: str) -> str:
-    """One line for a table or a tag: the last line of a traceback, at most 300 characters."""
-    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else error)[:300]
 
 
 class Driver(abc.ABC):
@@ -226,7 +206,7 @@ class StudyDriver(Driver):
         self.halted: str | None = None  # why the driver stopped asking (the infrastructure failed)
         self._infra_streak = 0
         self._heartbeat = _Heartbeat(study, self._live) if shared else None
-        self.progress.restore(self._settled_trials())
+        self.progress.restore(self.settled_trials())
 
     # -- setup ---------------------------------------------------------------------------------
     def enqueue_baselines(self) -> None:
@@ -291,6 +271,17 @@ class StudyDriver(Driver):
                 self.tracker.end_trial(t.user_attrs[Attr.RUN_ID], "KILLED", {"state": "INTERRUPTED"})
         return len(stale)
 
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between two heartbeats of a live trial on a shared study."""
+        return self._heartbeat.interval if self._heartbeat else 60.0
+
+    def others_in_flight(self) -> int:
+        """Trials of the study running on other drivers (a dead driver's are recovered once
+        their heartbeat stops: :attr:`remaining` grows by them)."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return sum(t.number not in self._live for t in running)
+
     def close(self) -> None:
         """Stop the heartbeat (the search is over or interrupted)."""
         if self._heartbeat:
@@ -306,7 +297,7 @@ class StudyDriver(Driver):
         if self._heartbeat and self._heartbeat.due_for_recovery():
             self.recover_interrupted()
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return max(0, self.budget - len(self._settled_trials()) - len(running))
+        return max(0, self.budget - len(self.settled_trials()) - len(running))
 
     @timed
     def ask(self) -> TrialConfig:
@@ -370,7 +361,7 @@ class StudyDriver(Driver):
             attrs[Attr.BASELINE] = t.user_attrs[Attr.BASELINE]
         self.study.enqueue_trial(t.params, user_attrs=attrs)
 
-    def _settled_trials(self) -> list[optuna.trial.FrozenTrial]:
+    def settled_trials(self) -> list[optuna.trial.FrozenTrial]:
         """Trials that count against the budget: finished, not cut off by an interrupt (those
         lack Attr.EPOCHS, set by finish()) and not failed by the infrastructure."""
         done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)

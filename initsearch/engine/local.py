@@ -1,14 +1,16 @@
 """Local backend: the same trial function, in this process, one trial at a time (no Ray)."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
 from initsearch.data import Splits
-from initsearch.engine.driver import Driver
 from initsearch.roles import Roles
 from initsearch.trial import failure_text, run_trial
+
+if TYPE_CHECKING:  # a backend only calls a driver: no Optuna or MLflow where trials run
+    from initsearch.engine.driver import Driver
 
 
 class LocalBackend:

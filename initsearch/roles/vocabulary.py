@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from initsearch.archs.scalars import Bias, Scale
+from initsearch.layers import Bias, Scale
 
 #: Every role with what it means (the order is the order listings use).
 ABOUT: dict[str, str] = {

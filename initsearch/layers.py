@@ -1,7 +1,9 @@
-"""Scalar parameters for normalization-free residual networks (Fixup, SkipInit).
+"""Layers that the model zoo builds with and the role vocabulary knows by type: the scalar
+parameters of normalization-free residual networks (Fixup, SkipInit).
 
 Each is its own module type so role discovery can label it (``branch_scale``, ``scalar_bias``)
-and init schemes can act on it like on any layer.
+and init schemes can act on it like on any layer. They live below both the zoo and the roles so
+that labelling a model never imports the zoo.
 """
 from __future__ import annotations
 
