@@ -263,7 +263,8 @@ def test_a_torn_and_a_corrupt_journal_are_repaired_on_resume(data_dir, home):
 
 def test_two_drivers_share_one_postgresql_study(data_dir, home, postgres):
     """Two drivers on one study in PostgreSQL (Optuna's way to scale out): every trial number
-    unique, the budget met, none lost, neither driver touching the other's trials."""
+    unique, the budget met, none lost, neither driver touching the other's trials; the study
+    raced once, by one driver, after both drivers' trials ended."""
     args = ["--backend", "local", "--arch", "resnet_ds", "--budget", "10", "--study", "shared",
             "--storage", postgres]
     first = _start(home, data_dir, *args)
@@ -276,6 +277,9 @@ def test_two_drivers_share_one_postgresql_study(data_dir, home, postgres):
     finally:
         _kill_group(first)
     assert first.returncode == 0 and second.returncode == 0, [o[1][-1500:] for o in outs]
+    # the driver done first waited for the other's trials; then one of them raced the study
+    assert sum("runs on driver" in out for out, _ in outs) == 1, [o[0][-800:] for o in outs]
+    assert sum("recommended recipe" in out or "verdict: nothing" in out for out, _ in outs) == 1
     study = optuna.load_study(study_name="shared", storage=postgres)
     trials = study.get_trials()
     settled = _settled(study)
