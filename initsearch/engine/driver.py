@@ -336,7 +336,7 @@ class StudyDriver(Driver):
                 trial.set_user_attr(Attr.INFRA, True)
             self.study.tell(trial, state=TrialState.FAIL)
             if infrastructure:
-                if not trial.user_attrs.get(Attr.REQUEUED):
+                if Attr.REQUEUED not in trial.user_attrs:  # once (the value is a number: 0 too)
                     self._requeue(self.study.get_trials(deepcopy=False)[number])
                 if self._infra_streak >= self.MAX_INFRA_STREAK:
                     self.halted = (f"{self._infra_streak} trials in a row failed for reasons that "
