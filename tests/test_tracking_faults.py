@@ -54,6 +54,9 @@ def test_server_outage_mid_search_loses_nothing(mlflow_server, tmp_path, capfd):
     first = tracker.start_trial("trial-000", RECIPE, {"conv": "orthogonal", "scale": 0.5}, PLAN,
                                 {**trial_tags, "trial": "0"})
     assert not first.startswith(PLACEHOLDER)
+    assert tracker.served_by_server  # the review link is the server's own UI
+    assert tracker.ui_url().startswith(
+        f"{mlflow_server.uri}/#/experiments/{tracker.experiment_id}/runs?")
     tracker.log_epoch(first, _metrics(1), 1)
     with pytest.raises(Exception, match="RESOURCE_DOES_NOT_EXIST|not found"):  # a wrong write still raises
         tracker.log_epoch("0" * 32, _metrics(1), 1)
@@ -91,7 +94,7 @@ def test_server_outage_mid_search_loses_nothing(mlflow_server, tmp_path, capfd):
     restart = mlflow_server.start()
     with capfd.disabled():
         print(f"server restart took {restart:.1f} s")
-    time.sleep(max(0.0, failed_at + tracker.retry_seconds + 0.5 - time.monotonic()))
+    time.sleep(max(0.0, failed_at + tracker.outage.retry_seconds + 0.5 - time.monotonic()))
     third = tracker.start_trial("trial-002", RECIPE, {"conv": "he", "scale": 2.0}, PLAN,
                                 {**trial_tags, "trial": "2"})  # the next write writes the queue first
     assert tracker.pending == 0 and spool.read_text() == ""
@@ -123,7 +126,7 @@ def test_server_outage_mid_search_loses_nothing(mlflow_server, tmp_path, capfd):
     assert late.data.tags["state"] == "FAIL" and late.data.tags["error"] == "diverged"
     assert late.data.tags["trial"] == "1" and late.data.tags["study"] == "s1"
     assert late.data.params == {"conv": "he"} and "recipe" in late.data.tags
-    assert "recipe.json" in _artifacts(mlflow_server.uri, late.info.run_id)
+    assert {"recipe.json", "layers.json"} <= _artifacts(mlflow_server.uri, late.info.run_id)
     for name, steps in (("trial-000", [1, 2]), ("trial-001", [1, 2]), ("trial-002", [1])):
         for key in ("train_loss", "val_loss", "val_acc"):
             assert _steps(mlflow_server.uri, by_name[name].info.run_id, key) == steps, (name, key)
@@ -193,7 +196,7 @@ def test_what_counts_as_an_outage(tmp_path, monkeypatch):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
 
-    from initsearch.tracking import _classify, _reason
+    from initsearch.tracking.outage import classify, reason
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with socket.socket() as s:  # a port nobody listens on
@@ -201,7 +204,7 @@ def test_what_counts_as_an_outage(tmp_path, monkeypatch):
         port = s.getsockname()[1]
     with pytest.raises(MlflowException) as refused:
         MlflowClient(f"http://127.0.0.1:{port}").get_run("0" * 32)
-    assert _classify(refused.value) == "down" and _reason(refused.value) == "connection refused"
+    assert classify(refused.value) == "down" and reason(refused.value) == "connection refused"
 
     db = tmp_path / "locked.db"
     holder = sqlite3.connect(db, isolation_level=None)
@@ -214,14 +217,14 @@ def test_what_counts_as_an_outage(tmp_path, monkeypatch):
     try:  # as MLflow's sqlalchemy store reports it
         raise MlflowException(str(locked.value), error_code=TEMPORARILY_UNAVAILABLE) from locked.value
     except MlflowException as exc:
-        assert _classify(exc) == "down" and _reason(exc) == "database is locked"
+        assert classify(exc) == "down" and reason(exc) == "database is locked"
 
-    assert _classify(MlflowException.invalid_parameter_value("bad param")) is None
+    assert classify(MlflowException.invalid_parameter_value("bad param")) is None
     try:
         None + 1
     except TypeError as exc:
-        assert _classify(exc) is None
+        assert classify(exc) is None
         try:  # MLflow's HTTP client wraps whatever its request raised
             raise MlflowException(f"API request failed with exception {exc}")
         except MlflowException as wrapped:
-            assert _classify(wrapped) is None
+            assert classify(wrapped) is None
