@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 on the project's store")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
+    ui.add_argument("--tracking-uri", help="another local store the runs were written to (a "
+                                            "database URI, as given to run); default <home>/mlruns")
     return p
 
 
@@ -190,7 +192,7 @@ def _finish(args: argparse.Namespace, result) -> None:
     if result.best is not None:
         out = result.best.save(args.out or f"best-{result.study_name}.yaml")
         print(f"recommended recipe ({result.best.name}, with its evidence) written to {out}")
-    print(f"review: initsearch ui, then {result.ui_url}")
+    print(f"review: {result.review}")
     print(f"\nverdict: {result.verdict.text}")
 
 
@@ -360,26 +362,31 @@ def _profiles(_: argparse.Namespace) -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     from initsearch.settings import resolve_home
-    from initsearch.tracking import default_tracking_uri
+    from initsearch.tracking import check_tracking_uri, default_tracking_uri
+    from initsearch.tracking.store import is_server
 
     home = resolve_home(args.home)
-    if not (home / "mlruns" / "mlflow.db").exists():
+    uri = args.tracking_uri or default_tracking_uri(home)
+    if is_server(uri):
+        raise UsageError(f"{uri} is a tracking server: it serves its own UI; open {uri} instead")
+    if args.tracking_uri is None and not (home / "mlruns" / "mlflow.db").exists():
         raise UsageError(f"no MLflow store in {home / 'mlruns'}; run a search first or pass --home")
+    check_tracking_uri(uri)
     # One worker and no job runner: ~0.5 GB instead of ~3 GB, and nothing left in /dev/shm.
     os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-           str(args.port), "--workers", "1", "--backend-store-uri", default_tracking_uri(home)]
+           str(args.port), "--workers", "1", "--backend-store-uri", uri]
     base = f"http://127.0.0.1:{args.port}"
-    latest = _latest_study_url(home, base)
+    latest = _latest_study_url(home, uri, base)
     print(f"MLflow UI on {base} (Ctrl-C stops it)" + (f"; newest study: {latest}" if latest else ""),
           file=sys.stderr)
     os.execv(sys.executable, cmd)
     return 0  # not reached
 
 
-def _latest_study_url(home: Path, base: str) -> str | None:
+def _latest_study_url(home: Path, uri: str, base: str) -> str | None:
     """The newest study's runs in the UI's model-training view, or None without one."""
-    from initsearch.tracking import default_tracking_uri, runs_url
+    from initsearch.tracking import runs_url
 
     journals = sorted((home / "mlruns" / "optuna").glob("*.journal"), key=lambda p: p.stat().st_mtime)
     if not journals:
@@ -387,7 +394,7 @@ def _latest_study_url(home: Path, base: str) -> str | None:
     from mlflow.tracking import MlflowClient
 
     study = journals[-1].stem
-    client = MlflowClient(default_tracking_uri(home))
+    client = MlflowClient(uri)
     found = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                f"tags.study = '{study}' and tags.role = 'search'", max_results=1)
     return runs_url(found[0].info.experiment_id, study, base) if found else None

@@ -301,7 +301,10 @@ class SearchResult:
             ``cached``: its result was replayed from an earlier run, :mod:`initsearch.cache`).
         study_name: the Optuna study (``--study`` to resume it).
         parent_run_id: the MLflow run holding this search.
-        ui_url: the study's runs in the MLflow UI (model-training view).
+        ui_url: the study's runs in the MLflow UI that shows them (model-training view): the
+            tracking server's own, or the local one ``initsearch ui`` serves.
+        review: how to open ``ui_url``: the link alone for a server, else the command that
+            serves the store first (``initsearch ui [--home H] [--tracking-uri URI], then URL``).
         stats: search-level figures: ``wall_seconds`` of ``search()``; ``setup_seconds`` before
             the first trial (validation, data, store, study); ``compute_seconds`` inside init,
             training and evaluation, summed over trials; ``bookkeeping_seconds`` in the
@@ -316,6 +319,7 @@ class SearchResult:
     parent_run_id: str
     verdict: Verdict | None = None
     ui_url: str = ""
+    review: str = ""
     stats: dict[str, float] = field(default_factory=dict)
 
     @property

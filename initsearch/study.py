@@ -44,7 +44,7 @@ from initsearch.report import close_figures, plots
 from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.stats import chance_level
 from initsearch.storage import StudyStorage
-from initsearch.tracking import Tracker
+from initsearch.tracking import Tracker, review_hint
 
 
 def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None = None,
@@ -331,8 +331,9 @@ class _Session:
                     "search": {s.lower(): sum(r["state"] == s for r in table)
                                for s in ("COMPLETE", "PRUNED", "FAIL")}}
         best = recommended_recipe(verdict, evidence) if verdict else None
+        url = self.tracker.ui_url()
         result = SearchResult(best, table, opened.name, self.tracker.resolve(opened.parent),
-                              verdict, self.tracker.ui_url())
+                              verdict, url, review_hint(plan.tracking_uri, url, plan.state.parent))
         texts, figures = {"comparison.txt": result.comparison(), "trials.csv": result.to_csv()}, {}
         if status == "FINISHED":
             wall = time.perf_counter() - self.t_start

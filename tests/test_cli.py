@@ -39,6 +39,7 @@ CASES = {
                                     "raise --confirm-max-seeds"),
     "min effect in pp": (["--min-effect", "1"], "min effect must be an accuracy difference in (0, 1)"),
     "unknown race rank": (["--confirm-rank", "median"], "invalid choice"),
+    "negative wait for others": (["--wait-for-others", "-1"], "wait for others must be a number of seconds >= 0"),
 }
 
 
@@ -55,6 +56,17 @@ def test_bad_input(case, capsys, tmp_path, home, data_dir):
     assert err.startswith("initsearch: error: ") and message in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (home / "mlruns").exists()  # nothing written to the store
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tracking-uri", "http://tracking.lab:5000"], "serves its own UI; open http://tracking.lab:5000"),
+    ([], "no MLflow store in"),
+    (["--tracking-uri", "sqlite:///relative.db"], "not a writable absolute sqlite path"),
+])
+def test_ui_refuses_a_store_it_cannot_serve(args, message, capsys, home):
+    assert main(["ui", "--home", str(home), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
 
 
 def test_malformed_space_file(capsys, bad_space, home, data_dir):
@@ -158,6 +170,7 @@ def test_report_bad_input(capsys, home):
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(journals / "empty.journal")))
     optuna.create_study(study_name="empty", storage=storage)
+    capsys.readouterr()  # Optuna's own "new study" log line, when its verbosity is INFO
     for args, message in ((["nope"], "no study 'nope'"), (["empty"], "has no completed trial")):
         code = main(["report", *args, "--home", str(home), "--out", str(home / "rep")])
         err = capsys.readouterr().err.strip()

@@ -311,6 +311,7 @@ def test_the_tracking_server_goes_down_mid_search(data_dir, home, mlflow_server)
         _kill_group(proc)
     assert proc.returncode == 0, err[-2000:]
     assert "unreachable" in err and "reachable again" in err and "Traceback" not in err
+    assert f"review: {mlflow_server.uri}/#/experiments/" in out  # the server's own UI
     _row("MLflow server stopped mid-search, restarted", " / ".join(
         line.split("(")[0].strip() for line in err.splitlines() if "reachable" in line), ">= 2", 0, 0)
     assert not [t for t in _journal(home, "outage").get_trials() if t.state == TrialState.FAIL]

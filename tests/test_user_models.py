@@ -157,9 +157,10 @@ class Patchify(nn.Module):
 
 def test_baselines_that_cannot_apply_are_tried_and_refused():
     from initsearch.recipe import why_not
+    from initsearch.space import load_space
 
     model = Patchify()
     assert "odd kernel" in why_not("zerO", model)
     assert why_not("he", model) is None and why_not("risotto", model) is not None
-    space = initsearch.study.load_space("default").bind(model)
+    space = load_space("default").bind(model)
     assert "zerO" not in space.baselines() and "he" in space.baselines()

@@ -91,7 +91,7 @@ class Driver(abc.ABC):
     def __init__(self, protocol: Protocol, tracker: Tracker, plan_for: Callable,
                  progress: Progress | None, cache: ResultCache | None = None) -> None:
         self.protocol, self.tracker, self.cache = protocol, tracker, cache
-        self.plan_for = plan_for  # Recipe -> per-layer plan, for the child run's recipe.json
+        self.plan_for = plan_for  # Recipe -> per-layer plan, for the child run's layers.json
         self.progress = progress or Progress(0, enabled=False)
         self._live: dict[int, LiveTrial] = {}
         self.compute_seconds = 0.0  # time inside init, training and evaluation, all trials
