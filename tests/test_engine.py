@@ -160,3 +160,15 @@ def test_the_ray_adapters_turn_tune_hooks_into_driver_calls(setup, tmp_path):
     t = setup.study.trials[config["number"]]
     assert t.user_attrs[Attr.INFRA] and "RayActorError: the actor died" in t.user_attrs[Attr.ERROR]
     assert searcher.suggest("t5") is not Searcher.FINISHED  # the failed trial's budget is back
+
+
+def test_what_a_ray_worker_imports_loads_no_optuna_mlflow_or_plotting():
+    """A worker unpickles the trial function from ``ray_backend`` and runs ``trial``: neither
+    may pull in the driver's libraries (seconds and memory per worker, for nothing)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, initsearch.engine.ray_backend, initsearch.trial; "
+            "print(' '.join(m for m in ('optuna', 'mlflow', 'matplotlib', 'scipy') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == ""

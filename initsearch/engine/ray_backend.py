@@ -25,7 +25,9 @@ worker that dies (killed, node lost) raises in Tune instead; Tune restarts the t
 and only when the retries are spent is the trial recorded as an *infrastructure* failure,
 which never counts as the recipe's.
 
-On a cluster (``address``, or ``$RAY_ADDRESS``), the package and the user's model module reach
+Without an address, the Ray started here listens on loopback only and leaves no process behind
+its driver, ``kill -9`` included (:mod:`initsearch.engine.ray_session`). On a cluster
+(``address``, or ``$RAY_ADDRESS``), the package and the user's model module reach
 the workers through Ray's runtime environment (``py_modules``), a trial running alone takes the
 CPUs of *its* node, and Tune's storage may be any path or URI the nodes share.
 """
@@ -34,18 +36,22 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
 from initsearch.data import Splits
-from initsearch.engine.driver import Driver
+from initsearch.engine.ray_session import start_local_ray, stop_reaper
 from initsearch.errors import UsageError
 from initsearch.roles import Roles
 from initsearch.trial import TrialConfig, failure_text, run_trial
+
+if TYPE_CHECKING:  # workers unpickle this module's trial function: no Optuna or MLflow there
+    from initsearch.engine.driver import Driver
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune status tables: we draw our own bar
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -155,13 +161,12 @@ def _shipped_modules(model_fn: Callable[[], nn.Module]) -> list[str]:
     """What workers must import: this package, and the top-level module or package that defines
     the model factory when it is the user's own (not installed in site-packages: the cluster's
     environment has those)."""
-    import initsearch
-
-    paths = [str(Path(initsearch.__file__).parent)]
+    package = Path(__file__).resolve().parents[1]  # initsearch/
+    paths = [str(package)]
     while isinstance(model_fn, functools.partial):
         model_fn = model_fn.func
     top = sys.modules.get(getattr(model_fn, "__module__", "").partition(".")[0])
-    if isinstance(top, ModuleType) and top is not initsearch and getattr(top, "__file__", None):
+    if isinstance(top, ModuleType) and top.__name__ != package.name and getattr(top, "__file__", None):
         where = Path(top.__file__)
         where = where.parent if where.name == "__init__.py" else where
         if "site-packages" not in where.parts and "dist-packages" not in where.parts:
@@ -189,6 +194,7 @@ class RayBackend:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.storage = storage if storage and "://" in storage else str(Path(storage or flags).resolve())
         self._started = False
+        self._reaper: subprocess.Popen | None = None
 
     def __enter__(self) -> "RayBackend":
         import ray
@@ -197,10 +203,13 @@ class RayBackend:
         if self._started:
             runtime_env = {"py_modules": _shipped_modules(self.model_fn),
                            "env_vars": {"RAY_AIR_NEW_OUTPUT": "0"}}
-            local = {} if self.address else {"include_dashboard": False}
             try:
-                ray.init(address=self.address, logging_level=logging.ERROR, log_to_driver=False,
-                         runtime_env=runtime_env, **local)
+                if self.address:
+                    ray.init(address=self.address, logging_level=logging.ERROR,
+                             log_to_driver=False, runtime_env=runtime_env)
+                else:
+                    self._reaper = start_local_ray(logging_level=logging.ERROR, log_to_driver=False,
+                                                   runtime_env=runtime_env, include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UsageError(f"cannot connect to the Ray cluster at {self.address} "
                                  f"({str(exc).splitlines()[0][:200]}); check --ray-address "
@@ -215,6 +224,9 @@ class RayBackend:
 
         if self._started:
             ray.shutdown()
+        if self._reaper is not None:
+            stop_reaper(self._reaper)
+            self._reaper = None
 
     def run(self, driver: Driver, name: str) -> int:
         """Run every trial ``driver`` still has as Tune experiment ``name``; returns how many
