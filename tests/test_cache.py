@@ -54,6 +54,7 @@ def test_key_follows_recipe_protocol_and_data():
     assert key == cache.key(he, dataclasses.replace(p, threads_per_trial=2).to_dict())  # placement
 
 
+@pytest.mark.slow
 def test_second_search_replays_the_first(data_dir, home):
     """Budget 3 (three baselines) and a race (PyTorch's default and every baseline, from 3
     seeds): every trial and job the first study trained is replayed by the second, none by a
@@ -89,6 +90,7 @@ def test_second_search_replays_the_first(data_dir, home):
     assert strip(third.table) == strip(first.table)  # trained again: the same numbers on CPU
 
 
+@pytest.mark.slow
 def test_the_same_command_replays_the_earlier_draws(data_dir, home, tmp_path, monkeypatch):
     """Under Ray, which trial finishes first changes TPE's later draws; here a sampler seeded
     otherwise for every study after the first stands in for that. The second study (same
@@ -121,6 +123,7 @@ def test_the_same_command_replays_the_earlier_draws(data_dir, home, tmp_path, mo
     assert c_draws != [t.params for t in a.trials if "baseline" not in t.user_attrs]
 
 
+@pytest.mark.slow
 def test_a_study_records_the_precision_that_ran(data_dir, home, tmp_path):
     """A search resolves ``precision: auto`` before it hashes and records its protocol: on a CPU
     with AMX-BF16 it trains in bf16, and an fp32 study does not take its results from the cache;

@@ -53,6 +53,7 @@ def test_statistics_against_known_values():
         paired([0.5], [0.4])
 
 
+@pytest.mark.slow
 def test_deep_mlp_verdict_beats_the_default_with_evidence(data_dir, home, tmp_path):
     """PyTorch's default does not train an 8-layer ReLU MLP; the confirmed verdict recommends
     a recipe whose 95% CI against it excludes 0, and the recipe file carries that evidence."""
@@ -107,6 +108,7 @@ def test_deep_mlp_verdict_beats_the_default_with_evidence(data_dir, home, tmp_pa
     assert logged == {f"plots/{p}" for p in pngs}
 
 
+@pytest.mark.slow
 def test_a_diverging_protocol_fails_every_trial_and_recommends_nothing(data_dir, home, tmp_path,
                                                                          capsys):
     """A learning rate of 10,000: every trial stops at the epoch its loss became non-finite and is
@@ -231,6 +233,7 @@ def test_a_failed_confirmation_job_is_recorded_as_failed(tmp_path):
     assert scores({REFERENCE: got})[REFERENCE] == {1: 0.4, 2: "RuntimeError: boom"}
 
 
+@pytest.mark.slow
 def test_confirm_races_recipe_files_and_a_finished_study_under_another_protocol(
         data_dir, home, tmp_path, capsys):
     """`initsearch confirm` races a recipe file against the default and every baseline at

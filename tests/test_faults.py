@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -24,6 +25,7 @@ from initsearch.study import search
 OFF = ConfirmConfig(seeds=0)
 CLI = [sys.executable, "-m", "initsearch.cli", "run", "--profile", "smoke", "--no-progress",
        "--confirm-seeds", "0"]
+pytestmark = pytest.mark.slow  # real drivers, servers and clusters: minutes
 
 
 def _start(home: Path, data_dir: Path, *args: str, cwd: Path | None = None,
@@ -265,8 +267,9 @@ def test_two_drivers_share_one_postgresql_study(data_dir, home, postgres):
     """Two drivers on one study in PostgreSQL (Optuna's way to scale out): every trial number
     unique, the budget met, none lost, neither driver touching the other's trials; the study
     raced once, by one driver, after both drivers' trials ended."""
-    args = ["--backend", "local", "--arch", "resnet_ds", "--budget", "10", "--study", "shared",
-            "--storage", postgres]
+    args = ["--backend", "local", "--arch", "mlp", "--budget", "10", "--study", "shared",
+            "--storage", postgres, "--confirm-seeds", "3", "--confirm-max-seeds", "3",
+            "--confirm-top", "1"]
     first = _start(home, data_dir, *args)
     try:
         def started():
@@ -290,7 +293,7 @@ def test_two_drivers_share_one_postgresql_study(data_dir, home, postgres):
     assert all("epochs" in t.user_attrs for t in trials if t.state == TrialState.FAIL)
     both = [MlflowClient(f"sqlite:///{h / 'mlruns' / 'mlflow.db'}") for h in (home, home / "second")]
     ran = [sum(r.data.tags.get("stage") == "search" for r in c.search_runs(
-        [c.get_experiment_by_name("initsearch-resnet_ds").experiment_id], "", max_results=1000))
+        [c.get_experiment_by_name("initsearch-mlp").experiment_id], "", max_results=1000))
            for c in both]
     assert all(n >= 1 for n in ran) and sum(ran) == len(settled)  # both drivers ran trials
 
@@ -356,8 +359,6 @@ def test_resume_refuses_another_protocol_or_space(data_dir, home, tmp_path):
     """A study records the content of its protocol and bound space; --resume with a file of
     the same name but other content is refused with one line saying what differs, and nothing
     is written."""
-    import pytest
-
     from initsearch import UsageError
     from initsearch.protocol import TRIALS_DIR
     from initsearch.space import SPACES_DIR

@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_bench_runs_every_row_at_smoke_size(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(

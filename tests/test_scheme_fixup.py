@@ -106,6 +106,7 @@ def _scalars(model):
     return {n: float(p.detach()) for n, p in model.named_parameters() if p.dim() == 0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", [FIXUP, SKIPINIT], ids=["fixup", "skipinit"])
 def test_trains_without_normalization(recipe, stream):
     torch.manual_seed(0)

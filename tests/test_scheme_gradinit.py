@@ -109,6 +109,7 @@ def test_one_step_loss_on_held_out_batches_drops(norm, cifar_batch, bn_run):
         assert gain.mean() > 0.01 and gain.mean() > 3 * gain.std() / len(gain) ** 0.5, gain
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alg,p,eta", [("sgd", 2.0, 0.1), ("adam", 1.0, 1e-3)])
 def test_gradient_norm_constraint_holds_at_the_end(alg, p, eta, cifar_batch):
     """On a BN net the objective alone drives the gradient norm up (it shrinks the conv scales

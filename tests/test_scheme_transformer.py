@@ -517,6 +517,7 @@ def _sign_step_losses(model, x, y, eta=1e-3, half=32, draws=16) -> torch.Tensor:
     return torch.tensor(losses)
 
 
+@pytest.mark.slow
 def test_gradinit_one_step_loss_does_not_increase_on_held_out(gradinit_run, cifar_batch):
     """Paired over 16 draws of the 128 images GradInit never saw: the mean loss goes down (by more
     than one standard error; 12 iterations at the paper's lr move each scale by <= 3 %, so the

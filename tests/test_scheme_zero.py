@@ -143,6 +143,7 @@ def test_gradients_reach_every_layer(norm, cifar_batch):
         assert (dead == []) if flows else ("stem.weight" in dead and len(dead) > 5), dead
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", NORMS)
 def test_zero_resnet_trains_on_cifar10(norm, stream):
     torch.manual_seed(0)
@@ -150,6 +151,7 @@ def test_zero_resnet_trains_on_cifar10(norm, stream):
     assert last < first - 0.15, (first, last)  # measured: -0.38 (BN), -0.23 (none)
 
 
+@pytest.mark.slow
 def test_all_zero_resnet_does_not_train(stream):
     """The control: every conv and head zero -- the same training leaves the loss at chance."""
     torch.manual_seed(0)

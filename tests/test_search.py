@@ -18,6 +18,7 @@ from initsearch.study import search
 
 EPOCHS = load_protocol("smoke").epochs
 OFF = ConfirmConfig(seeds=0)  # tests of the search alone (test_confirm.py tests the stage)
+pytestmark = pytest.mark.slow  # whole searches: the fast lane tests their parts alone
 
 
 def _run(home, name, backend="local", resume=False) -> RunConfig:

@@ -44,6 +44,7 @@ def _artifacts(uri: str, run_id: str, path: str | None = None) -> set[str]:
     return {a.path for a in MlflowClient(uri).list_artifacts(run_id, path)}
 
 
+@pytest.mark.slow
 def test_server_outage_mid_search_loses_nothing(mlflow_server, tmp_path, capfd):
     from matplotlib.figure import Figure
 
@@ -135,6 +136,7 @@ def test_server_outage_mid_search_loses_nothing(mlflow_server, tmp_path, capfd):
     assert not [r for r in parents + children if r.info.status == "RUNNING"]
 
 
+@pytest.mark.slow
 def test_spool_survives_a_killed_driver(mlflow_server, tmp_path, capfd):
     spool = tmp_path / "home" / "mlruns" / "tracking-pending" / "s2.jsonl"
     settings = {"budget": 2, "epochs": 2}

@@ -107,6 +107,7 @@ def test_splits_go_to_the_device_once_per_process(smoke):
     assert trial.on_device(other, torch.device("cpu"))[0].x is not first[0].x
 
 
+@pytest.mark.slow
 def test_bf16_autocast_computes_in_bf16_with_fp32_weights(smoke):
     p, options, splits = smoke
     dtypes = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import textwrap
 
+import pytest
 from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.nn import functional as F
@@ -45,6 +46,7 @@ def test_roles_of_the_user_model():
                      "widen": "shortcut", "peek": "aux_head", "decide": "classifier"}
 
 
+@pytest.mark.slow
 def test_search_on_a_user_model_through_the_api(data_dir, home):
     importlib.import_module("initsearch.study")  # importing it must not shadow the function
 
@@ -116,6 +118,7 @@ def test_cli_model_factory_roles_and_overrides(tmp_path, monkeypatch, capsys, ho
     assert "emergence" in applies  # tried with the space's override, so it applies
 
 
+@pytest.mark.slow
 def test_archs_lists_sizes_flops_roles_and_baselines(capsys):
     assert main(["archs", "--profile", "smoke"]) == 0
     out = capsys.readouterr().out

@@ -37,7 +37,12 @@ ZOO = {
 }
 
 
-@pytest.mark.parametrize("name", ZOO)
+#: The fast lane's zoo: one convnet and one transformer (the others take 3-26 s each).
+FAST = ("mobilenet_v3_small", "vit")
+
+
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in ZOO])
 def test_zoo_model_is_labelled_and_every_baseline_applies(name, cifar_batch):
     build, topology, expected = ZOO[name]
     torch.manual_seed(0)
