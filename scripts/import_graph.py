@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
 KINDS = ("eager", "lazy", "type-only", "export")
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 HEAVY = ("optuna", "mlflow", "ray", "matplotlib", "pandas", "scipy")
-LIGHT = ("initsearch.trial", "initsearch.protocol", "initsearch.roles")
+LIGHT = ("initsearch.trial", "initsearch.protocol", "initsearch.roles", "initsearch.engine.ray_backend")
 TYPE_CHECKING = ("TYPE_CHECKING", "typing.TYPE_CHECKING")
 TOP = 5
 

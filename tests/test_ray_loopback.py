@@ -203,10 +203,14 @@ def test_a_ray_started_by_initsearch_listens_on_loopback_only(tmp_path):
         driver.cleanup()
     names = {row[1] for row in rows}
     assert {"gcs_server", "raylet"} <= names, rows  # the look did see Ray's servers
+
+    def table(found) -> str:
+        return "\n".join(f"{pid:>7} {name:<22} {proto:<5} {ip}:{port}"
+                         for pid, name, proto, ip, port in sorted(found, key=lambda r: r[1]))
+
+    print(f"listening sockets of the session (pytest -s shows them):\n{table(rows)}")
     exposed = [row for row in rows if not _loopback(row[3])]
-    table = "\n".join(f"{pid:>7} {name:<22} {proto:<5} {ip}:{port}"
-                      for pid, name, proto, ip, port in sorted(exposed, key=lambda r: r[1]))
-    assert not exposed, f"Ray listens beyond loopback:\n{table}"
+    assert not exposed, f"Ray listens beyond loopback:\n{table(exposed)}"
 
 
 @pytest.mark.slow
