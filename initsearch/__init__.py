@@ -14,7 +14,8 @@ Public API::
 
 The pipeline, one module each: data -> archs -> roles -> schemes -> recipe -> space ->
 protocol -> trial -> engine (drivers, backends) -> confirm -> stats -> recommend -> report, with
-tracking beside them; ``study.search`` ties them. ``settings`` groups how a search runs.
+tracking and the study record (``record``) beside them; ``plan`` resolves a study's set-up once
+and ``study.search`` runs it. ``settings`` groups how a search runs.
 """
 from initsearch.errors import UsageError
 from initsearch.recipe import BASELINES, InitReport, Recipe, RoleInit, StepInit

@@ -377,27 +377,26 @@ def _ui(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
            str(args.port), "--workers", "1", "--backend-store-uri", uri]
     base = f"http://127.0.0.1:{args.port}"
-    latest = _latest_study_url(home, uri, base)
+    latest = _latest_study_url(uri, base)
     print(f"MLflow UI on {base} (Ctrl-C stops it)" + (f"; newest study: {latest}" if latest else ""),
           file=sys.stderr)
     os.execv(sys.executable, cmd)
     return 0  # not reached
 
 
-def _latest_study_url(home: Path, uri: str, base: str) -> str | None:
+def _latest_study_url(uri: str, base: str) -> str | None:
     """The newest study's runs in the UI's model-training view, or None without one."""
-    from initsearch.tracking import runs_url
-
-    journals = sorted((home / "mlruns" / "optuna").glob("*.journal"), key=lambda p: p.stat().st_mtime)
-    if not journals:
-        return None
     from mlflow.tracking import MlflowClient
 
-    study = journals[-1].stem
+    from initsearch.tracking import runs_url
+
     client = MlflowClient(uri)
     found = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                               f"tags.study = '{study}' and tags.role = 'search'", max_results=1)
-    return runs_url(found[0].info.experiment_id, study, base) if found else None
+                               "tags.role = 'search'", max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    if not found or "study" not in found[0].data.tags:
+        return None
+    return runs_url(found[0].info.experiment_id, found[0].data.tags["study"], base)
 
 
 if __name__ == "__main__":

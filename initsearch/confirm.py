@@ -37,14 +37,11 @@ from initsearch.errors import UsageError
 from initsearch.protocol import Protocol
 from initsearch.race import Outcome, RaceRules, Score, race
 from initsearch.recipe import BASELINES, Recipe
-from initsearch.record import Attr, reason
+from initsearch.record import Attr, StudyAttr, reason
 from initsearch.tracking import Tracker
 from initsearch.trial import TrialConfig
 
 REFERENCE = "pytorch_default"  #: the recipe every verdict is stated against
-PLAN = "confirm"               #: the study attribute holding the race's entries, seeds and rules
-CLAIM = "confirm_claim"        #: the study attribute naming the driver that runs a shared race
-_PREFIX = "confirm/"
 
 
 def recipe_key(recipe: Recipe) -> str:
@@ -88,7 +85,7 @@ class ConfirmJob:
 
     @property
     def record_name(self) -> str:
-        return f"{_PREFIX}{self.entry.key}/{self.seed}"
+        return f"{StudyAttr.JOB}{self.entry.key}/{self.seed}"
 
 
 def fresh_seeds(search_seeds: tuple[int, ...], n: int) -> list[int]:
@@ -152,14 +149,14 @@ def merge(entries: list[Entry], extra: list[Entry]) -> list[Entry]:
 def save_plan(study: optuna.Study, entries: list[Entry], seeds: list[int], rules: RaceRules,
               protocol: Protocol) -> None:
     """Record who races, on which seeds, under which rules and fidelity -- before any result."""
-    study.set_user_attr(PLAN, {"entries": [e.to_dict() for e in entries], "seeds": seeds,
+    study.set_user_attr(StudyAttr.RACE, {"entries": [e.to_dict() for e in entries], "seeds": seeds,
                                "rules": rules.to_dict(), "epochs": protocol.epochs,
                                "train_size": protocol.train_size})
 
 
 def load_plan(study: optuna.Study) -> tuple[list[Entry], list[int], RaceRules] | None:
     """The race :func:`save_plan` recorded, or None (no confirmation, or one from before races)."""
-    plan = study.user_attrs.get(PLAN)
+    plan = study.user_attrs.get(StudyAttr.RACE)
     if not plan or "entries" not in plan:
         return None
     return ([Entry.from_dict(e) for e in plan["entries"]], list(plan["seeds"]),
@@ -169,45 +166,56 @@ def load_plan(study: optuna.Study) -> tuple[list[Entry], list[int], RaceRules] |
 class RaceClaim:
     """Which driver runs a shared study's race: one per study, however many drivers searched.
 
-    Drivers on a database study cannot lock it, so a claim is a study attribute (``CLAIM``:
-    who, and when it last beat). :meth:`take` writes it unless a live other driver holds it,
-    then reads it back after ``settle`` seconds: two drivers that claimed at once both read the
-    last write, so exactly one goes on. While the race runs, a daemon thread beats every
-    ``interval`` seconds; a claim not beaten for ``stale_after`` seconds is a dead driver's, and
-    the next driver takes it over (the race resumes from its records).
+    Drivers on a database study cannot lock it, so a claim is a study attribute
+    (``StudyAttr.CLAIM``: who, when it last beat, whether it is free). :meth:`take` writes it
+    unless a live other driver holds it, then reads it back after ``settle`` seconds: two
+    drivers that claimed at once both read the last write, so one goes on. While the race runs
+    a daemon thread beats every ``interval`` seconds; a claim not beaten for ``stale_after``
+    seconds is a dead driver's, and the next driver takes it over (the race resumes from its
+    records). :meth:`release` frees the claim, finished or interrupted.
+
+    A heuristic, not a lock: it assumes the database shows a write to every driver within
+    ``settle`` seconds and that the drivers' clocks agree to well within ``stale_after``.
     """
 
     def __init__(self, study: optuna.Study, *, interval: float, stale_after: float,
                  settle: float = 2.0) -> None:
         self.study, self.interval, self.stale_after, self.settle = study, interval, stale_after, settle
         self.me = f"{socket.gethostname()}:{os.getpid()}"
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # a new one per take: a claim can be taken again
         self._thread: threading.Thread | None = None
 
     def take(self) -> str | None:
         """Claim the race; returns None when this driver holds it, else the live holder."""
-        held = self.study.user_attrs.get(CLAIM)
-        if held and held["who"] != self.me and time.time() - held["beat"] < self.stale_after:
+        held = self.study.user_attrs.get(StudyAttr.CLAIM)
+        if held and self._live(held) and held["who"] != self.me:
             return held["who"]
-        self._beat()
+        self._write(free=False)
         time.sleep(self.settle)
-        held = self.study.user_attrs.get(CLAIM)
+        held = self.study.user_attrs[StudyAttr.CLAIM]
         if held["who"] != self.me:
             return held["who"]
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="initsearch-race-claim", daemon=True)
         self._thread.start()
         return None
 
     def release(self) -> None:
-        """Stop beating (the claim stays: it says who ran the race)."""
+        """Stop beating and free the claim (the claim stays: it says who ran the race last)."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._write(free=True)
 
-    def _beat(self) -> None:
-        self.study.set_user_attr(CLAIM, {"who": self.me, "beat": time.time()})
+    def _live(self, held: dict) -> bool:
+        return not held.get("free") and time.time() - held["beat"] < self.stale_after
+
+    def _write(self, free: bool) -> None:
+        self.study.set_user_attr(StudyAttr.CLAIM, {"who": self.me, "beat": time.time(), "free": free})
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self._beat()
+            self._write(free=False)
 
 
 def write_record(study: optuna.Study, job: ConfirmJob, record: dict[str, Any]) -> None:

@@ -36,7 +36,7 @@ from scipy import stats as _scipy
 from initsearch.confirm import REFERENCE, Entry, load_plan, records, scores
 from initsearch.race import Outcome, RaceRules, race
 from initsearch.recipe import Recipe
-from initsearch.record import Attr, reason
+from initsearch.record import Attr, StudyAttr, reason
 from initsearch.stats import MIN_SEEDS, Estimate, Paired, estimate, paired
 
 COLUMNS = ("trial", "name", "recipe", "val_acc", "test_acc", "epochs", "state", "note", "cached")
@@ -263,7 +263,7 @@ def _tau(rows: list[Confirmed], first: list[int]) -> float | None:
 def verdict_of(study: optuna.Study) -> Verdict:
     """The verdict a study's records support, read from the study alone (what ``initsearch
     report`` shows): the race's entries, seeds and rules are stored there."""
-    chance = study.user_attrs.get("chance_acc", 0.0)
+    chance = study.user_attrs.get(StudyAttr.CHANCE, 0.0)
     plan = load_plan(study)
     if plan is None:
         return unconfirmed(study, chance)

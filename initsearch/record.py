@@ -1,11 +1,22 @@
-"""The study record's vocabulary: what the drivers write on each Optuna trial, and what the
-confirmation, the recommendation and the report read back.
+"""The study record's vocabulary: what a search writes on its Optuna study and on each of its
+trials, and what the confirmation, the recommendation and the report read back.
 
 A study is the single record of a search (``--resume`` continues it, ``initsearch report`` reads
-it), so the names of its trial attributes are a file format: writers and readers import them
-from here, and none of them needs the others.
+it), so the names of its attributes are a file format: writers and readers import them from
+here, and none of them needs the others. (The settings and content a resumed study must match
+are named by :class:`~initsearch.plan.StudyPlan`.)
 """
 from __future__ import annotations
+
+
+class StudyAttr:
+    """Names of the user attributes a search writes on its study."""
+
+    CHANCE = "chance_acc"   # the select split's chance level
+    REPLAYS = "replays"     # the earlier twin study whose cached draws this one replayed
+    RACE = "confirm"        # the race's entries, seeds, rules and fidelity ({}: no confirmation)
+    CLAIM = "confirm_claim"  # on a shared study, the driver that runs the race
+    JOB = "confirm/"        # prefix of one race job's record: confirm/<recipe key>/<seed>
 
 
 class Attr:

@@ -34,6 +34,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from initsearch.errors import UsageError  # noqa: E402
 from initsearch.recommend import SearchResult, Verdict, build_table, verdict_of  # noqa: E402
+from initsearch.record import StudyAttr  # noqa: E402
 from initsearch.settings import resolve_home  # noqa: E402
 from initsearch.storage import StudyStorage  # noqa: E402
 
@@ -166,7 +167,7 @@ def report(study_name: str | None, home: str | os.PathLike | None, out: str | os
         raise UsageError(f"study {study_name!r} in {store.display} cannot be read as it is; "
                          f"`initsearch run --study {study_name} --resume` repairs a damaged journal")
     if (not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            and not study.user_attrs.get("confirm")):  # a confirm study has a race, no search
+            and not study.user_attrs.get(StudyAttr.RACE)):  # a confirm study has a race, no search
         raise UsageError(f"study {study_name!r} has no completed trial yet; resume it "
                          f"(initsearch run --study {study_name} --resume) and report again")
     verdict = verdict_of(study)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -39,6 +40,7 @@ from initsearch.errors import UsageError
 from initsearch.plan import StudyPlan, plan_study
 from initsearch.race import RaceRules
 from initsearch.recipe import Recipe
+from initsearch.record import StudyAttr
 from initsearch.recommend import SearchResult, Verdict, build_table, recommended_recipe, verdict_of
 from initsearch.report import close_figures, plots
 from initsearch.settings import ConfirmConfig, RunConfig
@@ -66,7 +68,8 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         space: a search space from ``spaces/`` (or a path); None picks ``<arch>`` or ``default``.
         seed: seeds the TPE sampler and offsets the protocol's training seeds.
         run: how and where it runs (:class:`~initsearch.settings.RunConfig`: study name,
-            resume, backend, GPU share, home, tracking store, progress bars).
+            resume, backend, GPU share, home, tracking store, progress bars, how long a driver
+            of a shared study waits for the others).
         confirm: the confirmation stage (:class:`~initsearch.settings.ConfirmConfig`: top
             candidates, fresh seeds; ``seeds=0`` turns it off).
 
@@ -176,7 +179,6 @@ class _Open:
     study: optuna.Study
     driver: StudyDriver
     parent: str
-    shared: bool
 
 
 class _Session:
@@ -194,14 +196,12 @@ class _Session:
         self.seconds = {"setup": 0.0, "confirm": 0.0}
 
     def execute(self, name: str, storage, shared: bool, twin: optuna.Study | None,
-            candidates: list[Entry]) -> SearchResult:
+                candidates: list[Entry]) -> SearchResult:
         opened = self._open(name, storage, shared)
-        replayed = opened.driver.replay(twin) if twin is not None else 0
-        if replayed:
-            opened.study.set_user_attr("replays", twin.study_name)
-        status, verdict = "KILLED", None
-        self.seconds["setup"] = time.perf_counter() - self.t_start
-        try:
+        status, verdict, replayed = "KILLED", None, 0
+        try:  # from the parent run's start on, every way out ends it
+            replayed = self._prepare(opened, twin)
+            self.seconds["setup"] = time.perf_counter() - self.t_start
             with self._backend() as backend:
                 others = self._search(opened, backend)
                 self.bar.close()
@@ -218,8 +218,7 @@ class _Session:
 
     # -- the stages --------------------------------------------------------------------------------
     def _open(self, name: str, storage, shared: bool) -> _Open:
-        """Open the study (new, or resumed with its interrupted trials recovered), its MLflow
-        parent run, the result cache and the search's driver, with the baselines queued."""
+        """Open the study, its MLflow parent run, the result cache and the search's driver."""
         plan, run, protocol = self.plan, self.run, self.plan.protocol
         # writes the store cannot take now wait in a spool file; a resumed search writes them first
         self.tracker = Tracker(plan.tracking_uri, plan.experiment, plan.state / "artifacts",
@@ -242,30 +241,45 @@ class _Session:
         driver = StudyDriver(study, plan.space, protocol, self.tracker, self._layers, plan.budget,
                              self.bar, shared=shared, cache=self.cache)
         self.drivers.append(driver)
-        if run.resume:
+        return _Open(name, study, driver, parent)
+
+    def _prepare(self, opened: _Open, twin: optuna.Study | None) -> int:
+        """A new study records its set-up; a resumed one recovers its interrupted trials. Then
+        the baselines are queued, and the cached draws of an earlier ``twin`` study (returns
+        how many)."""
+        study, driver = opened.study, opened.driver
+        if self.run.resume:
             self.tracker.replay_spool()
             driver.recover_interrupted()
-            if not shared:  # alone on the study: any run still RUNNING is a dead driver's
-                self.tracker.end_abandoned(name)
+            if not driver.shared:  # alone on the study: any run still RUNNING is a dead driver's
+                self.tracker.end_abandoned(opened.name)
         else:
-            for key, value in {**plan.settings, **plan.content()}.items():
+            for key, value in {**self.plan.settings, **self.plan.content()}.items():
                 study.set_user_attr(key, value)
-            study.set_user_attr("chance_acc", self.chance)
+            study.set_user_attr(StudyAttr.CHANCE, self.chance)
         driver.enqueue_baselines()
-        return _Open(name, study, driver, parent, shared)
+        replayed = driver.replay(twin) if twin is not None else 0
+        if replayed:
+            study.set_user_attr(StudyAttr.REPLAYS, twin.study_name)
+        return replayed
 
     def _search(self, opened: _Open, backend) -> int:
-        """Run the study's remaining trials; on a shared study, then wait for the other
-        drivers' trials in flight (running any that a dead driver left). Returns how many
-        other drivers' trials are still in flight (0: the study is whole)."""
-        driver, deadline = opened.driver, time.monotonic() + self.run.wait_for_others
+        """Run the study's remaining trials; on a shared study, then wait up to
+        ``wait_for_others`` seconds for the other drivers' trials in flight (running any that
+        a dead driver left). Returns how many other drivers' trials are still in flight (0: the
+        study is whole)."""
+        driver, deadline = opened.driver, None
         while True:
             if driver.remaining:
                 self.slots = max(self.slots, backend.run(driver, opened.name))
             if driver.halted:
                 raise UsageError(f"search stopped: {driver.halted}; fix the cluster or the machine, "
                                  f"then continue with --resume --study {opened.name}")
-            others = driver.others_in_flight() if opened.shared else 0
+            others = driver.others_in_flight() if driver.shared else 0
+            if deadline is None and others:  # the wait starts when this driver's share is done
+                deadline = time.monotonic() + self.run.wait_for_others
+                print(f"initsearch: waiting up to {self.run.wait_for_others:.0f} s for {others} "
+                      "trial(s) in flight on other drivers (--wait-for-others)", file=sys.stderr)
             if not others or time.monotonic() >= deadline:
                 return others
             time.sleep(min(_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
@@ -273,9 +287,10 @@ class _Session:
     def _partial(self, opened: _Open, others: int) -> Verdict:
         finished = len(opened.driver.settled_trials())
         return Verdict(f"partial: {finished} of {self.plan.budget} trials finished, {others} still "
-                       f"in flight on other drivers after {self.run.wait_for_others:.0f} s; no race "
-                       f"and no recommendation from this driver (the last driver to finish races "
-                       f"the study; `initsearch report {opened.name}` shows its verdict)", None,
+                       f"in flight on other drivers after waiting {self.run.wait_for_others:.0f} s; "
+                       "no race and no recommendation from this driver. Once they end, "
+                       f"`initsearch run --resume --study {opened.name}` (same options) races the "
+                       f"whole study; `initsearch report {opened.name}` shows it so far", None,
                        "partial", chance=self.chance)
 
     def _confirm(self, opened: _Open, backend, candidates: list[Entry]) -> Verdict:
@@ -283,10 +298,10 @@ class _Session:
         read from the study; on a shared study only the driver holding the claim races."""
         plan, study = self.plan, opened.study
         if not plan.protocol.confirm_seeds:
-            study.set_user_attr("confirm", {})
+            study.set_user_attr(StudyAttr.RACE, {})
             return verdict_of(study)
         claim = None
-        if opened.shared:
+        if opened.driver.shared:
             claim = RaceClaim(study, interval=opened.driver.heartbeat_interval,
                               stale_after=5 * opened.driver.heartbeat_interval)
             holder = claim.take()

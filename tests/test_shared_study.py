@@ -10,7 +10,8 @@ import optuna
 import pytest
 
 from initsearch.cli import main
-from initsearch.confirm import CLAIM, RaceClaim
+from initsearch.confirm import RaceClaim
+from initsearch.record import StudyAttr
 from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.study import search
 
@@ -49,7 +50,7 @@ def test_a_driver_done_before_the_others_reports_partial(shared, home, tmp_path,
     assert "verdict: partial: 2 of 3 trials finished, 1 still in flight on other drivers" in stdout
     assert not out.exists() and "recommended recipe" not in stdout
     study = optuna.load_study(study_name="shared", storage=url)
-    assert not study.user_attrs["confirm"] and CLAIM not in study.user_attrs  # no race began
+    assert not study.user_attrs["confirm"] and StudyAttr.CLAIM not in study.user_attrs  # no race began
 
 
 def test_a_driver_waits_for_the_others_and_judges_the_whole_study(shared, home):
@@ -73,9 +74,9 @@ def test_a_driver_waits_for_the_others_and_judges_the_whole_study(shared, home):
     assert sum("epochs" in t.user_attrs for t in study.get_trials()) == 3
 
 
-def test_one_driver_per_study_holds_the_race_until_its_claim_goes_stale(tmp_path):
-    """Two drivers claiming one study's race: the first holds it, the second is told who; a
-    claim whose driver stopped beating is taken over."""
+def test_one_driver_per_study_holds_the_race_until_it_is_released_or_stale(tmp_path):
+    """Two drivers claiming one study's race: the first holds it while it beats, the second is
+    told who; a released claim is free; a claim whose driver stopped beating is taken over."""
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'c.db'}", study_name="c")
     first = RaceClaim(study, interval=0.2, stale_after=1.0, settle=0.1)
     second = RaceClaim(study, interval=0.2, stale_after=1.0, settle=0.1)
@@ -84,6 +85,10 @@ def test_one_driver_per_study_holds_the_race_until_its_claim_goes_stale(tmp_path
     time.sleep(1.2)  # beyond stale_after: the first's thread kept its claim alive
     assert second.take() == first.me
     first.release()
+    assert second.take() is None and study.user_attrs[StudyAttr.CLAIM]["who"] == "elsewhere:1"
+    second._stop.set()  # the second driver dies mid-race: its claim is no longer beaten
+    second._thread.join()
+    assert first.take() == "elsewhere:1"  # still fresh
     time.sleep(1.2)
-    assert second.take() is None and study.user_attrs[CLAIM]["who"] == "elsewhere:1"
-    second.release()
+    assert first.take() is None  # stale: taken over
+    first.release()

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from initsearch.recipe import Recipe, RoleInit
 from initsearch.tracking import PARENT_TAG, PLACEHOLDER, Tracker
+from initsearch.tracking.store import is_server
 
 RECIPE = Recipe({"stem": RoleInit("he"), "conv": RoleInit("orthogonal"), "classifier": RoleInit("zero")})
 PLAN = [{"path": "stem.0", "role": "stem", "init": "he"}]
@@ -55,7 +56,7 @@ def test_server_outage_mid_search_loses_nothing(mlflow_server, tmp_path, capfd):
     first = tracker.start_trial("trial-000", RECIPE, {"conv": "orthogonal", "scale": 0.5}, PLAN,
                                 {**trial_tags, "trial": "0"})
     assert not first.startswith(PLACEHOLDER)
-    assert tracker.served_by_server  # the review link is the server's own UI
+    assert is_server(tracker.uri)  # the review link is the server's own UI
     assert tracker.ui_url().startswith(
         f"{mlflow_server.uri}/#/experiments/{tracker.experiment_id}/runs?")
     tracker.log_epoch(first, _metrics(1), 1)

@@ -16,7 +16,7 @@ from torch import nn
 from initsearch.recipe import Recipe, RoleInit
 from initsearch.tracking import PARENT_TAG, PLACEHOLDER, Tracker, review_hint, runs_url
 from initsearch.tracking.runs import KEY_TAG
-from initsearch.tracking.store import LOCAL_UI
+from initsearch.tracking.store import LOCAL_UI, is_server
 
 RECIPE = Recipe({"stem": RoleInit("orthogonal", scale=0.5), "conv": RoleInit("he"),
                  "classifier": RoleInit("zero")}, "mine", layer_scales={"3": 1.5})
@@ -167,7 +167,7 @@ def test_placeholders_from_a_killed_drivers_spool_become_runs_once(uri, tmp_path
 
 def test_the_review_link_of_a_local_store_is_the_local_ui(tracker):
     tracker.start_search("my study", {}, {}, TRIAL_TAGS)
-    assert not tracker.served_by_server
+    assert not is_server(tracker.uri)
     url = tracker.ui_url()
     assert url == runs_url(tracker.experiment_id, "my study", LOCAL_UI)
     assert url == (f"http://127.0.0.1:5000/#/experiments/{tracker.experiment_id}/runs"

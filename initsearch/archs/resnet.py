@@ -24,7 +24,7 @@ Options:
 * ``norm="none"`` gives the normalization-free variant used by Fixup, SkipInit, ZerO and RISOTTO
   without BN: every BatchNorm becomes the identity and each block gains Fixup's scalars (Zhang et
   al. 2019) -- scalar biases before each conv and activation and one multiplier at the end of the
-  branch (:mod:`initsearch.archs.scalars`). At their defaults (biases 0, multiplier 1) they change
+  branch (:mod:`initsearch.layers`). At their defaults (biases 0, multiplier 1) they change
   nothing, so any scheme applies; Fixup and SkipInit set them (see ``initsearch.schemes.fixup``)::
 
       out = relu(bias1b + conv1(x + bias1a))

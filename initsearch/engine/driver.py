@@ -398,6 +398,7 @@ class _Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
+        self._thread.join(timeout=10)  # before the caller closes the storage under it
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

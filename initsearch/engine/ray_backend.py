@@ -85,6 +85,7 @@ class DriverSearcher(_LeavesDriverBehind, Searcher):
         super().__init__(metric="val_acc", mode="max")
         self.driver, self.solo_flag, self.errors = driver, solo_flag, errors
         self._numbers: dict[str, int] = {}
+        self.asked = 0  # trials handed to Tune
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the space lives in the driver; Tune's metric/mode match ours
@@ -94,6 +95,7 @@ class DriverSearcher(_LeavesDriverBehind, Searcher):
             return Searcher.FINISHED
         config = self.driver.ask()
         self._numbers[trial_id] = config.number
+        self.asked += 1
         return {"trial": config.to_dict()}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
@@ -210,10 +212,14 @@ class RayBackend:
                 else:
                     self._reaper = start_local_ray(logging_level=logging.ERROR, log_to_driver=False,
                                                    runtime_env=runtime_env, include_dashboard=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UsageError(f"cannot connect to the Ray cluster at {self.address} "
-                                 f"({str(exc).splitlines()[0][:200]}); check --ray-address "
-                                 "(or RAY_ADDRESS) and that `ray status` shows the cluster") from None
+            except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
+                why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                if not self.address:
+                    raise UsageError(f"starting Ray on this machine failed ({why}); check "
+                                     "`ray status` and free memory, or use --backend local") from None
+                raise UsageError(f"cannot connect to the Ray cluster at {self.address} ({why}); "
+                                 "check --ray-address (or RAY_ADDRESS) and that `ray status` "
+                                 "shows the cluster") from None
         # Trial errors are recorded (study FAIL, MLflow FAILED, the progress bar); Tune's own
         # traceback dump of them would only bury the bar.
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -242,16 +248,18 @@ class RayBackend:
         solo_flag.parent.mkdir(parents=True, exist_ok=True)
         solo_flag.unlink(missing_ok=True)  # left by an earlier session of a resumed study
         errors: dict[int, str] = {}  # trial number -> its worker's last failure
+        searcher = DriverSearcher(driver, solo_flag, errors)
+        samples = driver.remaining
         trainable = tune.with_resources(
             tune.with_parameters(_ray_trial, splits=self.splits, model_fn=self.model_fn,
                                  roles=self.roles, threads=self.threads, solo_flag=solo_flag),
             {"cpu": self.threads, "gpu": self.gpus_per_trial})
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=DriverSearcher(driver, solo_flag, errors),
+            tune_config=tune.TuneConfig(search_alg=searcher,
                                         scheduler=DriverPruningScheduler(driver, errors),
                                         metric="val_acc", mode="max",
-                                        num_samples=driver.remaining,
+                                        num_samples=samples,
                                         max_concurrent_trials=concurrency, reuse_actors=True,
                                         trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
@@ -262,7 +270,10 @@ class RayBackend:
         except KeyboardInterrupt:
             driver.abandon_running()
             raise
-        if driver.in_flight or driver.remaining:  # Tune caught SIGINT and stopped early
+        # Tune caught SIGINT and stopped early: trials cut off, or fewer asked than it was
+        # given while the driver had more (the driver's ``remaining`` may also grow during a
+        # run -- a dead driver's trials recovered -- which the caller runs next)
+        if driver.in_flight or (searcher.asked < samples and driver.remaining):
             driver.abandon_running()
             raise KeyboardInterrupt
         return concurrency

@@ -51,7 +51,11 @@ def start_local_ray(**init: Any) -> subprocess.Popen | None:
     if not _is_loopback(node):  # a later Ray may drop the switch: say so rather than hide it
         logging.getLogger(__name__).warning(
             "this Ray version ignored the loopback node address: its services listen on %s", node)
-    return _start_reaper(context.address_info["session_dir"])
+    try:
+        return _start_reaper(context.address_info["session_dir"])
+    except OSError:  # no reaper, no session: a Ray nobody will shut down must not stay up
+        ray.shutdown()
+        raise
 
 
 def stop_reaper(reaper: subprocess.Popen) -> None:

@@ -33,7 +33,7 @@ for weights (conv/linear/norm weights, ``Scale``) and 0 for biases. With the obj
 by ``eta`` the clip is usually active; both are kept as in the authors' code.
 
 Layers touched: every weight and bias of every conv/linear/norm layer and the scalar of every
-:class:`~initsearch.archs.scalars.Scale` / :class:`~initsearch.archs.scalars.Bias` (all modules
+:class:`~initsearch.layers.Scale` / :class:`~initsearch.layers.Bias` (all modules
 in ``roles``). A tensor that is zero at the start (biases, BN beta, zeroed heads, Fixup's zero
 layers) or whose scale reaches 0 (a bias at its floor) is never touched again; zero tensors
 still enter ``g`` and the virtual step, as they do in training. No role is special-cased.

@@ -153,12 +153,6 @@ class Tracker:
             self.end_trial(run_id, "KILLED", {"state": "INTERRUPTED"})
         return len(stale)
 
-    @property
-    def served_by_server(self) -> bool:
-        """Whether the runs live on an MLflow server, whose own UI shows them (else a local
-        store, shown once ``initsearch ui`` serves it)."""
-        return is_server(self.uri)
-
     def ui_url(self) -> str:
         """The study's runs in the MLflow UI that shows them: the tracking server's, or the
         local one ``initsearch ui`` starts (:func:`~initsearch.tracking.store.review_hint`
@@ -260,9 +254,12 @@ class Tracker:
             self._learn(op, run)
         self.client.log_batch(run, params=[Param(k, v) for k, v in op["params"]],
                               tags=[RunTag("recipe", op["recipe"])])
-        self.client.log_text(run, op["recipe_json"], "recipe.json")
-        if "layers_json" in op:  # absent from a spool written before the plan had its own file
-            self.client.log_text(run, op["layers_json"], "layers.json")
+        recipe, layers = op["recipe_json"], op.get("layers_json")
+        if layers is None:  # a spool written when recipe.json held {"recipe", "layers"}
+            old = json.loads(recipe)
+            recipe, layers = json.dumps(old["recipe"], indent=1), json.dumps(old["layers"], indent=1)
+        self.client.log_text(run, recipe, "recipe.json")
+        self.client.log_text(run, layers, "layers.json")
 
     def _real(self, ref: str) -> str:
         """The MLflow run id of ``ref``: itself, or the run a placeholder was opened as."""
