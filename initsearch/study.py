@@ -40,7 +40,7 @@ from initsearch.errors import UsageError
 from initsearch.plan import StudyPlan, plan_study
 from initsearch.race import RaceRules
 from initsearch.recipe import Recipe
-from initsearch.record import StudyAttr
+from initsearch.record import Attr, StudyAttr
 from initsearch.recommend import SearchResult, Verdict, build_table, recommended_recipe, verdict_of
 from initsearch.report import close_figures, plots
 from initsearch.settings import ConfirmConfig, RunConfig
@@ -252,7 +252,7 @@ class _Session:
             self.tracker.replay_spool()
             driver.recover_interrupted()
             if not driver.shared:  # alone on the study: any run still RUNNING is a dead driver's
-                self.tracker.end_abandoned(opened.name)
+                self.tracker.end_abandoned(opened.name, _ended_runs(study))
         else:
             for key, value in {**self.plan.settings, **self.plan.content()}.items():
                 study.set_user_attr(key, value)
@@ -385,6 +385,15 @@ class _Session:
     def _layers(self, recipe: Recipe) -> list[dict]:
         """The recipe's per-layer plan on the model, for a trial's MLflow run."""
         return recipe.plan(self.plan.model.probe, self.plan.roles)
+
+
+def _ended_runs(study: optuna.Study) -> dict[str, str]:
+    """``{MLflow run id: state}`` of every trial and race job the study recorded as ended."""
+    ended = {t.user_attrs[Attr.RUN_ID]: t.state.name for t in study.get_trials(deepcopy=False)
+             if t.state.is_finished() and Attr.EPOCHS in t.user_attrs and Attr.RUN_ID in t.user_attrs}
+    ended.update({r["run_id"]: r["state"] for k, r in study.user_attrs.items()
+                  if k.startswith(StudyAttr.JOB) and r.get("run_id")})
+    return ended
 
 
 #: Seconds between two looks at the other drivers' trials while waiting for them.

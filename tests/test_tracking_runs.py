@@ -114,16 +114,20 @@ def test_a_resumed_search_reopens_its_parent_and_keeps_its_params(tracker, uri, 
 
 
 def test_end_abandoned_ends_the_trials_a_killed_driver_left_running(tracker, uri, request):
+    """A run cut off mid-trial ends KILLED; one whose trial the study had already told (the
+    driver died before ending the run) ends as the study says."""
     parent = tracker.start_search("s", {}, {}, TRIAL_TAGS)
     left = tracker.start_trial("trial-000", RECIPE, {}, [], {"stage": "search"})
     done = tracker.start_trial("trial-001", RECIPE, {}, [], {"stage": "search"})
+    told = tracker.start_trial("trial-002", RECIPE, {}, [], {"stage": "search"})
     tracker.end_trial(done, "FINISHED", {"state": "COMPLETE"})
 
     resumed = Tracker(uri, request.node.name)
     resumed.start_search("s", {}, {}, TRIAL_TAGS)
-    assert resumed.end_abandoned("s") == 1
+    assert resumed.end_abandoned("s", {told: "PRUNED", done: "COMPLETE"}) == 2
     runs = {r.info.run_id: r for r in _runs(resumed)}
     assert runs[left].info.status == "KILLED" and runs[left].data.tags["state"] == "INTERRUPTED"
+    assert runs[told].info.status == "FINISHED" and runs[told].data.tags["state"] == "PRUNED"
     assert runs[done].info.status == "FINISHED" and runs[parent].info.status == "RUNNING"
 
 

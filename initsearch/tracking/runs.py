@@ -141,16 +141,24 @@ class Tracker:
             say(f"warning: {len(self._writes)} tracking writes still pending ({self.outage.what} "
                 f"{self.outage.gone}: {self.outage.reason}); {where}")
 
-    def end_abandoned(self, study_name: str) -> int:
-        """End as KILLED the runs of ``study_name`` that a killed driver left RUNNING (trials,
+    def end_abandoned(self, study_name: str, settled: dict[str, str] | None = None) -> int:
+        """End the runs of ``study_name`` that a killed driver left RUNNING (trials,
         confirmation jobs); the parent is reopened by :meth:`start_search`. Call it only when
-        this driver holds the study alone. Returns how many it ended."""
+        this driver holds the study alone. ``settled``: ``{run id: state}`` of the trials and
+        jobs the study recorded as ended (the driver died between telling the study and ending
+        the run): those end as the study says, FINISHED (FAILED for ``FAIL``) with their
+        ``state``; the others as KILLED, ``INTERRUPTED``. Returns how many it ended."""
+        settled = settled or {}
         runs = self.client.search_runs(
             [self.experiment_id], f"tags.study = '{study_name}' and attributes.status = 'RUNNING'",
             max_results=10000)
         stale = [r.info.run_id for r in runs if r.data.tags.get("role") != "search"]
         for run_id in stale:
-            self.end_trial(run_id, "KILLED", {"state": "INTERRUPTED"})
+            state = settled.get(run_id)
+            if state is None:
+                self.end_trial(run_id, "KILLED", {"state": "INTERRUPTED"})
+            else:
+                self.end_trial(run_id, "FAILED" if state == "FAIL" else "FINISHED", {"state": state})
         return len(stale)
 
     def ui_url(self) -> str:
