@@ -81,6 +81,10 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", help="study name (default <arch>-<dataset>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue --study (or the newest one)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--objective", metavar="final|auc|epochs_to:TARGET",
+                   help="what a trial scores: the last epoch's accuracy (final), the mean over the "
+                        "epochs (auc: trains fastest), or how early it first reaches an accuracy "
+                        "(epochs_to:0.4); default: the profile's objective, final")
     p.add_argument("--tracking-uri", help="MLflow store: http://host:port of a tracking server, "
                    "or a database URI (env MLFLOW_TRACKING_URI; default sqlite in ./mlruns)")
     p.add_argument("--storage", metavar="URL",
@@ -153,7 +157,8 @@ def _settings(args: argparse.Namespace) -> tuple[dict, "RunConfig", "ConfirmConf
                             train_size=args.confirm_train_size)
     study = dict(arch=args.model or args.arch or "resnet_ds", dataset=args.dataset,
                  data_dir=args.data, profile=args.profile, space=args.space,
-                 arch_options=key_values(args.arch_opt, "--arch-opt"), seed=args.seed)
+                 arch_options=key_values(args.arch_opt, "--arch-opt"), seed=args.seed,
+                 objective=args.objective)
     return study, run, confirm
 
 

@@ -151,7 +151,8 @@ def save_plan(study: optuna.Study, entries: list[Entry], seeds: list[int], rules
     """Record who races, on which seeds, under which rules and fidelity -- before any result."""
     study.set_user_attr(StudyAttr.RACE, {"entries": [e.to_dict() for e in entries], "seeds": seeds,
                                "rules": rules.to_dict(), "epochs": protocol.epochs,
-                               "train_size": protocol.train_size})
+                               "train_size": protocol.train_size,
+                               "objective": protocol.objective_label()})
 
 
 def load_plan(study: optuna.Study) -> tuple[list[Entry], list[int], RaceRules] | None:
@@ -232,7 +233,8 @@ def records(study: optuna.Study, entries: list[Entry], seeds: list[int]) -> dict
 def scores(recorded: dict[str, dict[int, dict]]) -> dict[str, dict[int, Score]]:
     """What the race reads from the records: the confirm-split accuracy of a completed job, the
     reason of a failed one."""
-    return {name: {s: (r["confirm_acc"] if r["state"] == "COMPLETE" else r["error"] or r["state"])
+    return {name: {s: (r.get("score", r["confirm_acc"]) if r["state"] == "COMPLETE"
+                       else r["error"] or r["state"])  # records before objectives hold no score
                    for s, r in runs.items()} for name, runs in recorded.items()}
 
 
@@ -297,6 +299,8 @@ class ConfirmDriver(Driver):
             "state": state.name, "epochs": int(live.last.get("epoch", 0)), "curve": live.curve,
             "val_acc": None if error else live.last.get("val_acc"),
             "confirm_acc": None if error else live.last.get("confirm_acc"),
+            "score": None if error else self.protocol.score(live.confirm_curve),
+            "confirm_curve": live.confirm_curve,
             "test_acc": None if error else live.last.get("test_acc"),
             "error": reason(error) if error else None, "run_id": live.run_id,
             "cached_from": live.cached_from})

@@ -23,7 +23,7 @@ from torch import nn
 
 from initsearch.archs import build_model
 from initsearch.errors import UsageError
-from initsearch.protocol import Protocol, load_protocol, resolve_device, resolve_precision
+from initsearch.protocol import OBJECTIVES, Protocol, load_protocol, resolve_device, resolve_precision
 from initsearch.roles import Roles
 from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.space import Space, available_spaces, load_space
@@ -177,8 +177,8 @@ class StudyPlan:
 def plan_study(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None = None,
                arch_options: dict | None = None, dataset: str = "cifar10",
                data_dir: str | os.PathLike | None = None, budget: int, profile: str | None = None,
-               space: str | None = None, seed: int = 0, run: RunConfig,
-               confirm: ConfirmConfig) -> StudyPlan:
+               space: str | None = None, seed: int = 0, objective: str | None = None,
+               run: RunConfig, confirm: ConfirmConfig) -> StudyPlan:
     """Resolve and check a study's set-up (arguments as for :func:`initsearch.search`).
 
     Raises:
@@ -188,7 +188,8 @@ def plan_study(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | N
 
     protocol, model = resolve_model(arch, model_fn=model_fn, arch_options=arch_options,
                                     profile=profile)
-    protocol = dataclasses.replace(protocol, seeds=tuple(s + seed for s in protocol.seeds))
+    protocol = dataclasses.replace(protocol, seeds=tuple(s + seed for s in protocol.seeds),
+                                   **parse_objective(objective, protocol))
     if run.gpus_per_trial is not None:
         protocol = dataclasses.replace(protocol, gpus_per_trial=run.gpus_per_trial)
     if protocol.device == "cuda" and not torch.cuda.is_available():
@@ -210,6 +211,29 @@ def plan_study(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | N
     check_tracking_uri(tracking_uri)
     return StudyPlan(model, protocol, bound, dataset, data_dir, budget, seed, auto, run.state,
                      tracking_uri)
+
+
+def parse_objective(text: str | None, protocol: Protocol) -> dict[str, Any]:
+    """``"final"``, ``"auc"`` or ``"epochs_to:0.4"`` as protocol keys (None: the profile's).
+
+    Raises:
+        UsageError: an unknown objective, or a target that is no accuracy in (0, 1).
+    """
+    if text is None:
+        return {}
+    name, _, target = text.partition(":")
+    if name not in OBJECTIVES or (name == "epochs_to") != bool(target):
+        raise UsageError(f"objective {text!r} must be final, auc or epochs_to:TARGET (an accuracy, "
+                         "e.g. epochs_to:0.4)")
+    if not target:
+        return {"objective": name, "objective_target": None}
+    try:
+        value = float(target)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise UsageError(f"objective {text!r}: the target must be an accuracy in (0, 1), e.g. 0.4")
+    return {"objective": name, "objective_target": value}
 
 
 def _label(model_fn: Callable[[], nn.Module]) -> str:

@@ -46,7 +46,9 @@ _NOT_CONTENT = ("name", "description", "archs", "threads_per_trial", "gpus_per_t
 #: its hash. (``confirm_size`` is not among them: carving the confirm split moved the training
 #: images, so every protocol hashes anew.)
 _NEW_DEFAULTS = {"grad_clip": None, "precision": "fp32", "compile": False, "confirm_epochs": None,
-                 "confirm_train_size": None, "stage": "search"}
+                 "confirm_train_size": None, "stage": "search", "objective": "final",
+                 "objective_target": None}
+OBJECTIVES = ("final", "auc", "epochs_to")
 RANKS = ("mean", "lcb")
 
 
@@ -86,6 +88,8 @@ class Protocol:
     confirm_max_seeds: int = 10                # the race's budget: seeds per recipe at most
     min_effect: float = 0.01                   # the smallest accuracy difference worth acting on (1 pp)
     confirm_rank: str = "mean"                 # who leads a look: mean | lcb (lower 95 % bound)
+    objective: str = "final"                   # what a trial's score is: final | auc | epochs_to (score())
+    objective_target: float | None = None      # epochs_to's accuracy target, e.g. 0.4
     stage: str = "search"                      # search | confirm (set by for_confirmation, not in files)
     archs: dict = field(default_factory=dict)  # {arch: {options: {...}, <key>: value}}: per-arch sizes and overrides
 
@@ -111,6 +115,34 @@ class Protocol:
         scored on the confirm split (``stage: confirm``) at its last epoch."""
         return replace(self, epochs=self.confirm_epochs or self.epochs,
                        train_size=self.confirm_train_size or self.train_size, stage="confirm")
+
+    def score(self, curve: list[float]) -> float:
+        """The objective's value of an accuracy curve (one accuracy per epoch, so far), in
+        accuracy-like units in [0, 1], higher better -- so the search, its pruner (which compares
+        trials at the same epoch) and the race read every objective alike:
+
+        * ``final``: the accuracy at the last epoch;
+        * ``auc``: the mean accuracy over the epochs, the area under the curve (a recipe that
+          gets there sooner scores higher at the same final accuracy);
+        * ``epochs_to``: how early ``objective_target`` is first reached, as the share of the
+          training still ahead at that epoch: ``(E - e + 1) / E`` for first epoch ``e`` of
+          ``E``, 0 when never reached. Mid-trial the bound assumes the next epoch reaches it
+          (so a trial is never pruned for what it has not been given time to do).
+        """
+        if self.objective == "final":
+            return curve[-1]
+        if self.objective == "auc":
+            return sum(curve) / len(curve)
+        reached = next((e for e, acc in enumerate(curve, 1) if acc >= self.objective_target), None)
+        if reached is None:
+            reached = len(curve) + 1 if len(curve) < self.epochs else self.epochs + 1
+        return (self.epochs - reached + 1) / self.epochs
+
+    def objective_label(self) -> str:
+        """The objective in words, for tables and evidence."""
+        return {"final": "final accuracy", "auc": "mean accuracy over the epochs (AUC)",
+                "epochs_to": f"share of training left on first reaching "
+                             f"{100 * (self.objective_target or 0):.0f}% (epochs_to)"}[self.objective]
 
     def make_pruner(self) -> "optuna.pruners.BasePruner":
         """Optuna's pruner for the study (imported here: a Ray worker reads protocols, never
@@ -227,6 +259,8 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
          "confirm_train_size must be at least batch_size"),
         (not (sgd and sgd.nesterov and sgd.momentum == 0),
          "optimizer.nesterov needs momentum > 0; set nesterov: false or a momentum"),
+        ((protocol.objective == "epochs_to") == (protocol.objective_target is not None),
+         "objective_target is the accuracy epochs_to counts to: set both, or neither"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -335,6 +369,8 @@ class _Keys(StrictModel):
     confirm_max_seeds: int = Field(None, ge=3)
     min_effect: float = Field(None, gt=0, lt=1, description="an accuracy difference in (0, 1), e.g. 0.01 for 1 pp")
     confirm_rank: Literal[RANKS] = None
+    objective: Literal[OBJECTIVES] = None
+    objective_target: float | None = Field(None, gt=0, lt=1, description="an accuracy in (0, 1), e.g. 0.4")
 
 
 class ProtocolFile(_Keys):

@@ -49,7 +49,7 @@ class Confirmed:
 
     entry: Entry
     runs: dict[int, dict]                 # seed -> record (see initsearch.confirm)
-    val: Estimate | None = None           # confirm-split accuracy over its completed seeds
+    val: Estimate | None = None           # its score (the objective on the confirm split) over its seeds
     test: Estimate | None = None
     vs_reference: Paired | None = None    # paired by seed over the seeds both ran
     status: str = ""                      # "recommended", "survivor", "dropped at look k: why"
@@ -68,16 +68,18 @@ class Confirmed:
     def failures(self) -> list[str]:
         return [r["error"] or r["state"] for r in self.runs.values() if r["state"] != "COMPLETE"]
 
-    def values(self, key: str = "confirm_acc", seeds: list[int] | None = None) -> list[float]:
-        """``key`` of the completed runs, by seed (only ``seeds``, when given)."""
-        return [self.runs[s][key] for s in sorted(self.runs) if self.runs[s]["state"] == "COMPLETE"
-                and (seeds is None or s in seeds)]
+    def values(self, key: str = "score", seeds: list[int] | None = None) -> list[float]:
+        """``key`` of the completed runs, by seed (only ``seeds``, when given): by default the
+        ``score``, the protocol's objective on the confirm split (a record from before
+        objectives has only its final ``confirm_acc``, which is that score)."""
+        return [self.runs[s].get(key, self.runs[s]["confirm_acc"]) for s in sorted(self.runs)
+                if self.runs[s]["state"] == "COMPLETE" and (seeds is None or s in seeds)]
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "seeds": sorted(self.runs), "status": self.status,
                              "search_val_acc": self.entry.search_val_acc}
         if self.val is not None:
-            d.update(confirm_acc=self.val.to_dict(), test_acc=self.test.to_dict())
+            d.update(score=self.val.to_dict(), test_acc=self.test.to_dict())
         if self.failures:
             d["failed"] = self.failures
         if self.vs_reference is not None:
@@ -99,12 +101,13 @@ class Verdict:
     outcome: Outcome | None = None
     rules: RaceRules | None = None
     tau: float | None = None    # Kendall tau: search scores vs the race's means
+    objective: str = "final accuracy"  # what a score is (Protocol.objective_label)
 
     def table(self) -> str:
         """The race's comparison as text, one row per recipe."""
         if not self.rows:
             return ""
-        header = ["recipe", "kind", "seeds", "confirm acc % [95% CI]", "test acc %",
+        header = ["recipe", "kind", "seeds", "score % [95% CI]", "test acc %",
                   "vs PyTorch default", "search val %", "race"]
         lines = [header]
         for r in self.rows:
@@ -119,14 +122,15 @@ class Verdict:
         tau = f"; search-vs-race rank agreement Kendall tau {self.tau:+.2f}" if self.tau is not None else ""
         title = (f"race: {rules.min_seeds}..{rules.max_seeds} fresh seeds per recipe (reached "
                  f"{len(self.seeds)}), {len(self.outcome.looks)} looks at p < {rules.level:.4f} "
-                 f"each (drops one-sided; the default's Bonferroni'd over the field), min effect {100 * rules.min_effect:.1f} pp; scored "
-                 f"on the confirm split; differences paired by seed (95% CI); chance "
+                 f"each (drops one-sided; the default's Bonferroni'd over the field), min effect {100 * rules.min_effect:.1f} pp; score: "
+                 f"{self.objective} on the confirm split; differences paired by seed (95% CI); chance "
                  f"{100 * self.chance:.1f}%{tau}; * recommended")
         return title + "\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
                                         + "  " + row[-1] for row in lines)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "seeds": self.seeds, "verdict": self.text,
+                             "objective": self.objective,
                              "best_baseline": self.best_baseline, "chance_acc": self.chance,
                              "confirmed": {r.name: r.to_dict() for r in self.rows}}
         if self.rules is not None:
@@ -268,7 +272,8 @@ def verdict_of(study: optuna.Study) -> Verdict:
     if plan is None:
         return unconfirmed(study, chance)
     entries, seeds, rules = plan
-    return judge(entries, records(study, entries, seeds), seeds, rules)
+    objective = study.user_attrs[StudyAttr.RACE].get("objective", "final accuracy")
+    return replace(judge(entries, records(study, entries, seeds), seeds, rules), objective=objective)
 
 
 def unconfirmed(study: optuna.Study, chance: float) -> Verdict:

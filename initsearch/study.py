@@ -52,8 +52,8 @@ from initsearch.tracking import Tracker, review_hint
 def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None = None,
            arch_options: dict | None = None, dataset: str = "cifar10",
            data_dir: str | os.PathLike | None = None, budget: int = 50, profile: str | None = None,
-           space: str | None = None, seed: int = 0, run: RunConfig | None = None,
-           confirm: ConfirmConfig | None = None) -> SearchResult:
+           space: str | None = None, seed: int = 0, objective: str | None = None,
+           run: RunConfig | None = None, confirm: ConfirmConfig | None = None) -> SearchResult:
     """Search init recipes for a model, confirm the best on fresh seeds, and recommend one.
 
     Args:
@@ -67,6 +67,11 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
         profile: a trial protocol from ``trials/`` (or a path); None picks ``gpu`` or ``cpu``.
         space: a search space from ``spaces/`` (or a path); None picks ``<arch>`` or ``default``.
         seed: seeds the TPE sampler and offsets the protocol's training seeds.
+        objective: what a trial scores, over the profile's ``objective``: ``"final"`` (the last
+            epoch's accuracy), ``"auc"`` (the mean over the epochs: trains fastest and ends
+            high) or ``"epochs_to:0.4"`` (how early it first reaches 40 %); the search, its
+            pruner, the race and the evidence all read it
+            (:meth:`~initsearch.protocol.Protocol.score`).
         run: how and where it runs (:class:`~initsearch.settings.RunConfig`: study name,
             resume, backend, GPU share, home, tracking store, progress bars, how long a driver
             of a shared study waits for the others).
@@ -88,7 +93,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     run, confirm = run or RunConfig(), confirm or ConfirmConfig()
     plan = plan_study(arch, model_fn=model_fn, arch_options=arch_options, dataset=dataset,
                       data_dir=data_dir, budget=budget, profile=profile, space=space, seed=seed,
-                      run=run, confirm=confirm)
+                      objective=objective, run=run, confirm=confirm)
     return _run_study(plan, run, confirm)
 
 
@@ -96,7 +101,8 @@ def confirm_recipes(recipes: list[Recipe] | None = None, arch: str = "resnet_ds"
                     from_study: str | None = None, model_fn: Callable[[], nn.Module] | None = None,
                     arch_options: dict | None = None, dataset: str = "cifar10",
                     data_dir: str | os.PathLike | None = None, profile: str | None = None,
-                    space: str | None = None, seed: int = 0, run: RunConfig | None = None,
+                    space: str | None = None, seed: int = 0, objective: str | None = None,
+                    run: RunConfig | None = None,
                     confirm: ConfirmConfig | None = None) -> SearchResult:
     """Race recipes against PyTorch's default and every applicable baseline under another
     protocol -- the size and length the user will train -- with no search.
@@ -134,7 +140,7 @@ def confirm_recipes(recipes: list[Recipe] | None = None, arch: str = "resnet_ds"
     confirm = confirm or ConfirmConfig()
     plan = plan_study(arch, model_fn=model_fn, arch_options=arch_options, dataset=dataset,
                       data_dir=data_dir, budget=0, profile=profile, space=space, seed=seed,
-                      run=run, confirm=confirm)
+                      objective=objective, run=run, confirm=confirm)
     return _run_study(plan, run, confirm, entries)
 
 
@@ -341,6 +347,7 @@ class _Session:
         plan, study = self.plan, opened.study
         table = build_table(study)
         evidence = {"study": opened.name, **plan.settings,
+                    "objective": plan.protocol.objective_label(),
                     "protocol_sha256": plan.protocol.content_hash(),
                     "precision": plan.protocol.precision,
                     "search": {s.lower(): sum(r["state"] == s for r in table)

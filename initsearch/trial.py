@@ -5,7 +5,8 @@ backend in-process). The trial is a generator: after each epoch it yields
 ``{epoch, train_loss, val_loss, val_acc, train_seconds, eval_seconds}`` (plus ``init_seconds``
 and ``init_passes`` -- the init's cost -- after the first, ``test_acc`` after the last epoch, and
 for a confirmation job, ``stage: confirm``, ``confirm_acc`` on the confirm split after the last
-epoch: the score its race decides on; ``val_acc`` is always the select split's) and
+epoch -- after every epoch when the protocol's ``objective`` reads the whole curve: what its race
+decides on; ``val_acc`` is always the select split's) and
 the caller decides whether to go on -- that is where pruning happens. A trial whose result the
 store already has (:mod:`initsearch.cache`) replays those epochs first, marked ``cached``, and
 trains only if asked for more: from scratch, the seconds of the epochs it trained again reported
@@ -258,10 +259,12 @@ def _train(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module
                    "train_seconds": t1 - t0}
         if epoch == 1:  # the init's cost (data-dependent steps), once per trial, all seeds
             metrics.update(init_seconds=init_seconds, init_passes=init_passes)
+        # what the race decides on, images the search never saw: after the last epoch, or after
+        # every one when the objective reads the whole curve
+        if p.stage == "confirm" and (epoch == p.epochs or p.objective != "final"):
+            scores = [_evaluate(r.forward, confirm, p, prepare) for r in replicas]
+            metrics["confirm_acc"] = sum(c[1] for c in scores) / len(scores)
         if epoch == p.epochs:  # the test split is only for the final report, never for decisions
-            if p.stage == "confirm":  # what the race decides on: images the search never saw
-                scores = [_evaluate(r.forward, confirm, p, prepare) for r in replicas]
-                metrics["confirm_acc"] = sum(c[1] for c in scores) / len(scores)
             scores = [_evaluate(r.forward, test, p, prepare) for r in replicas]
             metrics["test_acc"] = sum(t[1] for t in scores) / len(scores)
         metrics["eval_seconds"] = _now(device) - t1

@@ -84,8 +84,8 @@ def test_deep_mlp_verdict_beats_the_default_with_evidence(data_dir, home, tmp_pa
     assert ev["profile"] == "mlp_confirm" and len(ev["protocol_sha256"]) == 64
     assert ev["seeds"] == verdict.seeds and set(ev["confirmed"]) == {r.name for r in verdict.rows}
     assert ev["kind"] == "recommend" and ev["race"]["min_seeds"] == 3
-    lo, hi = ev["confirmed"][chosen.name]["confirm_acc"]["ci95"]
-    assert lo <= ev["confirmed"][chosen.name]["confirm_acc"]["mean"] <= hi
+    lo, hi = ev["confirmed"][chosen.name]["score"]["ci95"]
+    assert lo <= ev["confirmed"][chosen.name]["score"]["mean"] <= hi
     # every confirmation job is a child run tagged stage=confirm, with its seed
     client, children = _children(home, result, "initsearch-mlp")
     confirm = [c for c in children if c.data.tags["stage"] == "confirm"]

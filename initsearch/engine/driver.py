@@ -64,7 +64,8 @@ class LiveTrial:
     handle: Any  # the driver's own record of it: an Optuna trial, a confirmation job
     never_prune: bool = False
     last: dict[str, Any] = field(default_factory=dict)
-    curve: list[float] = field(default_factory=list)
+    curve: list[float] = field(default_factory=list)  # select-split accuracy per epoch
+    confirm_curve: list[float] = field(default_factory=list)  # confirm-split, where measured
     pruned: bool = False
     diverged: str | None = None
     error: str | None = None  # the recipe's error, as the trial reported it (Ray)
@@ -146,14 +147,17 @@ class Driver(abc.ABC):
             return False  # a restarted worker re-sent an epoch the study already has
         live.last = dict(metrics)
         live.curve.append(float(metrics["val_acc"]))
+        if "confirm_acc" in metrics:
+            live.confirm_curve.append(float(metrics["confirm_acc"]))
         if not cached:  # a replayed epoch's seconds were spent by the run that trained it
             self.compute_seconds += sum(float(metrics.get(k, 0.0)) for k in SECONDS)
         self.tracker.log_epoch(live.run_id, metrics, epoch)
         live.diverged = diverged(metrics)
-        return bool(live.diverged) or self._observe(live, epoch, float(metrics["val_acc"]))
+        return bool(live.diverged) or self._observe(live, epoch, self.protocol.score(live.curve))
 
-    def _observe(self, live: LiveTrial, epoch: int, val_acc: float) -> bool:
-        """A finite epoch's score: True to stop the trial early (prune). Never, by default."""
+    def _observe(self, live: LiveTrial, epoch: int, score: float) -> bool:
+        """A finite epoch's objective so far (:meth:`Protocol.score` of the curve): True to stop
+        the trial early (prune). Never, by default."""
         return False
 
     @timed
@@ -317,8 +321,8 @@ class StudyDriver(Driver):
             trial.set_user_attr(Attr.CACHED, live.cached_from)
         return config
 
-    def _observe(self, live: LiveTrial, epoch: int, val_acc: float) -> bool:
-        live.handle.report(val_acc, step=epoch)
+    def _observe(self, live: LiveTrial, epoch: int, score: float) -> bool:
+        live.handle.report(score, step=epoch)
         if not live.never_prune and epoch < self.protocol.epochs and live.handle.should_prune():
             live.pruned = True
         return live.pruned
@@ -345,7 +349,7 @@ class StudyDriver(Driver):
         if live.pruned:
             self.study.tell(trial, state=TrialState.PRUNED)
             return TrialState.PRUNED
-        self.study.tell(trial, float(live.last["val_acc"]))
+        self.study.tell(trial, self.protocol.score(live.curve))
         return TrialState.COMPLETE
 
     # -- helpers -------------------------------------------------------------------------------
