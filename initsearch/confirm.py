@@ -301,6 +301,7 @@ class ConfirmDriver(Driver):
             "confirm_acc": None if error else live.last.get("confirm_acc"),
             "score": None if error else self.protocol.score(live.confirm_curve),
             "confirm_curve": live.confirm_curve,
+            "gradinit": live.init or None,
             "test_acc": None if error else live.last.get("test_acc"),
             "error": reason(error) if error else None, "run_id": live.run_id,
             "cached_from": live.cached_from})

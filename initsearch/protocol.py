@@ -29,6 +29,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from initsearch.errors import UsageError
+from initsearch.recipe import StepInit
 from initsearch.schema import StrictModel, refuse, validate
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ _NOT_CONTENT = ("name", "description", "archs", "threads_per_trial", "gpus_per_t
 #: images, so every protocol hashes anew.)
 _NEW_DEFAULTS = {"grad_clip": None, "precision": "fp32", "compile": False, "confirm_epochs": None,
                  "confirm_train_size": None, "stage": "search", "objective": "final",
-                 "objective_target": None}
+                 "objective_target": None, "init_steps": {}}
 OBJECTIVES = ("final", "auc", "epochs_to")
 RANKS = ("mean", "lcb")
 
@@ -90,6 +91,7 @@ class Protocol:
     confirm_rank: str = "mean"                 # who leads a look: mean | lcb (lower 95 % bound)
     objective: str = "final"                   # what a trial's score is: final | auc | epochs_to (score())
     objective_target: float | None = None      # epochs_to's accuracy target, e.g. 0.4
+    init_steps: dict = field(default_factory=dict)  # {step: {option: value}} where a recipe leaves them unset
     stage: str = "search"                      # search | confirm (set by for_confirmation, not in files)
     archs: dict = field(default_factory=dict)  # {arch: {options: {...}, <key>: value}}: per-arch sizes and overrides
 
@@ -265,6 +267,11 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
     for ok, msg in checks:
         if not ok:
             raise UsageError(f"{what}: {msg}")
+    for step, options in protocol.init_steps.items():  # the step's own check: names and ranges
+        try:
+            StepInit(step, options)
+        except UsageError as exc:
+            raise UsageError(f"{what}: init_steps.{step}: {exc}") from None
     _check_archs(protocol, where)
     return protocol
 
@@ -371,6 +378,7 @@ class _Keys(StrictModel):
     confirm_rank: Literal[RANKS] = None
     objective: Literal[OBJECTIVES] = None
     objective_target: float | None = Field(None, gt=0, lt=1, description="an accuracy in (0, 1), e.g. 0.4")
+    init_steps: dict[str, dict[str, Any]] = None
 
 
 class ProtocolFile(_Keys):

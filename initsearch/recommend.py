@@ -125,8 +125,25 @@ class Verdict:
                  f"each (drops one-sided; the default's Bonferroni'd over the field), min effect {100 * rules.min_effect:.1f} pp; score: "
                  f"{self.objective} on the confirm split; differences paired by seed (95% CI); chance "
                  f"{100 * self.chance:.1f}%{tau}; * recommended")
-        return title + "\n" + "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
-                                        + "  " + row[-1] for row in lines)
+        table = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+                          + "  " + row[-1] for row in lines)
+        return "\n".join([title, table, *self._gradinit_notes()])
+
+    def _gradinit_notes(self) -> list[str]:
+        """How far GradInit moved each racing recipe that has it: one seed doing nothing looks
+        like He, and the table should say so."""
+        notes = []
+        for r in self.rows:
+            moved = [run["gradinit"] for run in r.runs.values() if run.get("gradinit")]
+            if moved:
+                lo = min(m["gradinit_scale_min"] for m in moved)
+                hi = max(m["gradinit_scale_max"] for m in moved)
+                steps = sum(m["gradinit_constraint_steps"] for m in moved) / len(moved)
+                iters = sum(m["gradinit_iterations"] for m in moved) / len(moved)
+                notes.append(f"{r.name}: GradInit moved its scales to [{lo:.3f}, {hi:.3f}] over "
+                             f"{len(moved)} seeds, {steps:.0f} constraint steps in {iters:.0f} "
+                             "iterations (mean)")
+        return notes
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "seeds": self.seeds, "verdict": self.text,

@@ -43,14 +43,19 @@ from torch.nn import functional as F
 
 from initsearch.data import Augment, ImageSet, Splits, standardize
 from initsearch.protocol import Protocol, resolve_device, resolve_precision
-from initsearch.recipe import Recipe
+from initsearch.recipe import Recipe, StepInit
 from initsearch.roles import Roles, tensors, units
 from initsearch.schemes import InitData
 
 
+#: How far GradInit moved the init, after the first epoch of a recipe with a GradInit step (the
+#: smallest and largest learned scale, constraint steps and iterations, mean over the seeds): a
+#: reader sees when it did nothing.
+GRADINIT_METRICS = ("gradinit_scale_min", "gradinit_scale_max", "gradinit_constraint_steps",
+                    "gradinit_iterations")
 #: The keys a trial yields each epoch (``test_acc`` only after the last one).
 METRICS = ("epoch", "train_loss", "val_loss", "val_acc", "confirm_acc", "test_acc", "train_seconds",
-           "eval_seconds", "init_seconds", "init_passes", "retrain_seconds")
+           "eval_seconds", "init_seconds", "init_passes", "retrain_seconds", *GRADINIT_METRICS)
 #: The metrics that are seconds of compute (a trial's cost is their sum over its epochs).
 SECONDS = ("init_seconds", "train_seconds", "eval_seconds", "retrain_seconds")
 
@@ -215,10 +220,27 @@ def on_device(splits: Splits, device: torch.device) -> tuple[ImageSet, ImageSet,
 _ON_DEVICE: dict[tuple[str, str], tuple[ImageSet, ...]] = {}
 
 
+def _gradinit_moved(report: dict) -> dict[str, float]:
+    scales = list(report["scales"].values()) or [1.0]
+    return {"gradinit_scale_min": min(scales), "gradinit_scale_max": max(scales),
+            "gradinit_constraint_steps": report["constraint_steps"],
+            "gradinit_iterations": report["iterations"]}
+
+
+def with_protocol_steps(recipe: Recipe, p: Protocol) -> Recipe:
+    """``recipe`` with the protocol's ``init_steps`` options wherever the recipe leaves a step's
+    option unset (the ``smoke`` profile caps GradInit's iterations so that tests take seconds;
+    every other profile runs the paper's count)."""
+    if not p.init_steps:
+        return recipe
+    steps = tuple(StepInit(s.name, {**p.init_steps.get(s.name, {}), **s.options}) for s in recipe.steps)
+    return dataclasses.replace(recipe, steps=steps)
+
+
 def _train(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module],
            roles: Roles | None) -> Iterator[dict]:
     p = Protocol.from_dict(config.protocol)
-    recipe = Recipe.from_dict(config.recipe)
+    recipe = with_protocol_steps(Recipe.from_dict(config.recipe), p)
     device = resolve_device(p.device)
     p = dataclasses.replace(p, precision=resolve_precision(p.precision, device))
     if device.type == "cuda":
@@ -231,7 +253,7 @@ def _train(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module
     steps_per_epoch = len(train) // p.batch_size  # drop the ragged last batch: keeps BN sane
     factors = lr_factors(p, steps_per_epoch)
 
-    replicas, init_seconds, init_passes = [], 0.0, 0
+    replicas, init_seconds, init_passes, moved = [], 0.0, 0, []
     for seed in p.seeds:
         torch.manual_seed(seed)
         model = model_fn().to(device, memory_format=fmt)
@@ -241,6 +263,7 @@ def _train(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module
         report = recipe.apply(model, data=init_data, seed=seed, roles=roles)
         init_seconds += _now(device) - t_init
         init_passes += report.forward_passes + report.backward_passes
+        moved += [_gradinit_moved(r) for name, r in report.steps.items() if name.startswith("gradinit")]
         opt = make_optimizer(model, report.plan, p.optimizer)
         forward = torch.compile(model) if p.compile else model  # after the init: it may rewrite modules
         replicas.append(_Replica(model, forward, opt, [g["lr"] for g in opt.param_groups],
@@ -259,6 +282,8 @@ def _train(config: TrialConfig, splits: Splits, model_fn: Callable[[], nn.Module
                    "train_seconds": t1 - t0}
         if epoch == 1:  # the init's cost (data-dependent steps), once per trial, all seeds
             metrics.update(init_seconds=init_seconds, init_passes=init_passes)
+            metrics.update({k: sum(m[k] for m in moved) / len(moved) for k in GRADINIT_METRICS
+                            if moved})
         # what the race decides on, images the search never saw: after the last epoch, or after
         # every one when the objective reads the whole curve
         if p.stage == "confirm" and (epoch == p.epochs or p.objective != "final"):

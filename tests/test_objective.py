@@ -79,3 +79,31 @@ def test_an_auc_search_and_race_score_the_whole_curve(data_dir, home):
     assert "AUC" in result.verdict.table() and result.verdict.objective.startswith("mean accuracy")
     if result.best is not None:
         assert result.best.evidence["objective"] == "mean accuracy over the epochs (AUC)"
+
+
+def test_gradinit_runs_the_papers_iterations_and_says_how_far_it_moved(data_dir):
+    """The paper's count whatever the split (here 512 images: one epoch would be 4 iterations),
+    unless the protocol caps it (smoke: 10); the trial reports the scales it reached."""
+    from initsearch.data import load_splits
+    from initsearch.plan import resolve_model
+    from initsearch.recipe import BASELINES
+    from initsearch.trial import TrialConfig, run_trial
+
+    protocol, model = resolve_model("mlp", profile="smoke")
+    splits = load_splits("cifar10", data_dir, **protocol.split_sizes())
+    for init_steps, iterations in (({}, 390), (protocol.init_steps, 10)):
+        p = dataclasses.replace(protocol, epochs=1, init_steps=init_steps)
+        first = next(run_trial(TrialConfig(0, BASELINES["gradinit"].to_dict(), p.to_dict()),
+                               splits, model.factory))
+        assert first["gradinit_iterations"] == iterations
+        assert 0 <= first["gradinit_scale_min"] <= first["gradinit_scale_max"]  # a bias may reach 0
+        assert first["gradinit_scale_max"] != 1.0 or first["gradinit_scale_min"] != 1.0  # it moved
+    assert protocol.init_steps == {"gradinit": {"iters": 10}}
+
+
+def test_a_protocol_s_init_steps_are_checked_by_the_step(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text((REPO / "trials" / "smoke.yaml").read_text().replace(
+        "gradinit: {iters: 10}", "gradinit: {iters: -3}"))
+    with pytest.raises(UsageError, match="init_steps.gradinit: .*iters"):
+        load_protocol(str(path))

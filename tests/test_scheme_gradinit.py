@@ -17,7 +17,7 @@ from initsearch.errors import UsageError
 from initsearch.recipe import Recipe, RoleInit, StepInit
 from initsearch.roles import discover_roles
 from initsearch.schemes.base import InitData, init_forward_mode
-from initsearch.schemes.gradinit import FAST_STEP, STEP, gradinit_
+from initsearch.schemes.gradinit import FAST_STEP, PAPER, STEP, gradinit_
 from initsearch.trial import deep_supervision_loss
 
 LOSS = functools.partial(deep_supervision_loss, aux_weight=0.3)
@@ -213,22 +213,25 @@ def test_objective_is_the_loss_after_the_virtual_step(cifar_batch):
     assert (lookahead != at_theta).sum() >= 3  # the control could fail
 
 
-@pytest.mark.parametrize("arch,options,family,lr,batch", [
-    ("resnet_ds", {"depth": 8, "width": 4}, "residual", 1e-3, 128),
-    ("resnet_ds", {"depth": 8, "width": 4, "norm": "none"}, "residual", 5e-2, 128),
-    ("vgg", {"depth": 11, "width": 4}, "plain", 1e-1, 128),
-    ("vgg", {"depth": 11, "width": 4, "norm": "none"}, "plain", 1e-2, 128),
-    ("densenet_ds", {"depth": 10, "growth": 4}, "dense", 1e-2, 64),
-    ("mlp", {"depth": 3, "width": 32}, "plain", 1e-2, 128),
+@pytest.mark.parametrize("arch,options,family,lr,batch,iters", [
+    ("resnet_ds", {"depth": 8, "width": 4}, "residual", 1e-3, 128, 390),
+    ("resnet_ds", {"depth": 8, "width": 4, "norm": "none"}, "residual", 5e-2, 128, 390),
+    ("vgg", {"depth": 11, "width": 4}, "plain", 1e-1, 128, 390),
+    ("vgg", {"depth": 11, "width": 4, "norm": "none"}, "plain", 1e-2, 128, 390),
+    ("densenet_ds", {"depth": 10, "growth": 4}, "dense", 1e-2, 64, 780),
+    ("mlp", {"depth": 3, "width": 32}, "plain", 1e-2, 128, 390),
 ])
-def test_gradinit_is_the_papers_setting_for_the_family(arch, options, family, lr, batch, cifar_batch):
+def test_gradinit_is_the_papers_setting_for_the_family(arch, options, family, lr, batch, iters,
+                                                       cifar_batch):
     """The baseline's step runs the authors' CIFAR setting for the network's family (lr,
-    batch, gamma 1, normalized SGD, eta 0.1) for one epoch of the data it is given."""
+    batch, gamma 1, normalized SGD, eta 0.1, the launch scripts' iteration count whatever the
+    data's size: 256 images here; tests/test_objective.py runs the whole count)."""
     x, y = cifar_batch
     model = build_model(arch, options=options)
-    opts = gradinit_(model, discover_roles(model), InitData(x, y, loss=LOSS))["options"]
+    normed = "norm" in discover_roles(model).values()
+    assert PAPER[family, normed][2] == iters
+    opts = gradinit_(model, discover_roles(model), InitData(x, y, loss=LOSS), iters=1)["options"]
     assert (opts["family"], opts["lr"], opts["batch_size"]) == (family, lr, batch)
-    assert opts["iters"] == len(y) // batch  # one epoch
     assert (opts["gamma"], opts["eta"], opts["normalize_grad"], opts["alg"]) == (1.0, 0.1, True, "sgd")
 
 

@@ -49,7 +49,7 @@ from initsearch.protocol import Protocol
 from initsearch.record import Attr, reason
 from initsearch.space import Space
 from initsearch.tracking import Tracker
-from initsearch.trial import METRICS, SECONDS, TrialConfig, diverged
+from initsearch.trial import GRADINIT_METRICS, METRICS, SECONDS, TrialConfig, diverged
 
 
 # Optuna warns on every ask that heartbeats are meant for Study.optimize; _Heartbeat beats for us.
@@ -66,6 +66,7 @@ class LiveTrial:
     last: dict[str, Any] = field(default_factory=dict)
     curve: list[float] = field(default_factory=list)  # select-split accuracy per epoch
     confirm_curve: list[float] = field(default_factory=list)  # confirm-split, where measured
+    init: dict[str, float] = field(default_factory=dict)  # how far GradInit moved the init
     pruned: bool = False
     diverged: str | None = None
     error: str | None = None  # the recipe's error, as the trial reported it (Ray)
@@ -146,6 +147,8 @@ class Driver(abc.ABC):
         if epoch <= live.last.get("epoch", 0):
             return False  # a restarted worker re-sent an epoch the study already has
         live.last = dict(metrics)
+        if epoch == 1:
+            live.init = {k: metrics[k] for k in GRADINIT_METRICS if k in metrics}
         live.curve.append(float(metrics["val_acc"]))
         if "confirm_acc" in metrics:
             live.confirm_curve.append(float(metrics["confirm_acc"]))
