@@ -31,6 +31,20 @@ def _parser() -> argparse.ArgumentParser:
                          help="race a finished study's candidates and baselines (under --home / "
                               "--storage) with their search scores")
     _study_arguments(confirm)
+    claims = sub.add_parser("claims", help="list the seed papers' claims, or run them against "
+                                           "their controls and say whether they reproduce")
+    claims.add_argument("names", nargs="*", metavar="CLAIM", help="claims to run (default: list them)")
+    claims.add_argument("--all", action="store_true", help="run every claim that can run here")
+    claims.add_argument("--profile", help="trial protocol (default gpu or cpu)")
+    claims.add_argument("--data", metavar="DIR", help="dataset directory (env INITSEARCH_DATA)")
+    claims.add_argument("--home", help="folder holding mlruns/ (env INITSEARCH_HOME, default .)")
+    claims.add_argument("--backend", choices=("ray", "local"), default="ray")
+    claims.add_argument("--tracking-uri", help="MLflow store (as for run)")
+    claims.add_argument("--no-progress", action="store_true", help="no progress bar")
+    claims.add_argument("--confirm-max-seeds", type=int, metavar="N",
+                        help="seeds per recipe at most (default: the profile's)")
+    claims.add_argument("--min-effect", type=float, metavar="FRACTION",
+                        help="the margin of a 'comparable' claim (default: the profile's)")
     archs = sub.add_parser("archs", help="list architectures: sizes, params, FLOPs, roles, baselines")
     archs.add_argument("name", nargs="?", help="one architecture (default: all)")
     archs.add_argument("--profile", help="also show the sizes this trial protocol gives them")
@@ -128,7 +142,7 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return {"run": _run, "confirm": _confirm, "archs": _archs, "roles": _roles, "spaces": _spaces,
+        return {"run": _run, "confirm": _confirm, "claims": _claims, "archs": _archs, "roles": _roles, "spaces": _spaces,
                 "schemes": _schemes, "profiles": _profiles, "report": _report,
                 "ui": _ui}[args.command](args)
     except UsageError as exc:
@@ -199,6 +213,31 @@ def _finish(args: argparse.Namespace, result) -> None:
         print(f"recommended recipe ({result.best.name}, with its evidence) written to {out}")
     print(f"review: {result.review}")
     print(f"\nverdict: {result.verdict.text}")
+
+
+def _claims(args: argparse.Namespace) -> int:
+    from initsearch.claims import CLAIMS, format_claims, format_findings, run_claim
+    from initsearch.protocol import default_profile
+    from initsearch.settings import ConfirmConfig, RunConfig
+
+    unknown = [n for n in args.names if n not in CLAIMS]
+    if unknown:
+        raise UsageError(f"unknown claim {unknown[0]!r}; `initsearch claims` lists them")
+    if not args.names and not args.all:
+        print(format_claims(list(CLAIMS.values())))
+        return 0
+    run = RunConfig(backend=args.backend, home=args.home, tracking_uri=args.tracking_uri,
+                    progress=not args.no_progress)
+    confirm = ConfirmConfig(max_seeds=args.confirm_max_seeds, min_effect=args.min_effect)
+    chosen = list(CLAIMS.values()) if args.all else [CLAIMS[n] for n in args.names]
+    findings = []
+    for claim in chosen:
+        findings.append(run_claim(claim, profile=args.profile, data_dir=args.data, run=run,
+                                  confirm=confirm))
+        print(format_findings(findings[-1:], args.profile or default_profile()), flush=True)
+    if len(findings) > 1:
+        print("\n" + format_findings(findings, args.profile or default_profile()))
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

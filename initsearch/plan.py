@@ -106,6 +106,7 @@ class StudyPlan:
             precision it began in, wherever it is resumed.
         state: ``<home>/mlruns``.
         tracking_uri: the MLflow store.
+        experiment: the MLflow experiment holding the study's runs.
     """
 
     model: Model
@@ -118,15 +119,12 @@ class StudyPlan:
     precision_auto: bool
     state: Path
     tracking_uri: str
+    experiment: str
 
     @property
     def roles(self) -> Roles:
         return self.space.model_roles
 
-    @property
-    def experiment(self) -> str:
-        """The MLflow experiment holding the study's runs."""
-        return f"initsearch-{self.model.label}"
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -178,8 +176,11 @@ def plan_study(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | N
                arch_options: dict | None = None, dataset: str = "cifar10",
                data_dir: str | os.PathLike | None = None, budget: int, profile: str | None = None,
                space: str | None = None, seed: int = 0, objective: str | None = None,
-               run: RunConfig, confirm: ConfirmConfig) -> StudyPlan:
-    """Resolve and check a study's set-up (arguments as for :func:`initsearch.search`).
+               run: RunConfig, confirm: ConfirmConfig,
+               protocol_keys: dict[str, Any] | None = None) -> StudyPlan:
+    """Resolve and check a study's set-up (arguments as for :func:`initsearch.search`;
+    ``protocol_keys`` replace the profile's, as a claim's setting does:
+    :mod:`initsearch.claims`).
 
     Raises:
         UsageError: one line naming the bad input and the fix; nothing is written.
@@ -189,7 +190,7 @@ def plan_study(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | N
     protocol, model = resolve_model(arch, model_fn=model_fn, arch_options=arch_options,
                                     profile=profile)
     protocol = dataclasses.replace(protocol, seeds=tuple(s + seed for s in protocol.seeds),
-                                   **parse_objective(objective, protocol))
+                                   **(protocol_keys or {}), **parse_objective(objective, protocol))
     if run.gpus_per_trial is not None:
         protocol = dataclasses.replace(protocol, gpus_per_trial=run.gpus_per_trial)
     if protocol.device == "cuda" and not torch.cuda.is_available():
@@ -210,7 +211,7 @@ def plan_study(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | N
                     or default_tracking_uri(run.state.parent))
     check_tracking_uri(tracking_uri)
     return StudyPlan(model, protocol, bound, dataset, data_dir, budget, seed, auto, run.state,
-                     tracking_uri)
+                     tracking_uri, run.experiment or f"initsearch-{model.label}")
 
 
 def parse_objective(text: str | None, protocol: Protocol) -> dict[str, Any]:

@@ -46,6 +46,8 @@ class RunConfig:
             started for this search on this machine).
         ray_storage: Tune's experiment storage, a path or URI every node can reach on a
             cluster (``None``: ``<home>/mlruns/ray``).
+        experiment: the MLflow experiment of the study's runs (``None``:
+            ``initsearch-<arch>``; ``initsearch claims`` uses ``initsearch-claims``).
         wait_for_others: on a study shared with other drivers (a database ``storage``), how
             many seconds a driver whose share is done waits for the others' trials in flight
             before it reports the study as partial (no race, no recommendation);
@@ -69,6 +71,7 @@ class RunConfig:
     ray_storage: str | None = None
     cache: bool = True
     wait_for_others: float = 3600.0
+    experiment: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

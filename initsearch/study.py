@@ -94,7 +94,7 @@ def search(arch: str = "resnet_ds", *, model_fn: Callable[[], nn.Module] | None 
     plan = plan_study(arch, model_fn=model_fn, arch_options=arch_options, dataset=dataset,
                       data_dir=data_dir, budget=budget, profile=profile, space=space, seed=seed,
                       objective=objective, run=run, confirm=confirm)
-    return _run_study(plan, run, confirm)
+    return run_study(plan, run, confirm)
 
 
 def confirm_recipes(recipes: list[Recipe] | None = None, arch: str = "resnet_ds", *,
@@ -141,7 +141,7 @@ def confirm_recipes(recipes: list[Recipe] | None = None, arch: str = "resnet_ds"
     plan = plan_study(arch, model_fn=model_fn, arch_options=arch_options, dataset=dataset,
                       data_dir=data_dir, budget=0, profile=profile, space=space, seed=seed,
                       objective=objective, run=run, confirm=confirm)
-    return _run_study(plan, run, confirm, entries)
+    return run_study(plan, run, confirm, entries)
 
 
 def _race_entries(name: str, run: RunConfig) -> list[Entry]:
@@ -155,10 +155,12 @@ def _race_entries(name: str, run: RunConfig) -> list[Entry]:
     return plan[0]
 
 
-def _run_study(plan: StudyPlan, run: RunConfig, confirm: ConfirmConfig,
-               candidates: list[Entry] = ()) -> SearchResult:
-    """:func:`search` (``plan.budget`` >= 1) or :func:`confirm_recipes` (``budget`` 0, the
-    ``candidates`` racing besides the baselines): load the data, name and open the study."""
+def run_study(plan: StudyPlan, run: RunConfig, confirm: ConfirmConfig,
+              candidates: list[Entry] = (), race_baselines: bool = True) -> SearchResult:
+    """Run a planned study: :func:`search` (``plan.budget`` >= 1) or :func:`confirm_recipes`
+    (``budget`` 0, the ``candidates`` racing besides PyTorch's default and every applicable
+    baseline; with ``race_baselines=False`` the candidates race alone, as a claim's recipe
+    and its control do). Loads the data, names and opens the study."""
     t_start = time.perf_counter()
     splits = load_splits(plan.dataset, plan.data_dir, **plan.protocol.split_sizes())
     store = StudyStorage(run.storage, plan.state / "optuna")
@@ -171,7 +173,7 @@ def _run_study(plan: StudyPlan, run: RunConfig, confirm: ConfirmConfig,
         if run.resume:  # a study must not mix protocols or spaces
             plan = plan.resumed(name, optuna.load_study(study_name=name, storage=storage).user_attrs)
         twin = None if run.resume or not run.cache else _twin(store, name, plan)
-        session = _Session(plan, splits, run, confirm, t_start)
+        session = _Session(plan, splits, run, confirm, t_start, race_baselines)
         return session.execute(name, storage, store.multi_driver, twin, list(candidates))
     finally:
         store.close()
@@ -191,8 +193,9 @@ class _Session:
     """One run of a planned study: open it, search, wait for other drivers, race, record."""
 
     def __init__(self, plan: StudyPlan, splits: Splits, run: RunConfig, confirm: ConfirmConfig,
-                 t_start: float) -> None:
+                 t_start: float, race_baselines: bool = True) -> None:
         self.plan, self.splits, self.run, self.confirm, self.t_start = plan, splits, run, confirm, t_start
+        self.race_baselines = race_baselines
         self.chance = chance_level(splits.num_classes, len(splits.val))
         self.tracker: Tracker | None = None
         self.cache: ResultCache | None = None
@@ -319,8 +322,8 @@ class _Session:
             fidelity = plan.protocol.for_confirmation()
             rules = RaceRules.of(plan.protocol, chance_level(self.splits.num_classes,
                                                              len(self.splits.confirm)))
-            entries = merge(select(study, plan.space.baselines(), self.confirm.top, self.chance),
-                            candidates)
+            entries = (merge(select(study, plan.space.baselines(), self.confirm.top, self.chance),
+                             candidates) if self.race_baselines else candidates)
             seeds = fresh_seeds(plan.protocol.seeds, rules.max_seeds)
             save_plan(study, entries, seeds, rules, fidelity)
             confirm_bar = Progress(0, enabled=self.run.progress, stage="confirm")

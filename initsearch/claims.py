@@ -1,0 +1,245 @@
+"""The seed papers' claims, each a comparison the product runs: ``initsearch claims``.
+
+A claim names its paper, what it says in one line with the paper's figure, the setting scaled
+to the profile (architecture and options, protocol keys such as warm-up), the recipe it is
+about and the *control* that isolates the init (the same network and training with another
+init). Running it races the two recipes through the racing confirmation on fresh seeds
+(:func:`initsearch.study.confirm_recipes`'s machinery, with no other baseline), logs every job
+to the MLflow experiment ``initsearch-claims`` (the result cache serves a job trained before),
+and ends with one word and its reason (:func:`judge_claim`):
+
+* **reproduced**: a "better" claim's paired difference is significantly above 0, or a
+  "comparable" claim's lies within ``±min_effect`` (TOST);
+* **not reproduced**: the interval excludes the claimed effect -- below 0 for "better" (the
+  opposite sign or no gain at all), or wholly beyond ``±min_effect`` for "comparable";
+* **inconclusive at this power**: neither, with the half-width the race reached.
+
+A claim that cannot run here (CIFAR-100 is not on this machine) says so and runs nothing.
+Paper figures marked UNVERIFIED are quoted from third parties (``docs/init-methods.md`` 9).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from initsearch.confirm import Entry
+from initsearch.recipe import BASELINES, Recipe, RoleInit
+from initsearch.settings import ConfirmConfig, RunConfig
+from initsearch.stats import MIN_SEEDS, Paired, paired
+
+#: The MLflow experiment every claim's runs go to.
+EXPERIMENT = "initsearch-claims"
+WORDS = ("reproduced", "not reproduced", "inconclusive at this power", "cannot run here")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of one paper, as a comparison of two recipes on one model.
+
+    Attributes:
+        name: what ``initsearch claims NAME`` runs.
+        paper: authors, venue, method.
+        says: the claim in one line.
+        paper_figure: the paper's number(s) for it.
+        arch, options: the model, sized by the profile, then ``options`` over it.
+        recipe: the init the claim is about; ``control``: the init it is measured against.
+        kind: ``"better"`` (the recipe scores higher) or ``"comparable"`` (within
+            ``±min_effect``).
+        objective: what a job scores (:meth:`~initsearch.protocol.Protocol.score`): ``final``
+            accuracy, or ``auc`` for a claim about how fast a network trains.
+        protocol: protocol keys over the profile's (the paper's setting, scaled: warm-up off,
+            the optimizer, ...).
+        unavailable: why it cannot run here, if it cannot.
+    """
+
+    name: str
+    paper: str
+    says: str
+    paper_figure: str
+    arch: str
+    recipe: Recipe
+    control: Recipe
+    kind: str = "better"
+    objective: str = "final"
+    options: dict[str, Any] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    unavailable: str | None = None
+
+    def setting(self) -> str:
+        """The setting in one line: the model, its options and the protocol keys changed."""
+        parts = [self.arch, *(f"{k}={v}" for k, v in self.options.items()),
+                 *(f"{k}: {v}" for k, v in self.protocol.items()), f"objective {self.objective}"]
+        return ", ".join(parts)
+
+
+_XAVIER = Recipe({r: RoleInit("xavier") for r in ("embedding", "attn_qkv", "attn_q", "attn_k",
+                                                  "attn_v", "attn_out", "mlp_in", "mlp_out",
+                                                  "linear", "classifier", "stem", "conv")},
+                 "xavier")
+#: GradInit's own starting point (He fan_out convs, PyTorch's default elsewhere) without its
+#: step: the control that isolates what the learned scales do.
+_GRADINIT_START = Recipe(BASELINES["gradinit"].roles, "gradinit_start")
+_NO_WARMUP = {"warmup_epochs": 0}
+_LION_DG = ("Kim 2026 (arXiv 2601.02105), LION-DG: zero-init auxiliary heads, He backbone "
+            "(Table 1 as quoted by a third party; 'speedup' undefined in that quote)")
+
+CLAIMS: dict[str, Claim] = {c.name: c for c in (
+    Claim("lion_dg_speed_densenet", _LION_DG,
+          "LION-DG trains a deeply-supervised DenseNet faster than He, at comparable accuracy",
+          "CIFAR-10 DenseNet-DS: +8.3 % faster convergence; 80.59 vs He 81.11 %", "densenet_ds",
+          BASELINES["lion_dg"], BASELINES["he"], objective="auc"),
+    Claim("lion_dg_speed_resnet", _LION_DG,
+          "LION-DG trains a deeply-supervised ResNet faster than He",
+          "CIFAR-10 ResNet-DS: +3.6 % faster convergence; 87.18 vs He 89.42 %", "resnet_ds",
+          BASELINES["lion_dg"], BASELINES["he"], objective="auc"),
+    Claim("lion_dg_final_densenet", _LION_DG,
+          "LION-DG's final accuracy is comparable to He's on DenseNet-DS",
+          "CIFAR-10 DenseNet-DS: 80.59 vs He 81.11 %", "densenet_ds",
+          BASELINES["lion_dg"], BASELINES["he"], kind="comparable"),
+    Claim("lsuv_lion_dg_vs_lsuv", _LION_DG,
+          "the LSUV + LION-DG hybrid is the most accurate on DenseNet-DS, above LSUV alone",
+          "CIFAR-10 DenseNet-DS: 81.92 % (LION-DG 80.59, He 81.11)", "densenet_ds",
+          BASELINES["lsuv_lion_dg"], BASELINES["lsuv"]),
+    Claim("lsuv_lion_dg_vs_lion_dg", _LION_DG,
+          "the LSUV + LION-DG hybrid is more accurate than LION-DG alone on DenseNet-DS",
+          "CIFAR-10 DenseNet-DS: 81.92 vs 80.59 %", "densenet_ds",
+          BASELINES["lsuv_lion_dg"], BASELINES["lion_dg"]),
+    Claim("lion_dg_cifar100", _LION_DG,
+          "LION-DG trains a side-tap ResNet-DS on CIFAR-100 11.3 % faster than He",
+          "CIFAR-100 ResNet-DS: +11.3 % faster; 64.96 vs He 64.87 %", "resnet_ds",
+          BASELINES["lion_dg"], BASELINES["he"], objective="auc",
+          unavailable="CIFAR-100 is not on this machine; initsearch reads CIFAR-10 only"),
+    Claim("risotto_vs_fixup", "Gadhikar & Burkholz (arXiv 2210.02411), RISOTTO",
+          "RISOTTO trains a normalization-free ResNet better than Fixup",
+          "outperforms Fixup and SkipInit in most cases without BN (ResNet-18/50, figures "
+          "UNVERIFIED)", "resnet",
+          BASELINES["risotto"], BASELINES["fixup"], options={"norm": "none"}),
+    Claim("risotto_vs_skipinit", "Gadhikar & Burkholz (arXiv 2210.02411), RISOTTO",
+          "RISOTTO trains a normalization-free ResNet better than SkipInit",
+          "outperforms SkipInit in most cases without BN (figures UNVERIFIED)", "resnet",
+          BASELINES["risotto"], BASELINES["skipinit"], options={"norm": "none"}),
+    Claim("emergence_mlp", "Li, George & Silva 2024 (arXiv 2407.19044), emergence-promoting init",
+          "emergence scaling trains an MLP better than its He base",
+          "MLP/CNN on CIFAR-10: higher accuracy after 1 epoch (Tables 1-2, UNVERIFIED)", "mlp",
+          BASELINES["emergence"], BASELINES["he"], objective="auc"),
+    Claim("emergence_cnn", "Li, George & Silva 2024 (arXiv 2407.19044), emergence-promoting init",
+          "emergence scaling trains a CNN (VGG with BN) better than its He base",
+          "MLP/CNN on CIFAR-10: higher accuracy after 1 epoch (Tables 1-2, UNVERIFIED)", "vgg",
+          BASELINES["emergence"], BASELINES["he"], objective="auc"),
+    Claim("zero_resnet", "Zhao, Schäfer & Anandkumar, TMLR 2022, ZerO",
+          "ZerO trains a ResNet as well as random initialization",
+          "CIFAR-10 ResNet-18: about 5.1 % error, state-of-the-art level (UNVERIFIED)", "resnet",
+          BASELINES["zerO"], BASELINES["pytorch_default"], kind="comparable"),
+    Claim("gradinit_vgg_no_bn", "Zhu et al., NeurIPS 2021, GradInit (the paper's 390 iterations)",
+          "GradInit's learned scales train VGG without BatchNorm better than its He starting point",
+          "CIFAR-10 VGG-19 without BN (Table 1; figures UNVERIFIED)", "vgg",
+          BASELINES["gradinit"], _GRADINIT_START, options={"norm": "none"}),
+    Claim("gradinit_resnet_no_bn", "Zhu et al., NeurIPS 2021, GradInit (the paper's 390 iterations)",
+          "GradInit's learned scales train a ResNet without BatchNorm better than its starting point",
+          "CIFAR-10 ResNet-110 without BN (Table 1, UNVERIFIED)", "resnet",
+          BASELINES["gradinit"], _GRADINIT_START, options={"norm": "none"}),
+    Claim("tfixup_vs_default", "Huang et al., ICML 2020, T-Fixup",
+          "T-Fixup trains a LayerNorm-free transformer without warm-up, better than the default "
+          "init of the same LayerNorm-free network",
+          "IWSLT'14 De-En 6+6, no LayerNorm, no warm-up: 35.73 BLEU", "transformer_postln",
+          BASELINES["tfixup"], BASELINES["pytorch_default"], options={"norm": "none"},
+          protocol=_NO_WARMUP),
+    Claim("tfixup_vs_xavier", "Huang et al., ICML 2020, T-Fixup",
+          "T-Fixup beats a LayerNorm-free Xavier init without warm-up",
+          "IWSLT'14 De-En 6+6 without LayerNorm or warm-up: 35.73 BLEU (T-Fixup)", "transformer_postln",
+          BASELINES["tfixup"], _XAVIER, options={"norm": "none"}, protocol=_NO_WARMUP),
+)}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What running a claim found."""
+
+    claim: Claim
+    word: str
+    reason: str
+    diff: Paired | None = None
+    seconds: float = 0.0
+    study: str = ""
+
+
+def judge_claim(claim: Claim, recipe: list[float], control: list[float],
+                min_effect: float) -> tuple[str, str, Paired | None]:
+    """The word for a claim from the scores of its recipe and its control on the same seeds
+    (see the module docstring), its reason, and the paired difference."""
+    if len(recipe) < MIN_SEEDS:
+        return ("inconclusive at this power", f"only {len(recipe)} seeds completed on both "
+                f"sides (a paired test needs {MIN_SEEDS})", None)
+    d = paired(recipe, control)
+    half = (d.diff.hi - d.diff.lo) / 2
+    shown = f"{claim.recipe.name} - {claim.control.name}: {d.pp()}"
+    if claim.kind == "better":
+        if d.diff.lo > 0:
+            return "reproduced", f"{shown}: the interval is above 0", d
+        if d.diff.hi < 0:
+            return "not reproduced", f"{shown}: the interval is below 0 (the opposite sign)", d
+        return ("inconclusive at this power", f"{shown}: the interval spans 0 (half-width "
+                f"{100 * half:.2f} pp)", d)
+    if d.equivalent(min_effect):
+        return "reproduced", f"{shown}: within ±{100 * min_effect:.1f} pp (TOST)", d
+    if d.diff.lo > min_effect or d.diff.hi < -min_effect:
+        return ("not reproduced", f"{shown}: the interval lies beyond ±{100 * min_effect:.1f} pp", d)
+    return ("inconclusive at this power", f"{shown}: neither within nor beyond "
+            f"±{100 * min_effect:.1f} pp (half-width {100 * half:.2f} pp)", d)
+
+
+def run_claim(claim: Claim, *, profile: str | None = None, data_dir=None,
+              run: RunConfig | None = None, confirm: ConfirmConfig | None = None) -> Finding:
+    """Race the claim's recipe against its control on fresh seeds and judge the claim.
+
+    ``run.experiment`` defaults to :data:`EXPERIMENT`; ``confirm`` sets the race (its
+    ``min_effect`` is the margin of a "comparable" claim)."""
+    from dataclasses import replace
+
+    from initsearch.plan import plan_study
+    from initsearch.study import run_study
+
+    if claim.unavailable:
+        return Finding(claim, "cannot run here", claim.unavailable)
+    run = replace(run or RunConfig(), experiment=(run.experiment if run else None) or EXPERIMENT,
+                  name=(run.name if run else None) or f"claim-{claim.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    confirm = confirm or ConfirmConfig()
+    t0 = time.perf_counter()
+    plan = plan_study(claim.arch, arch_options=claim.options, data_dir=data_dir, budget=0,
+                      profile=profile, objective=claim.objective, run=run, confirm=confirm,
+                      protocol_keys=claim.protocol)
+    entries = [Entry(r.name, r, r.name, None) for r in (claim.recipe, claim.control)]
+    result = run_study(plan, run, confirm, entries, race_baselines=False)
+    rows = {r.name: r for r in result.verdict.rows}
+    ours, theirs = rows[claim.recipe.name], rows[claim.control.name]
+    both = sorted(set(ours.runs) & set(theirs.runs))
+    both = [s for s in both if ours.runs[s]["state"] == theirs.runs[s]["state"] == "COMPLETE"]
+    word, reason, diff = judge_claim(claim, ours.values(seeds=both), theirs.values(seeds=both),
+                                     plan.protocol.min_effect)
+    return Finding(claim, word, reason, diff, time.perf_counter() - t0, result.study_name)
+
+
+def format_claims(claims: list[Claim]) -> str:
+    """The list ``initsearch claims`` prints."""
+    lines = []
+    for c in claims:
+        lines += [f"{c.name}  [{c.kind}]  {c.paper}",
+                  f"    claim: {c.says}", f"    paper: {c.paper_figure}",
+                  f"    setting: {c.setting()}",
+                  f"    compared: {c.recipe.name} vs {c.control.name} (the control)"
+                  + (f"\n    cannot run here: {c.unavailable}" if c.unavailable else "")]
+    return "\n".join(lines)
+
+
+def format_findings(findings: list[Finding], profile: str) -> str:
+    """The claims table: the paper's figure beside the measured one, the word and its reason."""
+    lines = [f"claims on profile {profile}: paper | measured (paired, 95% CI) | seeds | verdict | wall"]
+    for f in findings:
+        measured = f.diff.pp() if f.diff else "-"
+        seeds = str(f.diff.diff.n) if f.diff else "-"
+        lines += [f"{f.claim.name}: {f.word.upper()}",
+                  f"    paper: {f.claim.paper_figure}",
+                  f"    measured: {measured}; {seeds} seeds; {f.seconds:.0f} s; study {f.study or '-'}",
+                  f"    why: {f.reason}"]
+    return "\n".join(lines)
