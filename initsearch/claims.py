@@ -20,13 +20,15 @@ Paper figures marked UNVERIFIED are quoted from third parties (``docs/init-metho
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from initsearch.confirm import Entry
+from initsearch.plan import plan_study
 from initsearch.recipe import BASELINES, Recipe, RoleInit
 from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.stats import MIN_SEEDS, Paired, paired
+from initsearch.study import run_study
 
 #: The MLflow experiment every claim's runs go to.
 EXPERIMENT = "initsearch-claims"
@@ -198,11 +200,6 @@ def run_claim(claim: Claim, *, profile: str | None = None, data_dir=None,
 
     ``run.experiment`` defaults to :data:`EXPERIMENT`; ``confirm`` sets the race (its
     ``min_effect`` is the margin of a "comparable" claim)."""
-    from dataclasses import replace
-
-    from initsearch.plan import plan_study
-    from initsearch.study import run_study
-
     if claim.unavailable:
         return Finding(claim, "cannot run here", claim.unavailable)
     run = replace(run or RunConfig(), experiment=(run.experiment if run else None) or EXPERIMENT,

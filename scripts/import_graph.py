@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors",), ("layers",), ("schema",), ("stats",), ("data",), ("archs",), ("roles",),
     ("schemes",), ("recipe",), ("space",), ("protocol", "settings"), ("trial",), ("record",),
     ("tracking",), ("cache",), ("storage",), ("engine",), ("race",), ("confirm",),
-    ("recommend",), ("report",), ("plan",), ("costs",), ("study",), ("cli",)]
+    ("recommend",), ("report",), ("plan",), ("costs",), ("study",), ("claims",), ("cli",)]
 KINDS = ("eager", "lazy", "type-only", "export")
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}
 HEAVY = ("optuna", "mlflow", "ray", "matplotlib", "pandas", "scipy")
