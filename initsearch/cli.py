@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         print("initsearch: interrupted; completed trials are recorded, continue with --resume",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit's flush
+        return 141
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict, "RunConfig", "ConfirmConfig"]:
