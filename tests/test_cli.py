@@ -178,3 +178,16 @@ def test_report_bad_input(capsys, home):
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and len(err.splitlines()) == 1
     assert not (home / "rep").exists()
+
+
+def test_a_closed_pipe_ends_quietly(monkeypatch, capfd):
+    """`initsearch claims | head -1`: the reader closes the pipe; the command stops with exit
+    141 (SIGPIPE's code, as Unix tools give) and no traceback."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    with os.fdopen(write, "w", buffering=1) as closed:  # line by line, as to a terminal
+        monkeypatch.setattr(sys, "stdout", closed)
+        assert main(["claims"]) == 141
+    assert "Traceback" not in capfd.readouterr().err
