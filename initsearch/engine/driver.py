@@ -47,6 +47,7 @@ from initsearch.cache import KEY_TAG, SOURCE_TAG, ResultCache
 from initsearch.engine.progress import Progress
 from initsearch.protocol import Protocol
 from initsearch.record import Attr, reason
+from initsearch.storage import HEARTBEAT_INTERVAL
 from initsearch.space import Space
 from initsearch.tracking import Tracker
 from initsearch.trial import GRADINIT_METRICS, METRICS, SECONDS, TrialConfig, diverged
@@ -281,7 +282,7 @@ class StudyDriver(Driver):
     @property
     def heartbeat_interval(self) -> float:
         """Seconds between two heartbeats of a live trial on a shared study."""
-        return self._heartbeat.interval if self._heartbeat else 60.0
+        return self._heartbeat.interval if self._heartbeat else float(HEARTBEAT_INTERVAL)
 
     def others_in_flight(self) -> int:
         """Trials of the study running on other drivers (a dead driver's are recovered once
@@ -387,7 +388,7 @@ class _Heartbeat:
 
     def __init__(self, study: optuna.Study, live: dict[int, LiveTrial]) -> None:
         self.storage, self.live = study._storage, live
-        self.interval = float(self.storage.get_heartbeat_interval() or 60)
+        self.interval = float(self.storage.get_heartbeat_interval() or HEARTBEAT_INTERVAL)
         self._last_recovery = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="initsearch-heartbeat", daemon=True)
