@@ -5,15 +5,13 @@ import dataclasses
 import functools
 import multiprocessing as mp
 import os
-import platform
 import statistics
-from pathlib import Path
 
 import torch
 
 from initsearch.archs import build_model
 from initsearch.data import load_splits
-from initsearch.protocol import Protocol
+from initsearch.protocol import Protocol, machine  # noqa: F401 (re-exported for the benchmarks)
 from initsearch.recipe import Recipe
 from initsearch.trial import TrialConfig, run_trial
 
@@ -51,11 +49,3 @@ def mean_std(values: list[float]) -> str:
     """``51.12 +- 0.88`` in percent (sample std; 0 for one value)."""
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{100 * statistics.mean(values):.2f} +- {100 * sd:.2f}"
-
-
-def machine() -> str:
-    """The machine a benchmark ran on: cores, CPU model, GPU, torch version."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{os.cpu_count()} cores, {model}, {gpu}, torch {torch.__version__}"

@@ -25,6 +25,7 @@ from typing import Any
 
 from initsearch.confirm import Entry
 from initsearch.plan import plan_study
+from initsearch.protocol import machine
 from initsearch.recipe import BASELINES, Recipe, RoleInit
 from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.stats import MIN_SEEDS, Paired, paired
@@ -230,6 +231,23 @@ def format_claims(claims: list[Claim]) -> str:
                   f"    compared: {c.recipe.name} vs {c.control.name} (the control)"
                   + (f"\n    cannot run here: {c.unavailable}" if c.unavailable else "")]
     return "\n".join(lines)
+
+
+def format_markdown(findings: list[Finding], profile: str) -> str:
+    """The claims table as Markdown (``initsearch claims --markdown FILE`` writes it; README
+    and BENCHMARKS carry it as written): one row per claim, the machine and the profile above."""
+    lines = [f"Profile `{profile}`; {machine()}; {time.strftime('%Y-%m-%d')}. Measured: the claim's "
+             "recipe minus its control, paired by seed, 95 % CI.", "",
+             "| claim | setting | paper | measured | seeds | verdict | wall |",
+             "|---|---|---|---|---|---|---|"]
+    for f in findings:
+        measured = f.diff.pp() if f.diff else "-"
+        seeds = str(f.diff.diff.n) if f.diff else "-"
+        why = f.reason.split(": ")[-1] if f.diff else f.reason
+        lines.append(f"| `{f.claim.name}` ({f.claim.recipe.name} vs {f.claim.control.name}) | "
+                     f"{f.claim.setting()} | {f.claim.paper_figure} | {measured} | {seeds} | "
+                     f"**{f.word}** ({why}) | {f.seconds:.0f} s |")
+    return "\n".join(lines) + "\n"
 
 
 def format_findings(findings: list[Finding], profile: str) -> str:

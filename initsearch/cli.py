@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="seeds per recipe at most (default: the profile's)")
     claims.add_argument("--min-effect", type=float, metavar="FRACTION",
                         help="the margin of a 'comparable' claim (default: the profile's)")
+    claims.add_argument("--markdown", metavar="FILE",
+                        help="also write the claims table as Markdown, rewritten after each claim")
     archs = sub.add_parser("archs", help="list architectures: sizes, params, FLOPs, roles, baselines")
     archs.add_argument("name", nargs="?", help="one architecture (default: all)")
     archs.add_argument("--profile", help="also show the sizes this trial protocol gives them")
@@ -219,7 +221,7 @@ def _finish(args: argparse.Namespace, result) -> None:
 
 
 def _claims(args: argparse.Namespace) -> int:
-    from initsearch.claims import CLAIMS, format_claims, format_findings, run_claim
+    from initsearch.claims import CLAIMS, format_claims, format_findings, format_markdown, run_claim
     from initsearch.protocol import default_profile
     from initsearch.settings import ConfirmConfig, RunConfig
 
@@ -233,13 +235,20 @@ def _claims(args: argparse.Namespace) -> int:
                     progress=not args.no_progress)
     confirm = ConfirmConfig(max_seeds=args.confirm_max_seeds, min_effect=args.min_effect)
     chosen = list(CLAIMS.values()) if args.all else [CLAIMS[n] for n in args.names]
+    profile = args.profile or default_profile()
+    markdown = Path(args.markdown) if args.markdown else None
+    if markdown is not None and not markdown.parent.is_dir():
+        raise UsageError(f"--markdown {args.markdown}: no folder {markdown.parent}; create it "
+                         "or name a file in an existing folder")
     findings = []
     for claim in chosen:
         findings.append(run_claim(claim, profile=args.profile, data_dir=args.data, run=run,
                                   confirm=confirm))
-        print(format_findings(findings[-1:], args.profile or default_profile()), flush=True)
+        print(format_findings(findings[-1:], profile), flush=True)
+        if markdown is not None:  # after each claim: a night's run killed at 5 a.m. keeps its rows
+            markdown.write_text(format_markdown(findings, profile))
     if len(findings) > 1:
-        print("\n" + format_findings(findings, args.profile or default_profile()))
+        print("\n" + format_findings(findings, profile))
     return 0
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import torch
 from initsearch.data import cache_root, load_splits
 from initsearch.errors import UsageError
 from initsearch.plan import resolve_model
-from initsearch.protocol import default_profile
+from initsearch.protocol import default_profile, machine
 from initsearch.recipe import Recipe, RoleInit, StepInit
 from initsearch.schemes import STEPS
 from initsearch.trial import TrialConfig, run_trial
@@ -61,7 +59,7 @@ def measure_costs(profile: str | None = None, data_dir: str | None = None, arch:
     costs = {"profile": protocol.name, "arch": arch, "arch_options": model.options,
              "device": protocol.device, "threads": protocol.threads_per_trial,
              "train_size": protocol.train_size, "batch_size": protocol.batch_size,
-             "epoch_seconds": epoch, "machine": _machine(), "date": time.strftime("%Y-%m-%d"),
+             "epoch_seconds": epoch, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
              "rows": rows}
     _stored(protocol.name).parent.mkdir(parents=True, exist_ok=True)
     _stored(protocol.name).write_text(json.dumps(costs, indent=1))
@@ -90,9 +88,3 @@ def format_costs(costs: dict) -> str:
                      f"{kind} {r['seconds']:8.2f} {r['passes']:7d} {r['epochs']:8.3f}")
     lines.append("passes = forward + backward passes over a batch (a double backward counts 2)")
     return "\n".join(lines)
-
-
-def _machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores"

@@ -185,6 +185,19 @@ class Protocol:
         return d
 
 
+def machine() -> str:
+    """The machine a measurement ran on, for tables: cores, CPU model, GPU, torch version."""
+    import os
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    model = next((line.split(":", 1)[1].strip() for line in
+                  (cpuinfo.read_text().splitlines() if cpuinfo.exists() else ())
+                  if line.startswith("model name")), platform.processor() or platform.machine())
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} cores, {model}, {gpu}, torch {torch.__version__}"
+
+
 def resolve_device(name: str) -> torch.device:
     """The protocol's ``device`` on this machine: ``auto`` is CUDA where a GPU is visible."""
     if name == "auto":

@@ -56,7 +56,7 @@ def test_a_claim_runs_through_the_race_and_is_logged_with_the_claims(data_dir, h
     assert main(["claims", "nope"]) == 2 and "unknown claim 'nope'" in capsys.readouterr().err
     code = main(["claims", "emergence_mlp", "lion_dg_cifar100", "--profile", "smoke",
                  "--data", str(data_dir), "--home", str(home), "--backend", "local",
-                 "--no-progress", "--confirm-max-seeds", "3"])
+                 "--no-progress", "--confirm-max-seeds", "3", "--markdown", str(home.parent / "claims.md")])
     out = capsys.readouterr().out
     assert code == 0
     assert "emergence_mlp: " in out and "; 3 seeds;" in out
@@ -66,3 +66,9 @@ def test_a_claim_runs_through_the_race_and_is_logged_with_the_claims(data_dir, h
     exp = client.get_experiment_by_name(EXPERIMENT)
     jobs = [r for r in client.search_runs([exp.experiment_id], "tags.stage = 'confirm'")]
     assert len(jobs) == 6  # 2 recipes x 3 seeds, in the claims experiment
+    rows = [line for line in (home.parent / "claims.md").read_text().splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == ["emergence_mlp", "lion_dg_cifar100"]
+    assert "| 3 |" in rows[0] and "**cannot run here**" in rows[1] and "Profile `smoke`" in (
+        home.parent / "claims.md").read_text()
+    assert main(["claims", "emergence_mlp", "--markdown", str(home / "no" / "t.md")]) == 2
+    assert "--markdown" in capsys.readouterr().err
