@@ -209,7 +209,7 @@ def run_claim(claim: Claim, *, profile: str | None = None, data_dir=None,
     t0 = time.perf_counter()
     plan = plan_study(claim.arch, arch_options=claim.options, data_dir=data_dir, budget=0,
                       profile=profile, objective=claim.objective, run=run, confirm=confirm,
-                      protocol_keys=claim.protocol)
+                      protocol_keys={**claim.protocol, "confirm_cost_ratio": 0})  # both sides in full
     entries = [Entry(r.name, r, r.name, None) for r in (claim.recipe, claim.control)]
     result = run_study(plan, run, confirm, entries, race_baselines=False)
     rows = {r.name: r for r in result.verdict.rows}

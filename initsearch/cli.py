@@ -135,6 +135,9 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confirm-rank", choices=("mean", "lcb"),
                    help="who leads the race: best mean, or best lower 95%% bound (dead seeds "
                         "cost more); default: the profile's")
+    p.add_argument("--confirm-cost-ratio", type=float, metavar="X",
+                   help="retire a non-leading recipe whose jobs cost over X times the median "
+                        "(0: never; default: the profile's)")
     p.add_argument("--confirm-epochs", type=int, metavar="N",
                    help="the race's training length (default: the profile's confirm_epochs)")
     p.add_argument("--confirm-train-size", type=int, metavar="N",
@@ -173,7 +176,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict, "RunConfig", "ConfirmConf
     confirm = ConfirmConfig(top=args.confirm_top, seeds=args.confirm_seeds,
                             max_seeds=args.confirm_max_seeds, min_effect=args.min_effect,
                             rank=args.confirm_rank, epochs=args.confirm_epochs,
-                            train_size=args.confirm_train_size)
+                            train_size=args.confirm_train_size, cost_ratio=args.confirm_cost_ratio)
     study = dict(arch=args.model or args.arch or "resnet_ds", dataset=args.dataset,
                  data_dir=args.data, profile=args.profile, space=args.space,
                  arch_options=key_values(args.arch_opt, "--arch-opt"), seed=args.seed,

@@ -238,6 +238,17 @@ def scores(recorded: dict[str, dict[int, dict]]) -> dict[str, dict[int, Score]]:
                    for s, r in runs.items()} for name, runs in recorded.items()}
 
 
+def costs(recorded: dict[str, dict[int, dict]], seeds: list[int]) -> dict[str, float]:
+    """Seconds per job of each entry on ``seeds`` (the race's first), for the race's cost rule
+    (:func:`~initsearch.race.race`): only entries whose jobs on all of them recorded it."""
+    out = {}
+    for name, runs in recorded.items():
+        spent = [runs[s].get("seconds") for s in seeds if s in runs]
+        if len(spent) == len(seeds) and all(spent):
+            out[name] = sum(spent) / len(spent)
+    return out
+
+
 def run_race(study: optuna.Study, entries: list[Entry], seeds: list[int], rules: RaceRules,
              train: Callable[[list[ConfirmJob]], None]) -> Outcome:
     """Race ``entries`` until a stop: replay the looks from the study's records, hand the jobs
@@ -250,8 +261,9 @@ def run_race(study: optuna.Study, entries: list[Entry], seeds: list[int], rules:
     """
     by_name = {e.name: e for e in entries}
     while True:
+        recorded = records(study, entries, seeds)
         outcome = race([e.name for e in entries], REFERENCE if REFERENCE in by_name else None,
-                       scores(records(study, entries, seeds)), seeds, rules)
+                       scores(recorded), seeds, rules, costs(recorded, seeds[:rules.min_seeds]))
         if outcome.stop != "running":
             return outcome
         jobs = [ConfirmJob(by_name[name], seed) for name, seed in outcome.wanted]
@@ -301,7 +313,7 @@ class ConfirmDriver(Driver):
             "confirm_acc": None if error else live.last.get("confirm_acc"),
             "score": None if error else self.protocol.score(live.confirm_curve),
             "confirm_curve": live.confirm_curve,
-            "gradinit": live.init or None,
+            "gradinit": live.init or None, "seconds": live.seconds,
             "test_acc": None if error else live.last.get("test_acc"),
             "error": reason(error) if error else None, "run_id": live.run_id,
             "cached_from": live.cached_from})

@@ -41,7 +41,7 @@ PRUNERS = ("successive_halving", "hyperband", "median", "none")
 #: Keys that do not decide how a trial trains or is scored: the race's decision rule
 #: (:class:`~initsearch.race.RaceRules`) and the placement of trials.
 _NOT_CONTENT = ("name", "description", "archs", "threads_per_trial", "gpus_per_trial",
-                "confirm_seeds", "confirm_max_seeds", "min_effect", "confirm_rank")
+                "confirm_seeds", "confirm_max_seeds", "min_effect", "confirm_rank", "confirm_cost_ratio")
 #: Keys added after protocols were first hashed, with their defaults: left out of
 #: :meth:`Protocol.content_hash` while at the default, so a protocol that does not use them keeps
 #: its hash. (``confirm_size`` is not among them: carving the confirm split moved the training
@@ -89,6 +89,7 @@ class Protocol:
     confirm_max_seeds: int = 10                # the race's budget: seeds per recipe at most
     min_effect: float = 0.01                   # the smallest accuracy difference worth acting on (1 pp)
     confirm_rank: str = "mean"                 # who leads a look: mean | lcb (lower 95 % bound)
+    confirm_cost_ratio: float = 0.0            # a non-leader whose jobs cost > this x the median retires (0: off)
     objective: str = "final"                   # what a trial's score is: final | auc | epochs_to (score())
     objective_target: float | None = None      # epochs_to's accuracy target, e.g. 0.4
     init_steps: dict = field(default_factory=dict)  # {step: {option: value}} where a recipe leaves them unset
@@ -268,6 +269,8 @@ def parse_protocol(raw: Any, name: str, where: str) -> Protocol:
          "train_size must be at least batch_size"),
         (protocol.confirm_seeds in (0,) or protocol.confirm_seeds >= 3,
          "confirm_seeds must be 0 (no confirmation) or >= 3 (no test runs on fewer paired seeds)"),
+        (protocol.confirm_cost_ratio == 0 or protocol.confirm_cost_ratio > 1,
+         "confirm_cost_ratio must be 0 (off) or above 1 (a job this many times the median's cost)"),
         (protocol.confirm_max_seeds >= protocol.confirm_seeds,
          "confirm_max_seeds must be >= confirm_seeds (the race starts with confirm_seeds)"),
         (protocol.confirm_train_size is None or protocol.confirm_train_size >= protocol.batch_size,
@@ -389,6 +392,7 @@ class _Keys(StrictModel):
     confirm_max_seeds: int = Field(None, ge=3)
     min_effect: float = Field(None, gt=0, lt=1, description="an accuracy difference in (0, 1), e.g. 0.01 for 1 pp")
     confirm_rank: Literal[RANKS] = None
+    confirm_cost_ratio: float = Field(None, ge=0, description="0 (off) or a ratio > 1, e.g. 4")
     objective: Literal[OBJECTIVES] = None
     objective_target: float | None = Field(None, gt=0, lt=1, description="an accuracy in (0, 1), e.g. 0.4")
     init_steps: dict[str, dict[str, Any]] = None

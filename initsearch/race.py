@@ -39,6 +39,7 @@ race resumes by replaying its looks from the records and training what it still 
 """
 from __future__ import annotations
 
+import statistics
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -49,6 +50,8 @@ if TYPE_CHECKING:  # the race is a pure function of scores; a protocol only sets
 
 RANKS = ("mean", "lcb")
 STOPS = ("running", "winner", "equivalent", "budget", "nothing")
+#: How a drop for cost reads (:attr:`Outcome.retired`): not a finding against the entry.
+RETIRED = "retired for cost"
 
 #: A seed's result: the score (confirmation accuracy), or why the recipe failed on it.
 Score = float | str
@@ -67,6 +70,9 @@ class RaceRules:
             (``lcb``: a seed that did badly costs more than it would in the mean).
         alpha: the race's whole error budget, spent evenly over its looks.
         chance: the accuracy at or below which a seed counts as not trained.
+        cost_ratio: an entry that does not lead a look and whose jobs cost more than this
+            many times the median entry's *retires* there, unless it is PyTorch's default or
+            the race would stop anyway (0: never). See :func:`race`.
     """
 
     min_seeds: int = MIN_SEEDS
@@ -75,6 +81,7 @@ class RaceRules:
     rank: str = "mean"
     alpha: float = ALPHA
     chance: float = 0.0
+    cost_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if not MIN_SEEDS <= self.min_seeds <= self.max_seeds:
@@ -102,7 +109,8 @@ class RaceRules:
         """The rules a protocol's ``confirm_*`` and ``min_effect`` keys set, with ``chance``
         the confirm split's chance level."""
         return cls(min_seeds=protocol.confirm_seeds, max_seeds=protocol.confirm_max_seeds,
-                   min_effect=protocol.min_effect, rank=protocol.confirm_rank, chance=chance)
+                   min_effect=protocol.min_effect, rank=protocol.confirm_rank, chance=chance,
+                   cost_ratio=protocol.confirm_cost_ratio)
 
 
 @dataclass(frozen=True)
@@ -135,14 +143,29 @@ class Outcome:
         """Seeds per survivor at the last look (0 before the first)."""
         return self.looks[-1].seeds if self.looks else 0
 
+    @property
+    def retired(self) -> tuple[str, ...]:
+        """The dropped entries that were retired for cost, not found worse."""
+        return tuple(m for m, (_, why) in self.dropped.items() if why.startswith(RETIRED))
+
 
 def race(names: Sequence[str], reference: str | None, scores: Mapping[str, Mapping[int, Score]],
-         seeds: Sequence[int], rules: RaceRules) -> Outcome:
+         seeds: Sequence[int], rules: RaceRules, costs: Mapping[str, float] | None = None) -> Outcome:
     """Replay the race over ``scores`` (``{name: {seed: accuracy or failure reason}}``).
 
     ``names``: the entries, in a fixed order (ties go to the earlier); ``reference``: PyTorch's
     default among them (None: not racing); ``seeds``: the race's seeds in the order they are
     used (at least ``rules.max_seeds`` of them).
+
+    ``costs``: seconds per job of each entry, measured on its first ``rules.min_seeds`` seeds
+    (fixed once they ran, so a replay retires who the race retired). With
+    ``rules.cost_ratio``, a look that leaves the race running *retires* each survivor other
+    than the leader and the reference whose job costs more than ``cost_ratio`` times the
+    survivors' median (GradInit's paper-length init is ~10x a CPU job): it stops training, is
+    reported as retired for cost, never as worse, and is never recommended. Like any drop of a
+    non-reference entry, this costs power, never a false claim against the default; it
+    applies only while two entries besides the retired stay in the race, so no winner and no
+    stop comes from cost alone.
     """
     alive, dropped, looks = list(names), {}, []
     n = rules.min_seeds
@@ -193,7 +216,25 @@ def race(names: Sequence[str], reference: str | None, scores: Mapping[str, Mappi
         if stop:
             return Outcome(stop, tuple(alive), leader if leader in alive else None, dropped,
                            tuple(looks))
+        retired = _retired(alive, leader, reference, costs or {}, rules.cost_ratio)
+        if retired:
+            alive = [m for m in alive if m not in retired]
+            looks[-1] = replace(looks[-1], dropped={**why, **retired})
+            dropped.update({m: (len(looks), w) for m, w in retired.items()})
         n += 1
+
+
+def _retired(alive: list[str], leader: str | None, reference: str | None,
+             costs: Mapping[str, float], ratio: float) -> dict[str, str]:
+    """Who :func:`race` retires for cost at a look (see there), and why."""
+    known = [costs[m] for m in alive if costs.get(m)]
+    if not ratio or len(known) < len(alive) or len(alive) < 3:
+        return {}
+    median = statistics.median(known)
+    costly = [m for m in alive if m not in (leader, reference) and costs[m] > ratio * median]
+    costly = costly[:max(0, len(alive) - 2)]  # the leader and one more stay: cost never ends a race
+    return {m: (f"{RETIRED}: its job takes {costs[m]:.0f} s, {costs[m] / median:.1f}x the "
+                f"median survivor's; not shown worse than {leader}") for m in costly}
 
 
 def _rank(e: Estimate, rank: str) -> float:

@@ -33,7 +33,7 @@ import optuna
 from optuna.trial import TrialState
 from scipy import stats as _scipy
 
-from initsearch.confirm import REFERENCE, Entry, load_plan, records, scores
+from initsearch.confirm import REFERENCE, Entry, costs, load_plan, records, scores
 from initsearch.race import Outcome, RaceRules, race
 from initsearch.recipe import Recipe
 from initsearch.record import Attr, StudyAttr, reason
@@ -160,7 +160,8 @@ def judge(entries: list[Entry], recorded: dict[str, dict[int, dict]], seeds: lis
           rules: RaceRules) -> Verdict:
     """The verdict of a race over ``recorded`` (rules in the module docstring)."""
     names = [e.name for e in entries]
-    outcome = race(names, REFERENCE if REFERENCE in names else None, scores(recorded), seeds, rules)
+    outcome = race(names, REFERENCE if REFERENCE in names else None, scores(recorded), seeds, rules,
+                   costs(recorded, seeds[:rules.min_seeds]))
     used = list(seeds[:outcome.seeds])
     chosen = outcome.leader if outcome.stop in ("winner", "budget") else (
         REFERENCE if outcome.stop == "equivalent" else None)
@@ -205,6 +206,8 @@ def judge(entries: list[Entry], recorded: dict[str, dict[int, dict]], seeds: lis
             return f"PyTorch's default failed ({ref.failures[0]})"
         return r.vs_reference.pp("PyTorch's default") if r.vs_reference else "no paired default"
 
+    retired = (f" ({', '.join(outcome.retired)} retired for cost, not shown worse)"
+               if outcome.retired else "")
     if outcome.stop == "nothing":
         kind, text = "nothing", (f"nothing trained above chance ({100 * rules.chance:.1f}%) on the "
                                  f"confirm split after {n} seeds: every recipe diverged or stayed "
@@ -212,14 +215,14 @@ def judge(entries: list[Entry], recorded: dict[str, dict[int, dict]], seeds: lis
     elif chosen == REFERENCE and outcome.stop == "winner":
         kind, text = "recommend", (f"recommend {REFERENCE}: nothing beats PyTorch's default; every "
                                    f"other recipe was significantly worse, failed or stayed at "
-                                   f"chance ({n} seeds)")
+                                   f"chance ({n} seeds){retired}")
     elif outcome.stop == "equivalent":
-        others = len(outcome.dropped)
+        others = len(outcome.dropped) - len(outcome.retired)
         kind, text = "equivalent", (
             f"equivalent: no recipe beats PyTorch's default by more than {delta} (TOST, {n} "
             f"seeds): {', '.join(m for m in outcome.survivors if m != REFERENCE)} within "
             f"±{delta} of it" + (f", {others} others significantly worse or failed" if others else "")
-            + f"; recommend {REFERENCE}")
+            + f"{retired}; recommend {REFERENCE}")
     elif chosen is not None:
         w = by_name[chosen]
         parts = [against_default(w)]
@@ -231,10 +234,11 @@ def judge(entries: list[Entry], recorded: dict[str, dict[int, dict]], seeds: lis
         text = f"recommend {chosen}: {', '.join(p for p in parts if p)} (confirm accuracy, {n} seeds)"
         if outcome.stop == "budget":
             text += "; " + _undecided(outcome, by_name, rules, chosen)
+        text += retired
     else:
         kind = "undecided"
         text = (f"undecided after {n} seeds: {_undecided(outcome, by_name, rules, outcome.leader)}; "
-                f"PyTorch's default is not beaten, so no recommendation")
+                f"PyTorch's default is not beaten, so no recommendation{retired}")
     top = max((e for e in entries if e.search_val_acc is not None), default=None,
               key=lambda e: e.search_val_acc)
     if top is not None and top.name in outcome.dropped and kind != "nothing":

@@ -119,6 +119,9 @@ class ConfirmConfig:
             ``--confirm-epochs``.
         train_size: the confirmation's training images [``confirm_train_size``, else
             ``train_size``]; ``--confirm-train-size``.
+        cost_ratio: a recipe that does not lead a look and whose jobs cost more than this many
+            times the median recipe's retires there (0: never) [``confirm_cost_ratio``: 4 on
+            ``cpu`` and ``gpu``]; ``--confirm-cost-ratio``.
     """
 
     top: int = 3
@@ -128,6 +131,7 @@ class ConfirmConfig:
     rank: str | None = None
     epochs: int | None = None
     train_size: int | None = None
+    cost_ratio: float | None = None
 
     def __post_init__(self) -> None:
         def whole(v) -> bool:
@@ -147,6 +151,10 @@ class ConfirmConfig:
                              f"1 pp, not {self.min_effect!r}")
         if self.rank is not None and self.rank not in ("mean", "lcb"):
             raise UsageError(f"confirm rank must be mean or lcb, not {self.rank!r}")
+        if self.cost_ratio is not None and (isinstance(self.cost_ratio, bool) or not isinstance(
+                self.cost_ratio, (int, float)) or not (self.cost_ratio == 0 or self.cost_ratio > 1)):
+            raise UsageError(f"confirm cost ratio must be 0 (never retire) or above 1, e.g. 4, "
+                             f"not {self.cost_ratio!r}")
         for what, v in (("epochs", self.epochs), ("train size", self.train_size)):
             if v is not None and (not whole(v) or v < 1):
                 raise UsageError(f"confirm {what} must be a whole number >= 1, not {v!r}")
@@ -159,7 +167,8 @@ class ConfirmConfig:
         """
         keys = {"confirm_seeds": self.seeds, "confirm_max_seeds": self.max_seeds,
                 "min_effect": self.min_effect, "confirm_rank": self.rank,
-                "confirm_epochs": self.epochs, "confirm_train_size": self.train_size}
+                "confirm_epochs": self.epochs, "confirm_train_size": self.train_size,
+                "confirm_cost_ratio": self.cost_ratio}
         out = replace(protocol, **{k: v for k, v in keys.items() if v is not None})
         if out.confirm_seeds and out.confirm_max_seeds < out.confirm_seeds:
             raise UsageError(f"the race starts with {out.confirm_seeds} seeds but may use only "

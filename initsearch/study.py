@@ -241,7 +241,8 @@ class _Session:
                    "epochs": protocol.epochs, "gpus_per_trial": protocol.gpus_per_trial,
                    "confirm_top": self.confirm.top, "confirm_seeds": protocol.confirm_seeds,
                    "confirm_max_seeds": protocol.confirm_max_seeds,
-                   "min_effect": protocol.min_effect, "confirm_rank": protocol.confirm_rank},
+                   "min_effect": protocol.min_effect, "confirm_rank": protocol.confirm_rank,
+                   "confirm_cost_ratio": protocol.confirm_cost_ratio},
             protocol.to_dict(), {"arch": plan.model.label,
                                  "arch_options": json.dumps(plan.model.options, sort_keys=True)})
         self.cache = ResultCache(self.tracker, model_fingerprint(plan.model.probe),

@@ -39,6 +39,7 @@ CASES = {
                                     "raise --confirm-max-seeds"),
     "min effect in pp": (["--min-effect", "1"], "min effect must be an accuracy difference in (0, 1)"),
     "unknown race rank": (["--confirm-rank", "median"], "invalid choice"),
+    "cost ratio below 1": (["--confirm-cost-ratio", "0.5"], "confirm cost ratio must be 0"),
     "negative wait for others": (["--wait-for-others", "-1"], "wait for others must be a number of seconds >= 0"),
 }
 
@@ -113,6 +114,7 @@ def test_gpu_share_without_gpu(capsys, home, data_dir):
     ("confirm_max_seeds: 2", "confirm_max_seeds must be"),
     ("min_effect: 1.5", "min_effect must be an accuracy difference in (0, 1)"),
     ("confirm_rank: best", "confirm_rank must be"),
+    ("confirm_cost_ratio: 0.5", "confirm_cost_ratio must be 0 (off) or above 1"),
     ("confirm_train_size: 10\nbatch_size: 64", "confirm_train_size must be at least batch_size"),
     ("val_size: 30000\nconfirm_size: 30000", "leave no training images"),
 ])

@@ -75,6 +75,7 @@ def test_an_auc_search_and_race_score_the_whole_curve(data_dir, home):
     for j in jobs:  # the mean over the epochs, not the last epoch's accuracy
         assert j["score"] == pytest.approx(sum(j["confirm_curve"]) / 2)
         assert j["confirm_acc"] == j["confirm_curve"][-1]
+        assert j["seconds"] > 0  # what the race's cost rule reads
     assert study.user_attrs["protocol"]["objective"] == "auc"
     assert "AUC" in result.verdict.table() and result.verdict.objective.startswith("mean accuracy")
     if result.best is not None:

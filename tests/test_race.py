@@ -4,6 +4,7 @@ rate; the statistics' edge cases (sign, no spread, too few seeds)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -190,3 +191,60 @@ def test_merging_a_studys_race_keeps_one_entry_per_baseline():
     merged = merge([bare], [spelled, mine])
     assert [e.name for e in merged] == ["he", f"he-{mine.key[:6]}"]
     assert merged[0].search_val_acc == 0.37 and merged[0].key == bare.key
+
+
+COSTLY = RaceRules(min_seeds=3, max_seeds=6, min_effect=0.01, chance=0.112, cost_ratio=4.0)
+
+
+def test_a_costly_entry_that_does_not_lead_retires_and_is_not_called_worse():
+    """Five equal recipes, one (``gradinit``) ten times as costly: it trains its first 3 seeds,
+    then retires at look 1, reported as retired for cost; the others race on to the budget.
+    Without the rule, or when it leads, it trains every seed."""
+    means = {"default": 0.45, "a": 0.45, "b": 0.45, "gradinit": 0.45, "c": 0.45}
+    full = stream(means, 0.03, seed=5)
+    full["gradinit"] = {s: v - 0.002 for s, v in full["a"].items()}  # never the leader
+    costs = {m: 20.0 for m in means} | {"gradinit": 200.0}
+    out = race(list(means), "default", full, SEEDS, COSTLY, costs)
+    look, why = out.dropped["gradinit"]
+    assert look == 1 and why.startswith("retired for cost") and "10.0x" in why
+    assert out.retired == ("gradinit",) and "gradinit" not in out.survivors
+    assert all(("gradinit", s) not in out.wanted for s in SEEDS)
+    plain = race(list(means), "default", full, SEEDS, replace(COSTLY, cost_ratio=0.0), costs)
+    assert "gradinit" not in plain.dropped and out.retired == ("gradinit",)
+    leads = dict(full, gradinit={s: v + 0.05 for s, v in full["a"].items()})
+    assert "gradinit" not in race(list(means), "default", leads, SEEDS, COSTLY, costs).retired
+
+
+def test_cost_never_ends_a_race_nor_retires_the_default():
+    """Two entries besides the leader always stay: with three entries, of which two costly,
+    only one retires; the default is never retired, however costly."""
+    means = {"default": 0.45, "x": 0.45, "y": 0.45}
+    full = stream(means, 0.03, seed=6)
+    leader = race(list(means), "default", full, SEEDS, RULES).looks[0].leader
+    costs = {m: 500.0 for m in means} | {leader: 1.0}
+    out = race(list(means), "default", full, SEEDS, COSTLY, costs)
+    assert len(out.retired) <= 1 and "default" not in out.retired
+    assert out.stop != "winner" or not out.retired
+
+
+def test_a_replayed_race_retires_the_same_entries_from_its_records():
+    """The costs come from the records of the first seeds, so the verdict read back from a
+    study (``judge``) retires who the race retired; records without seconds retire no one."""
+    from initsearch.confirm import Entry, costs
+    from initsearch.recipe import Recipe, RoleInit
+    from initsearch.recommend import judge
+
+    means = {"pytorch_default": 0.45, "he": 0.46, "xavier": 0.45, "gradinit": 0.44}
+    full = stream(means, 0.03, seed=7)
+    recorded = {m: {s: {"state": "COMPLETE", "score": v, "confirm_acc": v, "test_acc": v,
+                        "seconds": 150.0 if m == "gradinit" else 15.0, "error": None}
+                    for s, v in runs.items()} for m, runs in full.items()}
+    entries = [Entry(m, Recipe({} if m == "pytorch_default" else {"conv": RoleInit("he")}, m),
+                     m, None) for m in means]
+    assert costs(recorded, SEEDS[:3]) == {m: (150.0 if m == "gradinit" else 15.0) for m in means}
+    verdict = judge(entries, recorded, SEEDS, COSTLY)
+    status = {r.name: r.status for r in verdict.rows}
+    assert "retired for cost" in status["gradinit"] and "retired for cost" in verdict.text
+    no_seconds = {m: {s: {k: v for k, v in r.items() if k != "seconds"} for s, r in runs.items()}
+                  for m, runs in recorded.items()}
+    assert "retired" not in judge(entries, no_seconds, SEEDS, COSTLY).text

@@ -68,6 +68,7 @@ class LiveTrial:
     curve: list[float] = field(default_factory=list)  # select-split accuracy per epoch
     confirm_curve: list[float] = field(default_factory=list)  # confirm-split, where measured
     init: dict[str, float] = field(default_factory=dict)  # how far GradInit moved the init
+    seconds: float = 0.0  # init + training + evaluation, where it was trained (cache: the source's)
     pruned: bool = False
     diverged: str | None = None
     error: str | None = None  # the recipe's error, as the trial reported it (Ray)
@@ -153,8 +154,10 @@ class Driver(abc.ABC):
         live.curve.append(float(metrics["val_acc"]))
         if "confirm_acc" in metrics:
             live.confirm_curve.append(float(metrics["confirm_acc"]))
+        seconds = sum(float(metrics.get(k, 0.0)) for k in SECONDS)
+        live.seconds += seconds
         if not cached:  # a replayed epoch's seconds were spent by the run that trained it
-            self.compute_seconds += sum(float(metrics.get(k, 0.0)) for k in SECONDS)
+            self.compute_seconds += seconds
         self.tracker.log_epoch(live.run_id, metrics, epoch)
         live.diverged = diverged(metrics)
         return bool(live.diverged) or self._observe(live, epoch, self.protocol.score(live.curve))
