@@ -141,6 +141,11 @@ class Protocol:
             reached = len(curve) + 1 if len(curve) < self.epochs else self.epochs + 1
         return (self.epochs - reached + 1) / self.epochs
 
+    @property
+    def score_column(self) -> str:
+        """The search table's name for a trial's score (:func:`score_column`)."""
+        return score_column(self.objective, self.objective_target)
+
     def objective_label(self) -> str:
         """The objective in words, for tables and evidence."""
         return {"final": "final accuracy", "auc": "mean accuracy over the epochs (AUC)",
@@ -184,6 +189,12 @@ class Protocol:
         d = asdict(self)
         d["seeds"] = list(self.seeds)
         return d
+
+
+def score_column(objective: str = "final", target: float | None = None) -> str:
+    """What the search table calls a trial's score under ``objective``: ``val_acc`` (final),
+    ``val_auc``, or ``val_epochs_to_40%`` (the share of training left on reaching 40 %)."""
+    return {"final": "val_acc", "auc": "val_auc"}.get(objective) or f"val_epochs_to_{100 * (target or 0):.0f}%"
 
 
 def machine() -> str:

@@ -322,7 +322,8 @@ class SearchResult:
             trained above chance). It may be a baseline.
         verdict: the confirmation's :class:`Verdict` (its ``text`` is the one-line answer).
         table: one row per search trial -- ``trial, name, recipe, val_acc, test_acc, epochs,
-            state, note, cached`` -- sorted by the search's single-seed validation accuracy
+            state, note, cached`` -- sorted by the search's single-seed score (``val_acc`` holds
+            the objective's score; the printed table and the CSV name it ``score_column``)
             (``note`` says why a trial failed, e.g. ``diverged at epoch 3: train_loss nan``;
             ``cached``: its result was replayed from an earlier run, :mod:`initsearch.cache`).
         study_name: the Optuna study (``--study`` to resume it).
@@ -347,6 +348,7 @@ class SearchResult:
     ui_url: str = ""
     review: str = ""
     stats: dict[str, float] = field(default_factory=dict)
+    score_column: str = "val_acc"
 
     @property
     def baselines(self) -> list[dict[str, Any]]:
@@ -362,7 +364,7 @@ class SearchResult:
         candidates = [r for r in self.table if r["state"] == "COMPLETE" and r not in self.baselines]
         rows = candidates[:top] + self.baselines
         ref = self.best_baseline_acc
-        header = ["trial", "name", "val_acc", "vs best baseline", "test_acc", "epochs", "state",
+        header = ["trial", "name", self.score_column, "vs best baseline", "test_acc", "epochs", "state",
                   "recipe"]
         lines = [header]
         for r in rows:
@@ -379,9 +381,9 @@ class SearchResult:
 
     def to_csv(self) -> str:
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(self.table)
+        writer = csv.writer(out)
+        writer.writerow([self.score_column if c == "val_acc" else c for c in COLUMNS])
+        writer.writerows([r[c] for c in COLUMNS] for r in self.table)
         return out.getvalue()
 
 

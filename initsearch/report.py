@@ -33,6 +33,7 @@ from matplotlib import pyplot as plt  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from initsearch.errors import UsageError  # noqa: E402
+from initsearch.protocol import score_column  # noqa: E402
 from initsearch.recommend import SearchResult, Verdict, build_table, verdict_of  # noqa: E402
 from initsearch.record import StudyAttr  # noqa: E402
 from initsearch.settings import resolve_home  # noqa: E402
@@ -171,7 +172,9 @@ def report(study_name: str | None, home: str | os.PathLike | None, out: str | os
         raise UsageError(f"study {study_name!r} has no completed trial yet; resume it "
                          f"(initsearch run --study {study_name} --resume) and report again")
     verdict = verdict_of(study)
-    result = SearchResult(None, build_table(study), study_name, "", verdict)
+    protocol = study.user_attrs.get("protocol", {})
+    result = SearchResult(None, build_table(study), study_name, "", verdict, score_column=score_column(
+        protocol.get("objective", "final"), protocol.get("objective_target")))
     folder = Path(out or f"report-{study_name}")
     folder.mkdir(parents=True, exist_ok=True)
     figures = plots(study, verdict)

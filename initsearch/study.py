@@ -359,7 +359,8 @@ class _Session:
         best = recommended_recipe(verdict, evidence) if verdict else None
         url = self.tracker.ui_url()
         result = SearchResult(best, table, opened.name, self.tracker.resolve(opened.parent),
-                              verdict, url, review_hint(plan.tracking_uri, url, plan.state.parent))
+                              verdict, url, review_hint(plan.tracking_uri, url, plan.state.parent),
+                              score_column=plan.protocol.score_column)
         texts, figures = {"comparison.txt": result.comparison(), "trials.csv": result.to_csv()}, {}
         if status == "FINISHED":
             wall = time.perf_counter() - self.t_start

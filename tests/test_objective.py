@@ -50,6 +50,13 @@ def test_a_bad_objective_is_one_line(text, message):
         parse_objective(text, load_protocol("smoke"))
 
 
+def test_the_search_table_names_the_score_by_objective():
+    from initsearch.protocol import score_column
+
+    assert (score_column(), score_column("auc"), score_column("epochs_to", 0.4)) == (
+        "val_acc", "val_auc", "val_epochs_to_40%")
+
+
 def test_a_protocol_file_names_its_target_with_epochs_to(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text((REPO / "trials" / "smoke.yaml").read_text() + "objective: epochs_to\n")
@@ -78,6 +85,9 @@ def test_an_auc_search_and_race_score_the_whole_curve(data_dir, home):
         assert j["seconds"] > 0  # what the race's cost rule reads
     assert study.user_attrs["protocol"]["objective"] == "auc"
     assert "AUC" in result.verdict.table() and result.verdict.objective.startswith("mean accuracy")
+    header = result.comparison().splitlines()[1].split()  # the column says what the score is
+    assert header[2] == "val_auc" and "val_acc" not in header
+    assert result.to_csv().splitlines()[0].split(",")[3] == "val_auc"
     if result.best is not None:
         assert result.best.evidence["objective"] == "mean accuracy over the epochs (AUC)"
 
