@@ -415,14 +415,15 @@ _REQUIRES = {"lion_dg": {"aux_head"}, "lsuv_lion_dg": {"aux_head"}, "risotto": {
 
 
 def why_not(baseline: str, model: nn.Module, overrides: Mapping[str, str] | None = None,
-            roles: Roles | None = None) -> str | None:
+            roles: Roles | None = None, input_shape: tuple[int, ...] = EXAMPLE_INPUT) -> str | None:
     """None if the baseline applies to ``model`` (its layers labelled with ``overrides``; pass
     ``roles`` if already discovered), else why not: a role it needs is missing (LION-DG needs
     auxiliary heads, Fixup and SkipInit a normalization-free ResNet with branch scalars, ...),
     or its layer schemes or structural step refuse the model (ZerO on an even kernel, RISOTTO
     on bottleneck blocks, Fixup on branches of unequal length, ...) or a data step cannot run
     on it (GradInit without second derivatives) -- found by applying it to a copy, data steps
-    only probed on a random :data:`EXAMPLE_INPUT` batch."""
+    only probed on a random batch of 4 inputs of ``input_shape`` (one image's: CIFAR-10's by
+    default)."""
     recipe = replace(BASELINES[baseline], role_overrides=dict(overrides or {}))
     roles = roles if roles is not None else discover_roles(model, recipe.role_overrides)
     missing = sorted(_REQUIRES.get(baseline, set()) - set(roles.values()))
@@ -435,7 +436,7 @@ def why_not(baseline: str, model: nn.Module, overrides: Mapping[str, str] | None
         for step in recipe.steps:
             if step.needs_data and STEPS[step.name].probe is not None:
                 device = next(trial.parameters()).device
-                STEPS[step.name].probe(trial, roles, torch.randn(4, *EXAMPLE_INPUT, device=device))
+                STEPS[step.name].probe(trial, roles, torch.randn(4, *input_shape, device=device))
     except UsageError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 -- a scheme that cannot handle this model

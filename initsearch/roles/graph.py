@@ -53,6 +53,8 @@ _MULS = {operator.mul, operator.imul, torch.mul}
 _CATS = {torch.cat, torch.concat, torch.concatenate}
 _MATMULS = {operator.matmul, torch.matmul, torch.bmm}
 _SOFTMAX = {F.softmax, torch.softmax}
+_LAYER_FUNCTIONS = {F.linear, F.conv1d, F.conv2d, F.conv3d}
+_MAX_HEADS = 32  # a square linear this narrow, between attention scores and softmax, mixes heads
 #: torch.nn modules that fx cannot trace through: read from their known layout instead.
 _COMPOSITES = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
                nn.TransformerDecoder, nn.Transformer)
@@ -118,17 +120,23 @@ def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]) -
     blocks = list(g.composite_blocks)
     claimed = {q for b in blocks for q in (*b.branch, b.shortcut) if q}
     for n in g.nodes:
-        if not _is_add(n) or not all(isinstance(a, fx.Node) and g.live[a] for a in n.args[:2]):
+        if not _is_add(n) or not all(isinstance(a, fx.Node) for a in n.args[:2]):
+            continue
+        late = g.late_skip(n)
+        if late is None and not all(g.live[a] for a in n.args[:2]):
             continue
         a, b = (g.upstream[x] for x in n.args[:2])
         sides = [[p for p in g.order if p in only and p not in claimed] for only in (a - b, b - a)]
+        if late is not None:  # the branch is what runs after the tensor joins (CaiT's class token)
+            sides[1 - late] = [p for p in sides[1 - late] if g.first_use[p] > g.index[n.args[late]]]
         weights = [[p for p in side if p in g.weights] for side in sides]
         first = _branch_side(weights, layers)
         if first is None:
             continue  # x + x, a sum over whole inner blocks, a position embedding, or no telling
         branch, skip = weights[first], weights[1 - first]
         scale = next((p for p in sides[first] if roles.get(p) in ("branch_scale", "layer_scale")
-                      or g.multiplies(p)), None)
+                      or g.multiplies(p) or (roles.get(p) is None and g.vector_module(p)
+                                             and g.first_use[p] > g.first_use[branch[-1]])), None)
         blocks.append(ResidualBlock(common_path(branch), tuple(branch), skip[-1] if skip else None,
                                     scale, g.norm_placement(n, sides[first], branch[0])))
         claimed.update(branch + skip)
@@ -167,8 +175,8 @@ def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]) -
         roles[main_layers[-1]] = "classifier"  # unless the output is a residual sum
 
     for path in units:
-        if path not in layers and free(path):
-            roles[path] = g.tensor_role(path, blocks)
+        if free(path) and (path not in layers or roles[path] is None):
+            roles[path] = g.unit_role(path, blocks, attention)
     return Reading(roles, blocks, transformer, any(g.concat_skip(n) for n in g.nodes))
 
 
@@ -183,11 +191,12 @@ class _Graph:
         self.uses: dict[fx.Node, tuple[str, ...]] = {}
         self.composite_blocks: list[ResidualBlock] = []
         self.composite_roles: dict[str, str] = {}
-        self.param_node: dict[str, fx.Node] = {}
+        self.param_node: dict[str, fx.Node] = {}  # a tensor unit's get_attr, a module unit's call
         for n in self.nodes:
             if n.op == "call_module" and n.target in layers:
                 mha = isinstance(layers[n.target], nn.MultiheadAttention)
                 self.uses[n] = (n.target, f"{n.target}.out_proj") if mha else (n.target,)
+                self.param_node.setdefault(n.target, n)
             elif n.op == "call_module" and isinstance(modules.get(n.target), _COMPOSITES):
                 self.uses[n] = self._expand(n.target, modules[n.target])
             elif n.op == "get_attr" and n.target in units:  # a tensor a container owns
@@ -195,6 +204,10 @@ class _Graph:
                 self.param_node[n.target] = n
             elif n.op == "get_attr" and n.target.rpartition(".")[0] in layers:  # a layer's weight
                 self.uses[n] = (n.target.rpartition(".")[0],)
+            elif n.op == "call_function" and n.target in _LAYER_FUNCTIONS:  # F.linear(x, qkv.weight, b)
+                weight = n.kwargs.get("weight", n.args[1] if len(n.args) > 1 else None)
+                if isinstance(weight, fx.Node) and weight in self.uses:
+                    self.uses[n] = self.uses[weight]
         self.upstream: dict[fx.Node, frozenset[str]] = {}
         self.live: dict[fx.Node, bool] = {}  # carries the input's data (not just its shape)
         for n in self.nodes:
@@ -202,7 +215,12 @@ class _Graph:
             self.upstream[n] = frozenset().union(*(self.upstream[i] for i in ins), self.uses.get(n, ()))
             self.live[n] = n.op == "placeholder" or (not _shape_query(n)
                                                      and any(self.live[i] for i in ins))
-        self.order = list(dict.fromkeys(p for n in self.nodes for p in self.uses.get(n, ())))
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+        self.first_use: dict[str, int] = {}
+        for n in self.nodes:
+            for p in self.uses.get(n, ()):
+                self.first_use.setdefault(p, self.index[n])
+        self.order = list(self.first_use)
         self.weights = [p for p in self.order if isinstance(layers.get(p), WEIGHT_TYPES)]
 
     # -- PyTorch's transformer layers, read from their layout ------------------------------------
@@ -288,12 +306,18 @@ class _Graph:
                     queue.append(m)
         return out
 
+    def _head_mixer(self, node: fx.Node) -> bool:
+        """A talking-heads projection (CaiT): a square linear over the attention heads, which
+        mixes attention scores and does not end an attention."""
+        layer = self.layers.get(self.uses.get(node, ("",))[0])
+        return isinstance(layer, nn.Linear) and layer.in_features == layer.out_features <= _MAX_HEADS
+
     def _back_to(self, node: fx.Node, pred) -> fx.Node | None:
         """The nearest live ancestor satisfying ``pred`` (stopping at layers)."""
         seen, queue = {node}, deque(node.all_input_nodes)
         while queue:
             n = queue.popleft()
-            if n in seen or not self.live[n] or n in self.uses:
+            if n in seen or not self.live[n] or (n in self.uses and not self._head_mixer(n)):
                 continue
             seen.add(n)
             if pred(n) and sum(isinstance(a, fx.Node) and self.live[a] for a in n.args) == 2:
@@ -305,7 +329,7 @@ class _Graph:
         seen, queue = {node}, deque(node.users)
         while queue:
             n = queue.popleft()
-            if n in seen or n in self.uses:
+            if n in seen or (n in self.uses and not self._head_mixer(n)):
                 continue
             seen.add(n)
             if pred(n):
@@ -349,21 +373,71 @@ class _Graph:
     def multiplies(self, unit: str) -> bool:
         """``unit`` is a tensor multiplying the data (a branch multiplier)."""
         node = self.param_node.get(unit)
-        return node is not None and any(_meeting(m) == "mul" for m in self._meetings(node))
+        return (unit not in self.layers and node is not None
+                and any(_meeting(m) == "mul" for m in self._meetings(node)))
 
-    # -- tensors a container owns ----------------------------------------------------------------
-    def tensor_role(self, path: str, blocks: list[ResidualBlock]) -> str | None:
+    def late_skip(self, add: fx.Node) -> int | None:
+        """Which operand of ``add`` is a learned tensor that the other operand reads -- the skip
+        of a residual on a token that joins the stream late (CaiT's class token, before its
+        class-attention blocks) -- or None."""
+        for i, (x, y) in enumerate((add.args[:2], add.args[1::-1])):
+            if not self.live[x] and self.upstream[x] and self.live[y] and x in self._ancestors(y):
+                return i
+        return None
+
+    def vector_module(self, path: str) -> bool:
+        """A layer of no known type whose tensors are all per-channel vectors or scalars (timm's
+        LayerScale and Scale, StarReLU): a multiplier or an elementwise function."""
+        module = self.layers.get(path)
+        return (isinstance(module, nn.Module) and role_by_type(module) is None
+                and all(sum(d > 1 for d in t.shape) <= 1 for t in module.parameters(recurse=False)))
+
+    # -- units no type decides: tensors a container owns, small modules ---------------------------
+    def unit_role(self, path: str, blocks: list[ResidualBlock], attention: Mapping[str, str]) -> str | None:
+        """A unit's role from how it meets the data. A tensor -- or a module called on no data,
+        such as a relative-position bias table -- is a ``token`` when concatenated to the
+        stream, a ``pos_embedding`` when added to it or to attention scores, a ``layer_scale``
+        when it multiplies a residual branch, a ``bias`` when a weight layer's function adds it,
+        an ``attn_param`` when it acts inside an attention. A per-channel module on the data is a
+        ``layer_scale`` (``branch_scale`` if scalar) when its output is summed, else an
+        ``activation``."""
         node = self.param_node.get(path)
         if node is None:
             return None
-        kinds = {_meeting(m) for m in self._meetings(node)}
-        if kinds == {"cat"}:
+        if node.op == "call_module" and self.live[node]:
+            if not self.vector_module(path):
+                return None
+            scalar = all(t.numel() == 1 for t in self.layers[path].parameters(recurse=False))
+            if any(b.scale == path for b in blocks) or self._forward_to(node, _is_add) is not None:
+                return "branch_scale" if scalar else "layer_scale"
+            return "activation"
+        meetings = self._meetings(node)
+        kinds = {_meeting(m) for m in meetings}
+        if "cat" in kinds:
             return "token"
         if kinds and kinds <= {"add", "attention"}:
             return "pos_embedding"
         if kinds == {"mul"} and any(b.scale == path for b in blocks):
             return "layer_scale"
+        if meetings and all(self._bias_of(m, node) for m in meetings):
+            return "bias"
+        if meetings and all(self._inside(m, attention) for m in meetings):
+            return "attn_param"
         return None
+
+    def _bias_of(self, call: fx.Node, tensor: fx.Node) -> bool:
+        """``tensor`` reaches ``call`` -- F.linear or F.convNd -- as its bias argument."""
+        if not (call.op == "call_function" and call.target in _LAYER_FUNCTIONS):
+            return False
+        bias = call.kwargs.get("bias", call.args[2] if len(call.args) > 2 else None)
+        return isinstance(bias, fx.Node) and (bias is tensor or tensor in self._ancestors(bias))
+
+    def _inside(self, node: fx.Node, attention: Mapping[str, str]) -> bool:
+        """``node`` sits between an attention's input projections and its output projection."""
+        before = self._nearest(node, backward=True)
+        after = self._nearest(node, backward=False)
+        return (any(attention.get(p) in ("attn_qkv", "attn_q", "attn_k", "attn_v") for p in before)
+                and any(attention.get(p) == "attn_out" for p in after))
 
     def _meetings(self, node: fx.Node) -> list[fx.Node]:
         """Where a tensor (through shape ops on it alone) first meets the input's descendants."""

@@ -33,9 +33,16 @@ ABOUT: dict[str, str] = {
     "pos_embedding": "a learned tensor added to the token stream or to attention scores (position "
                      "embedding, relative position bias)",
     "token": "a learned tensor concatenated to the token stream (class token)",
-    "layer_scale": "a learned per-channel multiplier of a residual branch (ConvNeXt, CaiT)",
+    "layer_scale": "a learned per-channel multiplier of a residual branch or of its skip (ConvNeXt's and "
+                   "CaiT's gamma, timm's LayerScale and Scale modules); keeps the model's value",
     "branch_scale": "a learnable scalar multiplying a residual branch (Fixup's scale, SkipInit's alpha)",
     "scalar_bias": "a learnable scalar bias (Fixup's biases before convs and activations)",
+    "bias": "a learned bias vector owned apart from its layer and added through the layer's function "
+            "(BEiT's separate q and v biases); keeps the model's init",
+    "attn_param": "a learned tensor inside an attention that is no projection (XCiT's per-head "
+                  "temperature, ConViT's gating); keeps the model's init",
+    "activation": "a learnable elementwise function's parameters (PReLU's slope, StarReLU's scale and "
+                  "bias); keeps the model's init",
 }
 ROLES = tuple(ABOUT)
 
@@ -44,7 +51,7 @@ WEIGHT_ROLES = ("stem", "embedding", "conv", "branch_last", "shortcut", "linear"
                 "attn_q", "attn_k", "attn_v", "attn_out", "mlp_in", "mlp_out", "aux_head",
                 "classifier")
 #: Roles of tensors a container owns directly (no layer of their own).
-TENSOR_ROLES = ("pos_embedding", "token", "layer_scale")
+TENSOR_ROLES = ("pos_embedding", "token", "layer_scale", "bias", "attn_param")
 #: The roles that end a residual branch: its output is added to the skip.
 BRANCH_ENDS = ("branch_last", "attn_out", "mlp_out")
 #: The roles of an attention's projections.
@@ -63,6 +70,8 @@ def role_by_type(module: nn.Module) -> str | None:
         return "branch_scale"
     if isinstance(module, Bias):
         return "scalar_bias"
+    if isinstance(module, nn.PReLU):
+        return "activation"
     if isinstance(module, nn.Embedding):
         return "embedding"
     if isinstance(module, nn.MultiheadAttention):
