@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     roles = sub.add_parser("roles", help="show how a model's layers are labelled (path, type, "
                                          "shape, role) and which baselines apply")
     roles.add_argument("--arch", help="built-in architecture (default resnet_ds)")
-    roles.add_argument("--model", metavar="MODULE:FUNCTION", help="your own model factory")
+    roles.add_argument("--model", metavar="MODULE:FUNCTION",
+                       help="your own model factory, or timm:NAME for a timm model")
     roles.add_argument("--arch-opt", action="append", default=[], metavar="KEY=VALUE",
                        help="architecture option, repeatable (as for run)")
     roles.add_argument("--profile", help="size the model as this protocol does (default gpu or cpu)")
@@ -86,7 +87,7 @@ def _study_arguments(p: argparse.ArgumentParser) -> None:
     study lives and runs, and the race."""
     p.add_argument("--arch", help="built-in architecture (initsearch archs); default resnet_ds")
     p.add_argument("--model", metavar="MODULE:FUNCTION",
-                   help="your own model factory instead of --arch")
+                   help="your own model factory instead of --arch, or timm:NAME for a timm model")
     p.add_argument("--arch-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="architecture option, repeatable (e.g. depth=14, norm=none)")
     p.add_argument("--dataset", default="cifar10")
@@ -340,7 +341,7 @@ def _archs(args: argparse.Namespace) -> int:
             sized = build_model(a.name, options=options)
             params = sum(p.numel() for p in sized.parameters())
             shown = " ".join(f"{k}={v}" for k, v in {**a.defaults, **options}.items())
-            print(f"  {label:10s} {params / 1e6:6.3f}M params {flops_per_image(sized) / 1e6:8.1f} "
+            print(f"  {label:10s} {params / 1e6:6.3f}M params {_mflops(flops_per_image(sized)):>8} "
                   f"MFLOPs/image  {shown}")
         model = build_model(a.name)  # roles and baselines at the defaults
         roles = discover_roles(model)
@@ -356,7 +357,15 @@ def _archs(args: argparse.Namespace) -> int:
                 refused = {n: why for n, why in refused.items() if n not in more}
         if refused:
             print(f"  {'not':10s} " + "; ".join(f"{n} ({why})" for n, why in refused.items()))
+    if not args.name:
+        print("\nany other model: --model package.module:function (your factory), or --model "
+              "timm:NAME for a timm model (pretrained=False, num_classes=10, img_size=32 where "
+              "the family takes it); `initsearch roles --model ...` shows how it is read")
     return 0
+
+
+def _mflops(flops: int | None) -> str:
+    return "?" if flops is None else f"{flops / 1e6:.1f}"
 
 
 def _roles(args: argparse.Namespace) -> int:
@@ -384,7 +393,7 @@ def _roles(args: argparse.Namespace) -> int:
     params = sum(p.numel() for p in model.parameters())
     shown = " ".join(f"{k}={v}" for k, v in options.items())
     print(f"\n{arch}{' ' + shown if shown else ''}: {params / 1e6:.3f}M params, "
-          f"{flops_per_image(model) / 1e6:.1f} MFLOPs/image; roles read from the {roles.source}; "
+          f"{_mflops(flops_per_image(model))} MFLOPs/image; roles read from the {roles.source}; "
           f"{roles.topology}; space {space.name} (role_overrides: "
           f"{dict(space.role_overrides) or 'none'})")
     for b in roles.blocks:

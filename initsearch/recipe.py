@@ -431,14 +431,34 @@ def why_not(baseline: str, model: nn.Module, overrides: Mapping[str, str] | None
         return f"needs {', '.join(missing)} layers"
     try:
         trial = copy.deepcopy(model)
-        replace(recipe, steps=tuple(s for s in recipe.steps if not s.needs_data)).apply(
+        report = replace(recipe, steps=tuple(s for s in recipe.steps if not s.needs_data)).apply(
             trial, seed=0, roles=roles)
+        device = next(trial.parameters()).device
+        x = torch.randn(4, *input_shape, device=device)
         for step in recipe.steps:
             if step.needs_data and STEPS[step.name].probe is not None:
-                device = next(trial.parameters()).device
-                STEPS[step.name].probe(trial, roles, torch.randn(4, *input_shape, device=device))
+                STEPS[step.name].probe(trial, roles, x)
+        with torch.no_grad():
+            out = trial.eval()(x)
     except UsageError as exc:
         return str(exc)
     except Exception as exc:  # noqa: BLE001 -- a scheme that cannot handle this model
         return f"fails on this model ({type(exc).__name__}: {str(exc)[:150]})"
+    if not all(torch.isfinite(t).all() for t in _tensors(out)):
+        factors = [r["factor"] for r in report.steps.get("emergence", {}).get("layers", [])]
+        why = (f": its factors span [{min(factors):.2g}, {max(factors):.2g}] over {len(factors)} "
+               "scaled layers and compound with depth" if factors else "")
+        return (f"gives a non-finite output on this model (a random batch through the initialized "
+                f"copy){why}")
     return None
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a model's output (a tensor, or nested tuples, lists and dicts of them)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    return []

@@ -39,6 +39,19 @@ weight matrix of layer ``l`` (q/k/v, output projection, MLP) is multiplied by
 ``alpha^(l - c)``; embeddings, position embeddings, tokens, norms, biases and the classifier
 are not scaled. ``include`` is not used on transformers.
 
+**Depth.** The factors compound: at ``alpha = 1.2`` over ``L`` counted layers the last is
+multiplied by ``1.2^((L-1)/2)`` -- 5.6 at 20 layers, ~8,000 at 100. A bias-free ReLU chain
+computes the same function (the factors multiply to 1), but a residual network's skips are not
+scaled, so its late blocks amplify what its early ones no longer shrink, and on ~100 counted
+layers (GhostNet, deep mobile nets) the output overflows. The step still applies as the paper
+states it; :func:`initsearch.recipe.why_not` -- every search's baseline check -- runs a random
+batch through the initialized copy and refuses the baseline in one line ("gives a non-finite
+output ... its factors span [a, b] over L scaled layers"). A recipe that applies it anyway
+trains to "diverged". Lower ``alpha`` or count fewer layers (``include``) on such a network.
+
+Roles it does not name keep their init: layer scales, biases owned apart from their layer,
+attention tensors, learnable activations, tokens and position embeddings are never scaled.
+
 Data: none. Cost: one multiply per counted weight.
 """
 from __future__ import annotations
