@@ -105,13 +105,13 @@ def main() -> None:
     families = args.families.split(",") if args.families else timm.list_modules()
     picks = json.loads(Path(args.picks).read_text()) if args.picks and Path(args.picks).exists() else {}
     lines = [f"machine: {machine()}; timm {timm.__version__}; 1 thread", "",
-             "| family | model | input | discover s | topology | units | blocks | baselines ok | refused | fails |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| family | model | input | discover s | read from | topology | units | blocks | baselines ok | refused | fails |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for family in families:
         name = picks[family] if family in picks else picks.setdefault(family, smallest_model(family))
         if name is None:
-            row = f"| {family} | - | - | - | - | - | - | - | - | no model builds without arguments |"
+            row = f"| {family} | - | - | - | - | - | - | - | - | - | no model builds without arguments |"
         else:
             try:
                 model, size = build(name)
@@ -122,12 +122,13 @@ def main() -> None:
                 ok = [b for b, v in verdicts.items() if v == "ok"]
                 refused = [f"{b} ({v[9:70]})" for b, v in verdicts.items() if v.startswith("refused")]
                 fails = [f"{b} ({v[7:90]})" for b, v in verdicts.items() if v.startswith("FAILS")]
-                row = (f"| {family} | {name} | {size} | {took:.2f} | {roles.topology} | {len(roles)} | "
+                row = (f"| {family} | {name} | {size} | {took:.2f} | {roles.source.split()[0]} | "
+                       f"{roles.topology} | {len(roles)} | "
                        f"{len(roles.blocks)} | {', '.join(ok)} | {'; '.join(refused)} | {'; '.join(fails)} |")
             except UsageError as exc:
-                row = f"| {family} | {name} | - | - | - | - | - | - | - | NOT READ: {str(exc)[:200]} |"
+                row = f"| {family} | {name} | - | - | - | - | - | - | - | - | NOT READ: {str(exc)[:200]} |"
             except Exception as exc:  # noqa: BLE001
-                row = f"| {family} | {name} | - | - | - | - | - | - | - | ERROR {type(exc).__name__}: {str(exc)[:150]} |"
+                row = f"| {family} | {name} | - | - | - | - | - | - | - | - | ERROR {type(exc).__name__}: {str(exc)[:150]} |"
         lines.append(row)
         print(row, flush=True)
     if args.picks:

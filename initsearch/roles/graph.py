@@ -37,6 +37,7 @@ What the graph tells, in order:
 from __future__ import annotations
 
 import operator
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
@@ -46,7 +47,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from initsearch.roles.blocks import ResidualBlock, common_path
-from initsearch.roles.vocabulary import NORM_TYPES, WEIGHT_TYPES, role_by_type
+from initsearch.roles.vocabulary import WEIGHT_TYPES, per_channel, role_by_type
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _MULS = {operator.mul, operator.imul, torch.mul}
@@ -75,7 +76,7 @@ class _Tracer(fx.Tracer):
     """Keeps every layer (and every PyTorch transformer composite) one node."""
 
     def __init__(self, layers: Iterable[nn.Module]) -> None:
-        super().__init__()
+        super().__init__(autowrap_functions=_timm_functions())
         self.layers = {id(m) for m in layers}
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -84,6 +85,13 @@ class _Tracer(fx.Tracer):
         if next(m.parameters(), None) is not None:
             return False  # a container of layers: trace through it
         return super().is_leaf_module(m, qualname)
+
+
+def _timm_functions() -> tuple:
+    """The helpers timm registers as not traceable (window partitioning, position-embedding
+    resampling: shape arithmetic in Python), kept as single calls, when timm is loaded."""
+    fx_registry = sys.modules.get("timm.layers._fx")
+    return tuple(getattr(fx_registry, "_autowrap_functions", ()))
 
 
 def trace(model: nn.Module, layers: Iterable[nn.Module]) -> fx.Graph:
@@ -350,7 +358,7 @@ class _Graph:
     def norm_placement(self, add: fx.Node, branch_side: list[str], first: str) -> str | None:
         """``"pre"`` if a norm on the branch runs before its first weight layer, ``"post"`` if a
         norm is the first layer after the sum, else None."""
-        norms = {p for p, m in self.layers.items() if isinstance(m, NORM_TYPES)}
+        norms = {p for p, m in self.layers.items() if role_by_type(m) == "norm"}
         if any(p in norms for p in branch_side[:branch_side.index(first)]):
             return "pre"
         after = self._nearest_any(add)
@@ -389,8 +397,7 @@ class _Graph:
         """A layer of no known type whose tensors are all per-channel vectors or scalars (timm's
         LayerScale and Scale, StarReLU): a multiplier or an elementwise function."""
         module = self.layers.get(path)
-        return (isinstance(module, nn.Module) and role_by_type(module) is None
-                and all(sum(d > 1 for d in t.shape) <= 1 for t in module.parameters(recurse=False)))
+        return isinstance(module, nn.Module) and role_by_type(module) is None and per_channel(module)
 
     # -- units no type decides: tensors a container owns, small modules ---------------------------
     def unit_role(self, path: str, blocks: list[ResidualBlock], attention: Mapping[str, str]) -> str | None:

@@ -7,6 +7,8 @@ layer scale), named by its parameter path.
 """
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from initsearch.layers import Bias, Scale
@@ -57,14 +59,23 @@ BRANCH_ENDS = ("branch_last", "attn_out", "mlp_out")
 #: The roles of an attention's projections.
 ATTENTION_ROLES = ("attn_qkv", "attn_q", "attn_k", "attn_v", "attn_out")
 
-NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
+_NAMED_NORM = re.compile(r"Norm(?!alize)", re.I)
+
+
+def per_channel(module: nn.Module) -> bool:
+    """Every tensor the module owns is a vector or a scalar (at most one dimension over 1)."""
+    return all(sum(d > 1 for d in t.shape) <= 1 for t in module.parameters(recurse=False))
 #: Layer types with a weight matrix (or kernel) and a fan.
 WEIGHT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttention)
 
 
 def role_by_type(module: nn.Module) -> str | None:
-    """The role a layer's type alone decides (None: its place in the graph must)."""
-    if isinstance(module, NORM_TYPES):
+    """The role a layer's type alone decides (None: its place in the graph must). A layer of a
+    type torch does not know is a ``norm`` when its class says so (timm's ``RmsNorm``,
+    ``GlobalResponseNorm``, ``BatchNormAct2d``...) and it owns per-channel tensors only."""
+    if isinstance(module, NORM_TYPES) or (_NAMED_NORM.search(type(module).__name__)
+                                          and per_channel(module)):
         return "norm"
     if isinstance(module, Scale):
         return "branch_scale"

@@ -46,7 +46,6 @@ from torch import nn
 
 from initsearch.errors import UsageError
 from initsearch.roles import Roles, matrices
-from initsearch.roles.vocabulary import NORM_TYPES
 from initsearch.schemes.base import InitData, Step, modules_by_path
 from initsearch.schemes.emergence import transformer_layers
 
@@ -67,7 +66,7 @@ def tfixup_(model: nn.Module, roles: Roles, data: InitData | None = None) -> dic
     if roles.topology != "transformer":
         raise UsageError("tfixup initializes transformers (attention and MLP blocks); this model "
                          "has no attention")
-    normed = [p for p, m in model.named_modules() if isinstance(m, NORM_TYPES)]
+    normed = [p for p, r in roles.items() if r == "norm"]
     if normed:
         raise UsageError(f"tfixup needs a transformer without normalization layers (the paper "
                          f"removes every LayerNorm), and this one has {len(normed)} (e.g. "
