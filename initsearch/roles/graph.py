@@ -212,6 +212,7 @@ class _Graph:
                 self.param_node[n.target] = n
             elif n.op == "get_attr" and n.target.rpartition(".")[0] in layers:  # a layer's weight
                 self.uses[n] = (n.target.rpartition(".")[0],)
+                self.param_node.setdefault(self.uses[n][0], n)  # a table read by a method of its own
             elif n.op == "call_function" and n.target in _LAYER_FUNCTIONS:  # F.linear(x, qkv.weight, b)
                 weight = n.kwargs.get("weight", n.args[1] if len(n.args) > 1 else None)
                 if isinstance(weight, fx.Node) and weight in self.uses:

