@@ -142,9 +142,9 @@ def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]) -
         if first is None:
             continue  # x + x, a sum over whole inner blocks, a position embedding, or no telling
         branch, skip = weights[first], weights[1 - first]
-        scale = next((p for p in sides[first] if roles.get(p) in ("branch_scale", "layer_scale")
-                      or g.multiplies(p) or (roles.get(p) is None and g.vector_module(p)
-                                             and g.first_use[p] > g.first_use[branch[-1]])), None)
+        after = sorted((p for p in sides[first] if g.acts_at(p) > g.first_use[branch[-1]]), key=g.acts_at)
+        scale = next((p for p in reversed(after) if roles.get(p) in ("branch_scale", "layer_scale")
+                      or g.multiplies(p) or (roles.get(p) is None and g.vector_module(p))), None)
         blocks.append(ResidualBlock(common_path(branch), tuple(branch), skip[-1] if skip else None,
                                     scale, g.norm_placement(n, sides[first], branch[0])))
         claimed.update(branch + skip)
@@ -315,18 +315,20 @@ class _Graph:
                     queue.append(m)
         return out
 
-    def _head_mixer(self, node: fx.Node) -> bool:
-        """A talking-heads projection (CaiT): a square linear over the attention heads, which
-        mixes attention scores and does not end an attention."""
-        layer = self.layers.get(self.uses.get(node, ("",))[0])
-        return isinstance(layer, nn.Linear) and layer.in_features == layer.out_features <= _MAX_HEADS
+    def _ends_attention(self, node: fx.Node) -> bool:
+        """A search for an attention's matmuls stops at a weight layer, except a talking-heads
+        projection (CaiT: a square linear over the heads, mixing the scores); norms, scales and
+        relative-position modules on the scores are passed through."""
+        layers = [self.layers[u] for u in self.uses.get(node, ()) if u in self.weights]
+        return bool(layers) and not all(isinstance(m, nn.Linear) and m.in_features == m.out_features
+                                        <= _MAX_HEADS for m in layers)
 
     def _back_to(self, node: fx.Node, pred) -> fx.Node | None:
         """The nearest live ancestor satisfying ``pred`` (stopping at layers)."""
         seen, queue = {node}, deque(node.all_input_nodes)
         while queue:
             n = queue.popleft()
-            if n in seen or not self.live[n] or (n in self.uses and not self._head_mixer(n)):
+            if n in seen or not self.live[n] or self._ends_attention(n):
                 continue
             seen.add(n)
             if pred(n) and sum(isinstance(a, fx.Node) and self.live[a] for a in n.args) == 2:
@@ -338,7 +340,7 @@ class _Graph:
         seen, queue = {node}, deque(node.users)
         while queue:
             n = queue.popleft()
-            if n in seen or (n in self.uses and not self._head_mixer(n)):
+            if n in seen or self._ends_attention(n):
                 continue
             seen.add(n)
             if pred(n):
@@ -385,6 +387,14 @@ class _Graph:
         return (unit not in self.layers and node is not None
                 and any(_meeting(m) == "mul" for m in self._meetings(node)))
 
+    def acts_at(self, unit: str) -> int:
+        """Where a unit acts on the data: a layer where it is called, a tensor where it last
+        meets the data (its get_attr may come earlier: ``x + self.gamma * f(x)``)."""
+        node = self.param_node.get(unit)
+        if unit in self.layers or node is None:
+            return self.first_use[unit]
+        return max((self.index[m] for m in self._meetings(node)), default=self.first_use[unit])
+
     def late_skip(self, add: fx.Node) -> int | None:
         """Which operand of ``add`` is a learned tensor that the other operand reads -- the skip
         of a residual on a token that joins the stream late (CaiT's class token, before its
@@ -404,17 +414,19 @@ class _Graph:
     def unit_role(self, path: str, blocks: list[ResidualBlock], attention: Mapping[str, str]) -> str | None:
         """A unit's role from how it meets the data. A tensor -- or a module called on no data,
         such as a relative-position bias table -- is a ``token`` when concatenated to the
-        stream, a ``pos_embedding`` when added to it or to attention scores, a ``layer_scale``
-        when it multiplies a residual branch, a ``bias`` when a weight layer's function adds it,
-        an ``attn_param`` when it acts inside an attention. A per-channel module on the data is a
-        ``layer_scale`` (``branch_scale`` if scalar) when its output is summed, else an
-        ``activation``."""
+        stream, a ``pos_embedding`` when added to it or to attention scores, a ``bias`` when a
+        weight layer's function adds it, an ``attn_param`` when it acts inside an attention
+        (between the input and output projections), a ``layer_scale`` when it multiplies the
+        data elsewhere. A per-channel module on the data is a ``layer_scale`` (``branch_scale``
+        if scalar) when its output is summed, else an ``activation``; a larger one inside an
+        attention (a relative-position module called on the queries or the scores) a
+        ``pos_embedding``."""
         node = self.param_node.get(path)
         if node is None:
             return None
         if node.op == "call_module" and self.live[node]:
             if not self.vector_module(path):
-                return None
+                return "pos_embedding" if self._inside(node, attention) else None
             scalar = all(t.numel() == 1 for t in self.layers[path].parameters(recurse=False))
             if any(b.scale == path for b in blocks) or self._forward_to(node, _is_add) is not None:
                 return "branch_scale" if scalar else "layer_scale"
@@ -425,12 +437,12 @@ class _Graph:
             return "token"
         if kinds and kinds <= {"add", "attention"}:
             return "pos_embedding"
-        if kinds == {"mul"} and any(b.scale == path for b in blocks):
-            return "layer_scale"
         if meetings and all(self._bias_of(m, node) for m in meetings):
             return "bias"
         if meetings and all(self._inside(m, attention) for m in meetings):
             return "attn_param"
+        if kinds == {"mul"}:
+            return "layer_scale"
         return None
 
     def _bias_of(self, call: fx.Node, tensor: fx.Node) -> bool:

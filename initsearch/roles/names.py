@@ -5,8 +5,12 @@ equals the classifier's: it makes class scores), one named ``shortcut``/``downsa
 ``proj`` a ``shortcut``; the first conv/linear registered is the ``stem``, the last linear the
 ``classifier``; in a module whose class name says Block/Bottleneck/Residual or which has a
 shortcut child, the last conv is ``branch_last``. A tensor a container owns is a ``token``
-(``*token*``, ``cls*``), a ``pos_embedding`` (``pos*``) or a ``layer_scale`` (``*scale*``,
-``gamma``) by its name.
+(``*token*``, ``cls*``), a ``pos_embedding`` (``pos*``, ``*attention_bias*``, ``*rel_pos*``,
+``*bias_table*``), a ``bias`` (``q_bias``, ``v_bias``), an ``attn_param`` (``*gating*``,
+``temperature``) or a ``layer_scale`` (``*scale*``, ``gamma*``) by its name. A layer of no known
+type that owns per-channel tensors only is a ``layer_scale`` when its class says Scale, else an
+``activation``; one holding relative positions by its name (``*rel_pos*``, ``*pos_embed*``) a
+``pos_embedding``.
 """
 from __future__ import annotations
 
@@ -16,13 +20,17 @@ from typing import Any, Mapping
 from torch import nn
 
 from initsearch.roles.blocks import ResidualBlock
-from initsearch.roles.vocabulary import role_by_type
+from initsearch.roles.vocabulary import per_channel, role_by_type
 
 _AUX = re.compile(r"aux|side|deep_?sup", re.I)
 _SHORTCUT = re.compile(r"^(shortcut|downsample|skip|proj|projection)(_\w+)?$", re.I)
 _BLOCK = re.compile(r"block|bottleneck|residual", re.I)
-_TENSORS = ((re.compile(r"token|^cls", re.I), "token"), (re.compile(r"^pos", re.I), "pos_embedding"),
-            (re.compile(r"scale|^gamma$", re.I), "layer_scale"))
+_TENSORS = ((re.compile(r"token|^cls", re.I), "token"),
+            (re.compile(r"^pos|attention_bias|attn_bias|rel_?pos|bias_table", re.I), "pos_embedding"),
+            (re.compile(r"^[qkv]_bias$", re.I), "bias"),
+            (re.compile(r"gating|^temperature$", re.I), "attn_param"),
+            (re.compile(r"scale|^gamma", re.I), "layer_scale"))
+_POSITIONS = re.compile(r"rel_?pos|pos_?embed", re.I)
 
 
 def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]):
@@ -32,7 +40,7 @@ def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]):
         if path in fixed:
             roles[path] = fixed[path]
         elif isinstance(unit, nn.Module):
-            roles[path] = role_by_type(unit)
+            roles[path] = role_by_type(unit) or _untyped(path, unit)
             if roles[path] in ("conv", "linear"):
                 segments = path.split(".")
                 if any(_AUX.search(s) for s in segments):
@@ -69,6 +77,13 @@ def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]):
                                     next((p for p in under if roles[p] in ("branch_scale", "layer_scale")),
                                          None)))
     return roles, blocks
+
+
+def _untyped(path: str, module: nn.Module) -> str | None:
+    """A layer of a type no rule knows, by its tensors and names (see the module docstring)."""
+    if per_channel(module):
+        return "layer_scale" if "scale" in type(module).__name__.lower() else "activation"
+    return "pos_embedding" if _POSITIONS.search(path.rpartition(".")[2]) else None
 
 
 def _width(module: nn.Module) -> int:

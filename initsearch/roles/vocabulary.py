@@ -35,8 +35,9 @@ ABOUT: dict[str, str] = {
     "pos_embedding": "a learned tensor added to the token stream or to attention scores (position "
                      "embedding, relative position bias)",
     "token": "a learned tensor concatenated to the token stream (class token)",
-    "layer_scale": "a learned per-channel multiplier of a residual branch or of its skip (ConvNeXt's and "
-                   "CaiT's gamma, timm's LayerScale and Scale modules); keeps the model's value",
+    "layer_scale": "a learned per-channel multiplier of a residual branch, of its skip or of a "
+                   "branch's output (ConvNeXt's and CaiT's gamma, timm's LayerScale and Scale "
+                   "modules); keeps the model's value",
     "branch_scale": "a learnable scalar multiplying a residual branch (Fixup's scale, SkipInit's alpha)",
     "scalar_bias": "a learnable scalar bias (Fixup's biases before convs and activations)",
     "bias": "a learned bias vector owned apart from its layer and added through the layer's function "
@@ -45,6 +46,7 @@ ABOUT: dict[str, str] = {
                   "temperature, ConViT's gating); keeps the model's init",
     "activation": "a learnable elementwise function's parameters (PReLU's slope, StarReLU's scale and "
                   "bias); keeps the model's init",
+    "recurrent": "a recurrent layer (LSTM, GRU, RNN: Sequencer's token mixers); keeps PyTorch's init",
 }
 ROLES = tuple(ABOUT)
 
@@ -83,6 +85,8 @@ def role_by_type(module: nn.Module) -> str | None:
         return "scalar_bias"
     if isinstance(module, nn.PReLU):
         return "activation"
+    if isinstance(module, nn.RNNBase):
+        return "recurrent"
     if isinstance(module, nn.Embedding):
         return "embedding"
     if isinstance(module, nn.MultiheadAttention):
