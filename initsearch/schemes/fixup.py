@@ -35,6 +35,10 @@ on every conv and linear layer.
 Layers the step touches: the non-last layers of every residual branch, found from the roles
 (``roles.blocks``, see :mod:`initsearch.roles`); shortcuts, stem, heads and scalars are left
 alone. Data: none. Cost: one multiply per scaled weight.
+
+Only ``branch_scale`` and ``scalar_bias`` units are Fixup's scalars; a ``layer_scale`` (a
+per-channel multiplier such as timm's LayerScale) keeps the model's value, as do biases owned
+apart from their layer, attention tensors, learnable activations and recurrent layers.
 """
 from __future__ import annotations
 

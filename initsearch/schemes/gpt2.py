@@ -23,6 +23,9 @@ Why: in a pre-LN stack each branch adds variance to the residual stream; scaled,
 added over ``N`` branches stays about constant in depth instead of growing as ``N``.
 
 Data: none. Cost: one multiply per branch-ending weight.
+
+Layer scales, biases owned apart from their layer (BEiT's q/v biases), relative-position
+tables, attention tensors and learnable activations keep the model's init.
 """
 from __future__ import annotations
 

@@ -114,6 +114,11 @@ batch 128 took 5.3-6.1 s on the same machine):
   costs on any split now: until 2026-12-07 it ran one epoch of the split it was given (15
   iterations on the ``cpu`` profile's 2,000 images), which moved no scale by more than 1.5 %
   and took no constraint step -- He in disguise.
+
+Every unit in ``roles`` gets a learned scale, the new roles included: a LayerScale
+``gamma``, a q/v bias, a per-head temperature or a StarReLU's scale start at the model's value
+and GradInit may rescale them like any other tensor (the paper scales every parameter); a
+tensor that starts at zero stays there.
 """
 from __future__ import annotations
 

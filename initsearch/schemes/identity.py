@@ -51,6 +51,10 @@ derivative 1 at 0; the TMLR version needs no custom ReLU, but one should check t
 reach every layer after the first steps (``tests/test_scheme_zero.py`` does, with PyTorch's ReLU).
 
 Data: none. Cost: one write per weight, plus building ``H_p`` (``O(p^2)``, ``p < 2 c_out``).
+
+Roles ZerO's table does not name (layer scales, biases owned apart from their layer,
+attention tensors, learnable activations, recurrent layers, tokens, position embeddings) keep
+their init (``default``).
 """
 from __future__ import annotations
 

@@ -36,6 +36,13 @@ other schemes each q/k/v block is one ``d x d`` matrix. A tensor a container own
 ``reset_parameters``: ``default`` keeps what the model built.
 
 None of these needs data; each costs one pass over the layer's weights.
+
+**Roles without a weight** -- ``layer_scale``, ``bias`` (owned apart from its layer), ``attn_param``,
+``activation``, ``recurrent``, ``token``, ``pos_embedding`` -- take only ``default``, ``zero`` and
+``normal``: ``default`` runs the unit's own ``reset_parameters`` where it has one (timm's
+LayerScale refills its ``init_values``, an LSTM takes PyTorch's init) and otherwise keeps the
+value the model was built with; a fan-based scheme is refused for them (a recipe error, not a
+silent write).
 """
 from __future__ import annotations
 

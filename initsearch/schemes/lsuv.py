@@ -62,6 +62,10 @@ those inputs -- the same numbers as forwarding the prefix again, at the cost of 
 network of ``n`` layers of evenly spread cost thus costs about ``n / 2`` full-forward
 equivalents plus one layer evaluation per correction. ``forward_passes`` in the report counts
 the full and partial passes.
+
+Only the weight roles are rescaled (``include``); layer scales, biases owned apart from
+their layer, attention tensors, learnable activations and recurrent layers keep their init and
+are simply part of the forward pass LSUV measures.
 """
 from __future__ import annotations
 

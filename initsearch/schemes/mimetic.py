@@ -29,6 +29,9 @@ Only ``nn.MultiheadAttention`` carries its head count; an attention built from s
 does not, so the step refuses a model without one.
 
 Data: none. Cost: an SVD of a ``d x d`` matrix per head plus one.
+
+Every other unit -- layer scales, separate q/v biases, relative-position tables,
+attention tensors, learnable activations -- keeps the model's init.
 """
 from __future__ import annotations
 

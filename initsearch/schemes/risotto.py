@@ -92,6 +92,10 @@ scalar_bias, branch_scale, norm (neutral values). Auxiliary heads are not touche
 **Data:** none. **Cost:** no forward pass; one to four QRs of width-sized float64 matrices per
 layer or block, O(sum of width^3); draws from torch's global RNG (``Recipe.apply(seed=)`` forks
 and seeds it).
+
+Layer scales, biases owned apart from their layer, attention tensors, learnable
+activations and recurrent layers keep their init: the step refuses what it cannot make
+isometric rather than rewriting them.
 """
 from __future__ import annotations
 

@@ -36,6 +36,9 @@ the factor; q/k keep std ``1/sqrt(2d)``-equivalent Xavier; the residual stream's
 O(1) as ``N`` grows, where plain Xavier's explodes.
 
 Data: none. Cost: one draw per weight.
+
+Layer scales, biases owned apart from their layer, relative-position tables, attention
+tensors and learnable activations keep the model's init.
 """
 from __future__ import annotations
 
