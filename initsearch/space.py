@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from initsearch.errors import UsageError
-from initsearch.recipe import BASELINES, Recipe, RoleInit, StepInit, why_not
+from initsearch.recipe import BASELINES, EXAMPLE_INPUT, Recipe, RoleInit, StepInit, why_not
 from initsearch.roles import ROLES, Roles, discover_roles
 from initsearch.schema import StrictModel, validate
 from initsearch.schemes import STEPS
@@ -96,6 +96,7 @@ class Space:
         (T-Fixup refuses a model with LayerNorm, Fixup one without residual blocks, ...), and
         the baselines that apply to it. The model's roles are discovered once, here."""
         roles = discover_roles(model, self.role_overrides)
+        _runs_on_images(model)
         layers = {}
         for pattern, bounds in self.layer_scales.items():
             matched = [p for p in roles if fnmatch.fnmatchcase(p, pattern)]
@@ -426,3 +427,21 @@ def _parse_steps(raw: dict[str, list[str | StepSpec | None]],
         raise bad("a data-dependent step slot (lsuv, gradinit) comes before a static one; "
                   "list the static slots first")
     return slots
+
+
+def _runs_on_images(model: nn.Module) -> None:
+    """One clear line when the model cannot take a batch of CIFAR-10 images (every baseline
+    check and trial would fail on it otherwise, each with its own message)."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():  # eval: no running statistic moves
+            model.eval()(torch.zeros(2, *EXAMPLE_INPUT, device=device))
+    except Exception as exc:  # noqa: BLE001 -- a model of any kind
+        shape = "x".join(map(str, EXAMPLE_INPUT))
+        raise UsageError(f"the model does not run on {shape} images (CIFAR-10): "
+                         f"{type(exc).__name__}: {str(exc)[:160]}; build it for 32x32 inputs "
+                         "(e.g. --arch-opt img_size=32)") from None
+    finally:
+        for m, mode in modes.items():
+            m.training = mode

@@ -2,6 +2,7 @@ import re
 
 import optuna
 import pytest
+from torch import nn
 
 from initsearch.archs import build_model
 from initsearch.errors import UsageError
@@ -187,3 +188,12 @@ def test_bind_drops_the_structural_steps_that_refuse_the_model():
     assert "tfixup" in static(load_space("vit").bind(build_model("vit", options={**vit, "norm": "none"})))
     assert static(load_space("default").bind(build_model("vgg", options={"width": 4}))) == {
         "risotto", "emergence"}  # no residual blocks: no fixup, gpt2; no attention: no tfixup, mimetic
+
+
+def test_a_model_that_cannot_take_cifar_images_is_one_line():
+    """A model built for another input size is refused when the space binds it, before any
+    baseline check or trial fails on it in its own words."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 10))
+    with pytest.raises(UsageError, match=r"the model does not run on 3x32x32 images \(CIFAR-10\)"):
+        load_space("default").bind(model)
+    assert model.training  # the probe leaves its mode as it was
