@@ -278,13 +278,13 @@ class _BareParameter(nn.Module):
         self.gain = nn.Parameter(torch.ones(()))  # a bare parameter on the root
 
     def forward(self, x):
-        return torch.pow(self.out(self.body(self.entry(x)).mean((2, 3))), self.gain)
+        return self.out(self.body(self.entry(x)).mean((2, 3))) * self.gain
 
 
 def test_an_unclassifiable_parameter_names_its_path_and_the_fix():
-    """A learned exponent of the output is neither a token, a position embedding, a bias, an
-    attention's tensor nor a multiplier: discovery stops with one line naming the parameter
-    path and the override."""
+    """A gain on the output is neither a token, a position embedding, a bias, an attention's
+    tensor nor a multiplier of a branch that is summed: discovery stops with one line naming the
+    parameter path and the override."""
     model = _BareParameter()
     with pytest.raises(UsageError, match=r"cannot label gain \(a parameter of shape \(\)\).*"
                                          r"role_overrides \(e.g. 'gain': scalar_bias"):

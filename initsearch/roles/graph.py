@@ -47,7 +47,8 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from initsearch.roles.blocks import ResidualBlock, common_path
-from initsearch.roles.vocabulary import WEIGHT_TYPES, per_channel, role_by_type
+from initsearch.roles.vocabulary import (WEIGHT_TYPES, multiplier_role, per_channel,
+                                         per_channel_tensors, role_by_type)
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _MULS = {operator.mul, operator.imul, torch.mul}
@@ -142,9 +143,14 @@ def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]) -
         if first is None:
             continue  # x + x, a sum over whole inner blocks, a position embedding, or no telling
         branch, skip = weights[first], weights[1 - first]
-        after = sorted((p for p in sides[first] if g.acts_at(p) > g.first_use[branch[-1]]), key=g.acts_at)
-        scale = next((p for p in reversed(after) if roles.get(p) in ("branch_scale", "layer_scale")
-                      or g.multiplies(p) or (roles.get(p) is None and g.vector_module(p))), None)
+        gate = g.gate_layers(branch)  # a squeeze-excitation gate runs last but does not end it
+        ends = [p for p in branch if p not in gate]
+        if ends and ends[-1] != branch[-1]:
+            branch = [p for p in branch if p != ends[-1]] + [ends[-1]]
+        end = g.first_use[branch[-1]]
+        after = sorted((a, p) for p in sides[first] if (a := g.acts_at(p)) > end)
+        scale = next((p for _, p in reversed(after) if roles.get(p) in ("branch_scale", "layer_scale")
+                      or g.multiplies(p) or (roles.get(p) is None and g.multiplier_module(p))), None)
         blocks.append(ResidualBlock(common_path(branch), tuple(branch), skip[-1] if skip else None,
                                     scale, g.norm_placement(n, sides[first], branch[0])))
         claimed.update(branch + skip)
@@ -195,7 +201,7 @@ class _Graph:
     def __init__(self, graph: fx.Graph, units: Mapping[str, Any], layers: Mapping[str, nn.Module],
                  modules: Mapping[str, nn.Module]) -> None:
         self.nodes = list(graph.nodes)  # topological: execution order
-        self.layers, self.modules = layers, modules
+        self.units, self.layers, self.modules = units, layers, modules
         self.uses: dict[fx.Node, tuple[str, ...]] = {}
         self.composite_blocks: list[ResidualBlock] = []
         self.composite_roles: dict[str, str] = {}
@@ -225,6 +231,7 @@ class _Graph:
             self.live[n] = n.op == "placeholder" or (not _shape_query(n)
                                                      and any(self.live[i] for i in ins))
         self.index = {n: i for i, n in enumerate(self.nodes)}
+        self.norms = {p for p, m in layers.items() if role_by_type(m) == "norm"}
         self.first_use: dict[str, int] = {}
         for n in self.nodes:
             for p in self.uses.get(n, ()):
@@ -315,6 +322,9 @@ class _Graph:
                     queue.append(m)
         return out
 
+    def _weight_node(self, node: fx.Node) -> bool:
+        return any(u in self.weights for u in self.uses.get(node, ()))
+
     def _ends_attention(self, node: fx.Node) -> bool:
         """A search for an attention's matmuls stops at a weight layer, except a talking-heads
         projection (CaiT: a square linear over the heads, mixing the scores); norms, scales and
@@ -324,7 +334,8 @@ class _Graph:
                                         <= _MAX_HEADS for m in layers)
 
     def _back_to(self, node: fx.Node, pred) -> fx.Node | None:
-        """The nearest live ancestor satisfying ``pred`` (stopping at layers)."""
+        """The nearest live ancestor satisfying ``pred`` within an attention (see
+        :meth:`_ends_attention`)."""
         seen, queue = {node}, deque(node.all_input_nodes)
         while queue:
             n = queue.popleft()
@@ -336,11 +347,14 @@ class _Graph:
             queue.extend(n.all_input_nodes)
         return None
 
-    def _forward_to(self, node: fx.Node, pred) -> fx.Node | None:
+    def _forward_to(self, node: fx.Node, pred, stop=None) -> fx.Node | None:
+        """The nearest descendant satisfying ``pred``, searching no further than a node ``stop``
+        accepts (default: an attention's end, :meth:`_ends_attention`)."""
+        stop = stop or self._ends_attention
         seen, queue = {node}, deque(node.users)
         while queue:
             n = queue.popleft()
-            if n in seen or self._ends_attention(n):
+            if n in seen or stop(n):
                 continue
             seen.add(n)
             if pred(n):
@@ -361,7 +375,7 @@ class _Graph:
     def norm_placement(self, add: fx.Node, branch_side: list[str], first: str) -> str | None:
         """``"pre"`` if a norm on the branch runs before its first weight layer, ``"post"`` if a
         norm is the first layer after the sum, else None."""
-        norms = {p for p, m in self.layers.items() if role_by_type(m) == "norm"}
+        norms = self.norms
         if any(p in norms for p in branch_side[:branch_side.index(first)]):
             return "pre"
         after = self._nearest_any(add)
@@ -396,19 +410,72 @@ class _Graph:
         return max((self.index[m] for m in self._meetings(node)), default=self.first_use[unit])
 
     def late_skip(self, add: fx.Node) -> int | None:
-        """Which operand of ``add`` is a learned tensor that the other operand reads -- the skip
-        of a residual on a token that joins the stream late (CaiT's class token, before its
-        class-attention blocks) -- or None."""
+        """Which operand of ``add`` is a tensor computed from learned units but not from the input
+        -- a token that joins the stream late (CaiT's class token, before its class-attention
+        blocks) -- that the other operand reads: the skip of a residual on that token. None
+        otherwise (a position embedding is added, not read by the other side)."""
         for i, (x, y) in enumerate((add.args[:2], add.args[1::-1])):
-            if not self.live[x] and self.upstream[x] and self.live[y] and x in self._ancestors(y):
+            if not self.live[x] and self.upstream[x] and self.live[y] and self._reads(y, x):
                 return i
         return None
+
+    def _reads(self, y: fx.Node, x: fx.Node) -> bool:
+        """``x`` is an ancestor of ``y`` (searching no earlier than ``x``: a bounded walk)."""
+        floor, seen, stack = self.index[x], set(), [y]
+        while stack:
+            n = stack.pop()
+            if n is x:
+                return True
+            for m in n.all_input_nodes:
+                if m not in seen and self.index[m] >= floor:
+                    seen.add(m)
+                    stack.append(m)
+        return False
 
     def vector_module(self, path: str) -> bool:
         """A layer of no known type whose tensors are all per-channel vectors or scalars (timm's
         LayerScale and Scale, StarReLU): a multiplier or an elementwise function."""
         module = self.layers.get(path)
         return isinstance(module, nn.Module) and role_by_type(module) is None and per_channel(module)
+
+    def gate_layers(self, branch: list[str]) -> set[str]:
+        """The layers of ``branch`` that compute a gate (squeeze-excitation): the output passes
+        a sigmoid before any other weight layer, or feeds only such layers."""
+        gated: set[str] = set()
+        for p in reversed(branch):
+            node = self.param_node.get(p)
+            if node is None:
+                continue
+            nearest = self._nearest(node, backward=False)
+            if (self._forward_to(node, self._is_gate, stop=self._weight_node) is not None
+                    or (nearest and nearest <= gated)):
+                gated.add(p)
+        return gated
+
+    def _is_gate(self, n: fx.Node) -> bool:
+        """A sigmoid-like activation: what turns squeeze-excitation's last layer into a gate."""
+        if n.op == "call_function":
+            return n.target in (torch.sigmoid, F.sigmoid, F.hardsigmoid)
+        if n.op == "call_method":
+            return n.target in ("sigmoid", "sigmoid_")
+        return n.op == "call_module" and (isinstance(self.modules.get(n.target), (nn.Sigmoid, nn.Hardsigmoid))
+                                          or "gate" in n.target.rpartition(".")[2].lower())
+
+    def multiplier_module(self, path: str) -> bool:
+        """A per-channel layer that can be a branch multiplier: one tensor (LayerScale's gamma,
+        Scale's scale) or a class named for it -- not StarReLU's scale and bias."""
+        module = self.layers.get(path)
+        return self.vector_module(path) and (len(list(module.parameters(recurse=False))) == 1
+                                             or "scale" in type(module).__name__.lower())
+
+    def _summed(self, node: fx.Node) -> bool:
+        """``node``'s output reaches a sum of two data-carrying terms (a residual addition, a
+        weighted sum of heads) or a concatenation or stack before any weight layer."""
+        def joins(n: fx.Node) -> bool:
+            if n.op == "call_function" and (n.target in _CATS or n.target is torch.stack):
+                return True
+            return _is_add(n) and all(isinstance(a, fx.Node) and self.live[a] for a in n.args[:2])
+        return self._forward_to(node, joins, stop=self._weight_node) is not None
 
     # -- units no type decides: tensors a container owns, small modules ---------------------------
     def unit_role(self, path: str, blocks: list[ResidualBlock], attention: Mapping[str, str]) -> str | None:
@@ -425,24 +492,31 @@ class _Graph:
         if node is None:
             return None
         if node.op == "call_module" and self.live[node]:
+            inside = self._inside(node, attention)
             if not self.vector_module(path):
-                return "pos_embedding" if self._inside(node, attention) else None
-            scalar = all(t.numel() == 1 for t in self.layers[path].parameters(recurse=False))
-            if any(b.scale == path for b in blocks) or self._forward_to(node, _is_add) is not None:
-                return "branch_scale" if scalar else "layer_scale"
+                return "pos_embedding" if inside else None
+            if inside:
+                return "attn_param"
+            if any(b.scale == path for b in blocks) or (self.multiplier_module(path) and self._summed(node)):
+                return multiplier_role(self.layers[path])
             return "activation"
         meetings = self._meetings(node)
         kinds = {_meeting(m) for m in meetings}
+        unit = self.units[path]
+        values = list(unit.parameters(recurse=False)) if isinstance(unit, nn.Module) else [unit]
         if "cat" in kinds:
             return "token"
         if kinds and kinds <= {"add", "attention"}:
-            return "pos_embedding"
+            # a table (positions x channels) is a position embedding; a per-head or scalar
+            # tensor handed to an attention function (Swin V2's logit scale) is the attention's
+            return "pos_embedding" if "add" in kinds or not per_channel_tensors(values) else "attn_param"
         if meetings and all(self._bias_of(m, node) for m in meetings):
             return "bias"
         if meetings and all(self._inside(m, attention) for m in meetings):
             return "attn_param"
-        if kinds == {"mul"}:
-            return "layer_scale"
+        if kinds == {"mul"} and (any(b.scale == path for b in blocks)
+                                 or all(self._summed(m) for m in meetings)):
+            return multiplier_role(values)
         return None
 
     def _bias_of(self, call: fx.Node, tensor: fx.Node) -> bool:
@@ -454,6 +528,8 @@ class _Graph:
 
     def _inside(self, node: fx.Node, attention: Mapping[str, str]) -> bool:
         """``node`` sits between an attention's input projections and its output projection."""
+        if not attention:
+            return False
         before = self._nearest(node, backward=True)
         after = self._nearest(node, backward=False)
         return (any(attention.get(p) in ("attn_qkv", "attn_q", "attn_k", "attn_v") for p in before)

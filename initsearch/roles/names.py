@@ -8,9 +8,10 @@ shortcut child, the last conv is ``branch_last``. A tensor a container owns is a
 (``*token*``, ``cls*``), a ``pos_embedding`` (``pos*``, ``*attention_bias*``, ``*rel_pos*``,
 ``*bias_table*``), a ``bias`` (``q_bias``, ``v_bias``), an ``attn_param`` (``*gating*``,
 ``temperature``) or a ``layer_scale`` (``*scale*``, ``gamma*``) by its name. A layer of no known
-type that owns per-channel tensors only is a ``layer_scale`` when its class says Scale, else an
-``activation``; one holding relative positions by its name (``*rel_pos*``, ``*pos_embed*``) a
-``pos_embedding``.
+type that owns per-channel tensors only is a ``layer_scale`` (``branch_scale`` if scalar) when
+its class says Scale, else an ``activation`` -- a guess the graph would check, said here because
+it replaces the refusal; one holding relative positions by its name (``*rel_pos*``,
+``*pos_embed*``) is a ``pos_embedding``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from initsearch.roles.blocks import ResidualBlock
-from initsearch.roles.vocabulary import per_channel, role_by_type
+from initsearch.roles.vocabulary import multiplier_role, per_channel, role_by_type
 
 _AUX = re.compile(r"aux|side|deep_?sup", re.I)
 _SHORTCUT = re.compile(r"^(shortcut|downsample|skip|proj|projection)(_\w+)?$", re.I)
@@ -81,8 +82,8 @@ def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]):
 
 def _untyped(path: str, module: nn.Module) -> str | None:
     """A layer of a type no rule knows, by its tensors and names (see the module docstring)."""
-    if per_channel(module):
-        return "layer_scale" if "scale" in type(module).__name__.lower() else "activation"
+    if per_channel(module):  # without a graph, the class name is all there is to go on
+        return multiplier_role(module) if "scale" in type(module).__name__.lower() else "activation"
     return "pos_embedding" if _POSITIONS.search(path.rpartition(".")[2]) else None
 
 

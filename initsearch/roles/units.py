@@ -83,13 +83,18 @@ def tensors(unit) -> list[torch.Tensor]:
 
 
 def weight(unit) -> torch.Tensor | None:
-    """The tensor a scale multiplies: a layer's weight (a norm's gamma), a parameter itself; for
-    an attention, its in-projection."""
+    """The tensor a scale multiplies: a layer's weight (a norm's gamma), a parameter itself, the
+    one tensor of a layer that has no ``weight`` (timm's LayerScale); for an attention, its
+    in-projection. None when there is no telling (StarReLU's scale and bias)."""
     if isinstance(unit, torch.Tensor):
         return unit
     if isinstance(unit, nn.MultiheadAttention):
         return unit.in_proj_weight
-    return getattr(unit, "weight", None)
+    w = getattr(unit, "weight", None)
+    if w is None and isinstance(unit, nn.Module):  # timm's LayerScale.gamma, Scale.scale, a table
+        own = list(unit.parameters(recurse=False))
+        w = own[0] if len(own) == 1 else None
+    return w
 
 
 def shape(unit) -> list[int]:

@@ -62,14 +62,27 @@ BRANCH_ENDS = ("branch_last", "attn_out", "mlp_out")
 ATTENTION_ROLES = ("attn_qkv", "attn_q", "attn_k", "attn_v", "attn_out")
 
 NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.RMSNorm)
-_NAMED_NORM = re.compile(r"Norm(?!alize)", re.I)
+#: A class name ending like a norm's: RmsNorm, RmsNormFp32, GlobalResponseNorm, BatchNormAct2d.
+_NAMED_NORM = re.compile(r"Norm(Act|Fp32)?(\d+d?)?$")
+#: Layer types with a weight matrix (or kernel) and a fan.
+WEIGHT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttention)
+
+
+def per_channel_tensors(tensors) -> bool:
+    """Every tensor is a vector or a scalar (at most one dimension over 1)."""
+    return all(sum(d > 1 for d in t.shape) <= 1 for t in tensors)
 
 
 def per_channel(module: nn.Module) -> bool:
-    """Every tensor the module owns is a vector or a scalar (at most one dimension over 1)."""
-    return all(sum(d > 1 for d in t.shape) <= 1 for t in module.parameters(recurse=False))
-#: Layer types with a weight matrix (or kernel) and a fan.
-WEIGHT_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding, nn.MultiheadAttention)
+    """Every tensor the module owns is a vector or a scalar."""
+    return per_channel_tensors(module.parameters(recurse=False))
+
+
+def multiplier_role(unit) -> str:
+    """A learned multiplier's role -- a module, or its tensors -- ``branch_scale`` when scalar,
+    else ``layer_scale``."""
+    ts = unit.parameters(recurse=False) if isinstance(unit, nn.Module) else unit
+    return "branch_scale" if all(t.numel() == 1 for t in ts) else "layer_scale"
 
 
 def role_by_type(module: nn.Module) -> str | None:

@@ -101,9 +101,12 @@ def orthogonal_(unit, gain: str = "relu") -> None:
 
 @torch.no_grad()
 def normal_(unit, std: float = 0.02) -> None:
-    """Every weight entry from N(0, std^2), bias 0: GPT-2's and ViT's rule (std 0.02)."""
+    """Every weight entry from N(0, std^2), bias 0: GPT-2's and ViT's rule (std 0.02). A unit
+    with no single weight (StarReLU's scale and bias) draws every tensor."""
     for m in matrices(unit):
-        weight(m).normal_(0.0, std)
+        w = weight(m)
+        for t in [w] if w is not None else tensors(m):
+            t.normal_(0.0, std)
         _zero_bias(m)
 
 
