@@ -22,7 +22,6 @@ import copy
 import warnings
 
 import pytest
-import timm
 import torch
 
 from initsearch.archs import build_model
@@ -31,6 +30,7 @@ from initsearch.recipe import BASELINES, StepInit, why_not
 from initsearch.roles import discover_roles
 from initsearch.schemes.base import InitData
 
+timm = pytest.importorskip("timm", reason="timm is in the test extra: pip install -e '.[test]'")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: One model per timm family: the fewest parameters (benchmarks/timm_zoo.py, timm 1.0.31).

@@ -29,9 +29,14 @@ What the graph tells, in order:
    the last layer of each head (one feeding no other head layer) is its ``aux_head``, the
    head's earlier layers stay ``conv``/``linear``. The first weight layer the input meets is
    the ``stem`` -- the ``embedding`` in a network with attention;
-4. **tensors a container owns** by how they meet the data: concatenated to it, a ``token``;
-   added to it or to attention scores, a ``pos_embedding``; multiplying a residual branch, a
-   ``layer_scale``;
+4. **tensors a container owns**, and small layers no type decides, by how they meet the data
+   (:meth:`_Graph.unit_role`): concatenated to it, a ``token`` (one that joins late, CaiT's class
+   token, is the skip of the residuals on it: :meth:`_Graph.late_skip`); added to it or to
+   attention scores, a ``pos_embedding`` (relative-position tables and the modules holding
+   them); a layer function's bias, a ``bias`` (BEiT's q/v biases); inside an attention, an
+   ``attn_param``; multiplying what is then summed, a ``layer_scale`` (``branch_scale`` when
+   scalar: timm's LayerScale and Scale modules too); another per-channel layer on the data,
+   an ``activation``. A squeeze-excitation gate runs last in its branch but does not end it;
 5. **concatenation skips** (``cat([x, f(x)])``, DenseNet) mark a dense topology.
 """
 from __future__ import annotations
