@@ -135,7 +135,9 @@ def test_resume_continues_the_study(data_dir, home):
 
 
 class _Broken(torch.nn.Module):
-    """Builds fine (so validation passes) but raises in training: every trial must FAIL."""
+    """Builds and evaluates fine (so validation and the baseline checks pass) but raises in
+    training: every trial must FAIL. (A model that cannot even evaluate a batch is refused in
+    one line when the space binds it: tests/test_space.py.)"""
 
     def __init__(self):
         super().__init__()
@@ -143,7 +145,9 @@ class _Broken(torch.nn.Module):
         self.classifier = torch.nn.Linear(4, 10)
 
     def forward(self, x):
-        raise ValueError("boom in forward")
+        if self.training:
+            raise ValueError("boom in forward")
+        return self.classifier(self.stem(x).mean((2, 3)))
 
 
 @pytest.mark.parametrize("backend", ["ray", "local"])

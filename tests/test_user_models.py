@@ -79,12 +79,12 @@ MODULE = textwrap.dedent('''
     import torch
     from torch import nn
 
-    class Gated(nn.Module):              # owns a bare parameter: discovery cannot label it
+    class Gated(nn.Module):              # mixes channels through a bare matrix: no reading labels it
         def __init__(self, width):
             super().__init__()
-            self.gate = nn.Parameter(torch.ones(width, 1, 1))
+            self.gate = nn.Parameter(torch.eye(width))
         def forward(self, x):
-            return x * self.gate
+            return torch.einsum("bchw,cd->bdhw", x, self.gate)
 
     def make(num_classes=10, width=4):
         return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), Gated(width),
@@ -111,7 +111,7 @@ def test_cli_model_factory_roles_and_overrides(tmp_path, monkeypatch, capsys, ho
     assert code == 0
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:4]}
     assert rows["0"][1:] == ["Conv2d", "6x3x3x3", "stem"]
-    assert rows["2"][1:] == ["Gated", "6x1x1", "scalar_bias"]  # the override from the space file
+    assert rows["2"][1:] == ["Gated", "6x6", "scalar_bias"]  # the override from the space file
     assert rows["5"][1:] == ["Linear", "10x6", "classifier"]
     assert "roles read from the graph" in out and "not lion_dg: needs aux_head layers" in out
     applies = next(line for line in out.splitlines() if line.startswith("baselines that apply"))
@@ -124,7 +124,9 @@ def test_archs_lists_sizes_flops_roles_and_baselines(capsys):
     out = capsys.readouterr().out
     from initsearch.archs import ARCHS
 
-    assert {line.split()[0] for line in out.splitlines() if not line.startswith(" ")} == set(ARCHS)
+    assert {line.split()[0] for line in out.splitlines()
+            if line and not line.startswith((" ", "any other model"))} == set(ARCHS)
+    assert "--model timm:NAME" in out  # the archs listing says how to bring any other model
     sections = out.split("\n")
     for arch in ("resnet", "resnet_ds", "densenet_ds", "vgg", "mlp"):
         start = next(i for i, line in enumerate(sections) if line.startswith(arch + " "))
