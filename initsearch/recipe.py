@@ -445,7 +445,8 @@ def why_not(baseline: str, model: nn.Module, overrides: Mapping[str, str] | None
     except Exception as exc:  # noqa: BLE001 -- a scheme that cannot handle this model
         return f"fails on this model ({type(exc).__name__}: {str(exc)[:150]})"
     if not all(torch.isfinite(t).all() for t in _tensors(out)):
-        factors = [r["factor"] for r in report.steps.get("emergence", {}).get("layers", [])]
+        factors = [row["factor"] for r in report.steps.values() for row in r.get("layers", [])
+                   if "factor" in row]  # a step that scales layers says how far (emergence)
         why = (f": its factors span [{min(factors):.2g}, {max(factors):.2g}] over {len(factors)} "
                "scaled layers and compound with depth" if factors else "")
         return (f"gives a non-finite output on this model (a random batch through the initialized "
