@@ -14,6 +14,9 @@ and ends with one word and its reason (:func:`judge_claim`):
   opposite sign or no gain at all), or wholly beyond ``±min_effect`` for "comparable";
 * **inconclusive at this power**: neither, with the half-width the race reached.
 
+A job that failed (diverged, raised) is scored as a network that learned nothing: a recipe that
+diverges where its control trains does not reproduce a claim that it trains better.
+
 A claim that cannot run here (CIFAR-100 is not on this machine) says so and runs nothing.
 Paper figures marked UNVERIFIED are quoted from third parties (``docs/init-methods.md`` 9).
 """
@@ -21,11 +24,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Mapping
 
-from initsearch.confirm import Entry
+from initsearch.confirm import Entry, scores
+from initsearch.data import CIFAR10_CLASSES
 from initsearch.plan import plan_study
 from initsearch.protocol import machine
+from initsearch.race import Score
 from initsearch.recipe import BASELINES, Recipe, RoleInit
 from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.stats import MIN_SEEDS, Paired, paired
@@ -195,16 +200,33 @@ class Finding:
     study: str = ""
 
 
-def judge_claim(claim: Claim, recipe: list[float], control: list[float],
-                min_effect: float) -> tuple[str, str, Paired | None]:
-    """The word for a claim from the scores of its recipe and its control on the same seeds
-    (see the module docstring), its reason, and the paired difference."""
-    if len(recipe) < MIN_SEEDS:
-        return ("inconclusive at this power", f"only {len(recipe)} seeds completed on both "
-                f"sides (a paired test needs {MIN_SEEDS})", None)
-    d = paired(recipe, control)
+def judge_claim(claim: Claim, recipe: Mapping[int, Score], control: Mapping[int, Score],
+                min_effect: float, untrained: float) -> tuple[str, str, Paired | None]:
+    """The word for a claim from its recipe's and its control's scores by seed (see the module
+    docstring), its reason, and the paired difference.
+
+    A seed's score is a number, or why the job failed there (diverged, raised). A network that
+    failed is scored ``untrained`` -- what a network that learned nothing scores, 1/K accuracy
+    for ``final`` and ``auc`` -- so a recipe that diverges where its control trains loses by
+    the control's whole gain, which is what a user who ran it would see. Seeds where both sides
+    failed tell nothing about the difference and are left out; the reason counts both kinds."""
+    seeds = sorted(set(recipe) & set(control))
+    both_failed = [s for s in seeds if isinstance(recipe[s], str) and isinstance(control[s], str)]
+    seeds = [s for s in seeds if s not in both_failed]
+    notes = [f"{side.name} failed on {len(bad)} of {len(seeds)} seeds (seed {bad[0]}: {by_seed[bad[0]]}), "
+             f"scored untrained ({100 * untrained:.1f}%)"
+             for side, by_seed in ((claim.recipe, recipe), (claim.control, control))
+             if (bad := [s for s in seeds if isinstance(by_seed[s], str)])]
+    if both_failed:
+        notes.append(f"{len(both_failed)} seeds where both failed left out")
+    if len(seeds) < MIN_SEEDS:
+        return ("inconclusive at this power", "; ".join(
+            [f"only {len(seeds)} seeds on which either side trained (a paired test needs {MIN_SEEDS})"]
+            + notes), None)
+    value = lambda v: untrained if isinstance(v, str) else v  # noqa: E731
+    d = paired([value(recipe[s]) for s in seeds], [value(control[s]) for s in seeds])
     half = (d.diff.hi - d.diff.lo) / 2
-    shown = f"{claim.recipe.name} - {claim.control.name}: {d.pp()}"
+    shown = f"{claim.recipe.name} - {claim.control.name}: {d.pp()}" + "".join(f" ({n})" for n in notes)
     if claim.kind == "better":
         if d.diff.lo > 0:
             return "reproduced", f"{shown}: the interval is above 0", d
@@ -237,12 +259,11 @@ def run_claim(claim: Claim, *, profile: str | None = None, data_dir=None,
                       protocol_keys={**claim.protocol, "confirm_cost_ratio": 0})  # both sides in full
     entries = [Entry(r.name, r, r.name, None) for r in (claim.recipe, claim.control)]
     result = run_study(plan, run, confirm, entries, race_baselines=False)
-    rows = {r.name: r for r in result.verdict.rows}
-    ours, theirs = rows[claim.recipe.name], rows[claim.control.name]
-    both = sorted(set(ours.runs) & set(theirs.runs))
-    both = [s for s in both if ours.runs[s]["state"] == theirs.runs[s]["state"] == "COMPLETE"]
-    word, reason, diff = judge_claim(claim, ours.values(seeds=both), theirs.values(seeds=both),
-                                     plan.protocol.min_effect)
+    by_seed = scores({r.name: r.runs for r in result.verdict.rows})
+    fidelity = plan.protocol.for_confirmation()
+    untrained = fidelity.score([1 / len(CIFAR10_CLASSES)] * fidelity.epochs)  # a network that learned nothing
+    word, reason, diff = judge_claim(claim, by_seed[claim.recipe.name], by_seed[claim.control.name],
+                                     plan.protocol.min_effect, untrained)
     return Finding(claim, word, reason, diff, time.perf_counter() - t0, result.study_name)
 
 
@@ -268,7 +289,7 @@ def format_markdown(findings: list[Finding], profile: str) -> str:
     for f in findings:
         measured = f.diff.pp() if f.diff else "-"
         seeds = str(f.diff.diff.n) if f.diff else "-"
-        why = f.reason.split(": ")[-1] if f.diff else f.reason
+        why = f.reason.split(f.diff.pp(), 1)[-1].strip(" :") if f.diff else f.reason
         lines.append(f"| `{f.claim.name}` ({f.claim.recipe.name} vs {f.claim.control.name}) | "
                      f"{f.claim.setting()} | {f.claim.paper_figure} | {measured} | {seeds} | "
                      f"**{f.word}** ({why}) | {f.seconds:.0f} s |")

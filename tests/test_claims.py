@@ -37,7 +37,8 @@ EQUAL = CLAIMS["zero_resnet"]
     (EQUAL, [0.50, 0.40, 0.55, 0.38], [0.45, 0.47, 0.44, 0.46], "inconclusive at this power"),
 ])
 def test_the_word_follows_the_paired_interval(claim, ours, theirs, word):
-    got, reason, diff = judge_claim(claim, ours, theirs, min_effect=0.01)
+    got, reason, diff = judge_claim(claim, dict(enumerate(ours)), dict(enumerate(theirs)),
+                                    min_effect=0.01, untrained=0.1)
     assert got == word, reason
     assert diff is not None and claim.recipe.name in reason
     if word.startswith("inconclusive"):
@@ -45,8 +46,38 @@ def test_the_word_follows_the_paired_interval(claim, ours, theirs, word):
 
 
 def test_a_claim_with_too_few_seeds_is_inconclusive():
-    word, reason, diff = judge_claim(CLAIM, [0.5, 0.6], [0.4, 0.5], min_effect=0.01)
-    assert word == "inconclusive at this power" and diff is None and "2 seeds" in reason
+    word, reason, diff = judge_claim(CLAIM, {0: 0.5, 1: 0.6}, {0: 0.4, 1: 0.5}, min_effect=0.01,
+                                     untrained=0.1)
+    assert word == "inconclusive at this power" and diff is None and "only 2 seeds" in reason
+
+
+DIVERGED = "diverged at epoch 1: train_loss nan"
+
+
+def test_a_recipe_that_diverges_where_its_control_trains_is_not_reproduced():
+    """Emergence on VGG-19 without BN (measured): it diverged on all 3 seeds while He trained.
+    The failures count, as untrained networks, against the recipe -- not as missing seeds."""
+    ours, theirs = {0: DIVERGED, 1: DIVERGED, 2: DIVERGED}, {0: 0.31, 1: 0.29, 2: 0.33}
+    word, reason, diff = judge_claim(CLAIM, ours, theirs, min_effect=0.01, untrained=0.1)
+    assert word == "not reproduced", reason
+    assert diff.diff.n == 3 and abs(diff.diff.mean + 0.21) < 1e-9
+    assert f"{CLAIM.recipe.name} failed on 3 of 3 seeds (seed 0: {DIVERGED})" in reason
+    assert "scored untrained (10.0%)" in reason
+    # the other way round, the recipe trains where its control diverges: a "better" claim holds
+    word, reason, _ = judge_claim(CLAIM, theirs, ours, min_effect=0.01, untrained=0.1)
+    assert word == "reproduced" and f"{CLAIM.control.name} failed on 3 of 3" in reason
+    # and a "comparable" one does not: one side trains, the other does not
+    assert judge_claim(EQUAL, theirs, ours, min_effect=0.01, untrained=0.1)[0] == "not reproduced"
+
+
+def test_seeds_where_both_sides_failed_tell_nothing_and_are_left_out():
+    ours = {0: DIVERGED, 1: 0.50, 2: 0.52, 3: 0.51, 4: 0.53}
+    theirs = {0: "raised: CUDA error", 1: 0.40, 2: 0.41, 3: 0.40, 4: 0.42}
+    word, reason, diff = judge_claim(CLAIM, ours, theirs, min_effect=0.01, untrained=0.1)
+    assert word == "reproduced" and diff.diff.n == 4 and "1 seeds where both failed left out" in reason
+    word, reason, diff = judge_claim(CLAIM, {0: DIVERGED, 1: DIVERGED, 2: 0.5}, {0: "x", 1: "y", 2: 0.4},
+                                     min_effect=0.01, untrained=0.1)
+    assert word == "inconclusive at this power" and diff is None and "only 1 seeds" in reason
 
 
 def test_a_claim_runs_through_the_race_and_is_logged_with_the_claims(data_dir, home, capsys):
