@@ -14,8 +14,10 @@ and ends with one word and its reason (:func:`judge_claim`):
   opposite sign or no gain at all), or wholly beyond ``±min_effect`` for "comparable";
 * **inconclusive at this power**: neither, with the half-width the race reached.
 
-A job that failed (diverged, raised) is scored as a network that learned nothing: a recipe that
-diverges where its control trains does not reproduce a claim that it trains better.
+A job that failed (diverged, raised) is scored as a network that learned nothing, and the race
+keeps both recipes on every seed until the paired test decides (``confirm_failures: score``):
+a recipe that diverges where its control trains does not reproduce a claim that it trains
+better, and one side staying at chance does not end a claim's race at its first seeds.
 
 A claim that cannot run here (CIFAR-100 is not on this machine) says so and runs nothing.
 Paper figures marked UNVERIFIED are quoted from third parties (``docs/init-methods.md`` 9).
@@ -27,7 +29,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from initsearch.confirm import Entry, scores
-from initsearch.data import CIFAR10_CLASSES
 from initsearch.plan import plan_study
 from initsearch.protocol import machine
 from initsearch.race import Score
@@ -256,14 +257,13 @@ def run_claim(claim: Claim, *, profile: str | None = None, data_dir=None,
     t0 = time.perf_counter()
     plan = plan_study(claim.arch, arch_options=claim.options, data_dir=data_dir, budget=0,
                       profile=profile, objective=claim.objective, run=run, confirm=confirm,
-                      protocol_keys={**claim.protocol, "confirm_cost_ratio": 0})  # both sides in full
+                      protocol_keys={**claim.protocol, "confirm_cost_ratio": 0,  # both sides in full,
+                                     "confirm_failures": "score"})  # every seed, failed or not
     entries = [Entry(r.name, r, r.name, None) for r in (claim.recipe, claim.control)]
     result = run_study(plan, run, confirm, entries, race_baselines=False)
     by_seed = scores({r.name: r.runs for r in result.verdict.rows})
-    fidelity = plan.protocol.for_confirmation()
-    untrained = fidelity.score([1 / len(CIFAR10_CLASSES)] * fidelity.epochs)  # a network that learned nothing
     word, reason, diff = judge_claim(claim, by_seed[claim.recipe.name], by_seed[claim.control.name],
-                                     plan.protocol.min_effect, untrained)
+                                     plan.protocol.min_effect, result.verdict.rules.untrained)
     return Finding(claim, word, reason, diff, time.perf_counter() - t0, result.study_name)
 
 

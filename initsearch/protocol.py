@@ -41,7 +41,8 @@ PRUNERS = ("successive_halving", "hyperband", "median", "none")
 #: Keys that do not decide how a trial trains or is scored: the race's decision rule
 #: (:class:`~initsearch.race.RaceRules`) and the placement of trials.
 _NOT_CONTENT = ("name", "description", "archs", "threads_per_trial", "gpus_per_trial",
-                "confirm_seeds", "confirm_max_seeds", "min_effect", "confirm_rank", "confirm_cost_ratio")
+                "confirm_seeds", "confirm_max_seeds", "min_effect", "confirm_rank", "confirm_cost_ratio",
+                "confirm_failures")
 #: Keys added after protocols were first hashed, with their defaults: left out of
 #: :meth:`Protocol.content_hash` while at the default, so a protocol that does not use them keeps
 #: its hash. (``confirm_size`` is not among them: carving the confirm split moved the training
@@ -51,6 +52,7 @@ _NEW_DEFAULTS = {"grad_clip": None, "precision": "fp32", "compile": False, "conf
                  "objective_target": None, "init_steps": {}}
 OBJECTIVES = ("final", "auc", "epochs_to")
 RANKS = ("mean", "lcb")
+FAILURES = ("drop", "score")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Protocol:
     min_effect: float = 0.01                   # the smallest accuracy difference worth acting on (1 pp)
     confirm_rank: str = "mean"                 # who leads a look: mean | lcb (lower 95 % bound)
     confirm_cost_ratio: float = 0.0            # a non-leader whose jobs cost > this x the median retires (0: off)
+    confirm_failures: str = "drop"             # a racer that fails a seed: drop | score (as untrained; claims)
     objective: str = "final"                   # what a trial's score is: final | auc | epochs_to (score())
     objective_target: float | None = None      # epochs_to's accuracy target, e.g. 0.4
     init_steps: dict = field(default_factory=dict)  # {step: {option: value}} where a recipe leaves them unset
@@ -140,6 +143,11 @@ class Protocol:
         if reached is None:
             reached = len(curve) + 1 if len(curve) < self.epochs else self.epochs + 1
         return (self.epochs - reached + 1) / self.epochs
+
+    def untrained_score(self, num_classes: int) -> float:
+        """What a network that learned nothing scores: chance accuracy (1/K) at every epoch --
+        how a failed racer counts under ``confirm_failures: score``."""
+        return self.score([1 / num_classes] * self.epochs)
 
     @property
     def score_column(self) -> str:
@@ -404,6 +412,7 @@ class _Keys(StrictModel):
     min_effect: float = Field(None, gt=0, lt=1, description="an accuracy difference in (0, 1), e.g. 0.01 for 1 pp")
     confirm_rank: Literal[RANKS] = None
     confirm_cost_ratio: float = Field(None, ge=0, description="0 (off) or a ratio > 1, e.g. 4")
+    confirm_failures: Literal[FAILURES] = None
     objective: Literal[OBJECTIVES] = None
     objective_target: float | None = Field(None, gt=0, lt=1, description="an accuracy in (0, 1), e.g. 0.4")
     init_steps: dict[str, dict[str, Any]] = None

@@ -16,7 +16,9 @@ round trains every survivor on one more seed. The race stops at the first of:
 
 Before the tests of each look, an entry that *failed* on a seed (diverged, raised) is dropped,
 and so is one that stayed at chance on a seed while another survivor trained on every seed: a
-recipe that can leave a user's run dead is never recommended over one that never did.
+recipe that can leave a user's run dead is never recommended over one that never did. (A claim
+races otherwise, ``confirm_failures: score``: a failure scores as a network that learned
+nothing, and the paired tests alone decide -- :attr:`RaceRules.untrained`.)
 
 **Repeated looks.** Testing after every round would inflate false positives. The race spends
 its ``alpha`` evenly over the planned looks (``max_seeds - min_seeds + 1``): each look tests at
@@ -43,7 +45,7 @@ import statistics
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from initsearch.stats import ALPHA, MIN_SEEDS, Estimate, estimate, paired
+from initsearch.stats import ALPHA, MIN_SEEDS, Estimate, chance_level, estimate, paired
 
 if TYPE_CHECKING:  # the race is a pure function of scores; a protocol only sets its rules
     from initsearch.protocol import Protocol
@@ -73,6 +75,10 @@ class RaceRules:
         cost_ratio: an entry that does not lead a look and whose jobs cost more than this
             many times the median entry's *retires* there, unless it is PyTorch's default or
             the race would stop anyway (0: never). See :func:`race`.
+        untrained: None (recommendations): an entry that fails on a seed is dropped, and so is
+            one that stays at chance while another trains. A score (claims, which compare two
+            recipes on every seed): a failure scores this, what a network that learned nothing
+            scores, and only the paired tests drop anyone.
     """
 
     min_seeds: int = MIN_SEEDS
@@ -82,6 +88,7 @@ class RaceRules:
     alpha: float = ALPHA
     chance: float = 0.0
     cost_ratio: float = 0.0
+    untrained: float | None = None
 
     def __post_init__(self) -> None:
         if not MIN_SEEDS <= self.min_seeds <= self.max_seeds:
@@ -105,12 +112,15 @@ class RaceRules:
         return asdict(self)
 
     @classmethod
-    def of(cls, protocol: Protocol, chance: float) -> "RaceRules":
-        """The rules a protocol's ``confirm_*`` and ``min_effect`` keys set, with ``chance``
-        the confirm split's chance level."""
+    def of(cls, protocol: Protocol, num_classes: int, n_val: int) -> "RaceRules":
+        """The rules a protocol's ``confirm_*`` and ``min_effect`` keys set, for a confirm split
+        of ``n_val`` images of ``num_classes`` classes (its chance level)."""
+        untrained = (protocol.for_confirmation().untrained_score(num_classes)
+                     if protocol.confirm_failures == "score" else None)
         return cls(min_seeds=protocol.confirm_seeds, max_seeds=protocol.confirm_max_seeds,
-                   min_effect=protocol.min_effect, rank=protocol.confirm_rank, chance=chance,
-                   cost_ratio=protocol.confirm_cost_ratio)
+                   min_effect=protocol.min_effect, rank=protocol.confirm_rank,
+                   chance=chance_level(num_classes, n_val), cost_ratio=protocol.confirm_cost_ratio,
+                   untrained=untrained)
 
 
 @dataclass(frozen=True)
@@ -167,6 +177,9 @@ def race(names: Sequence[str], reference: str | None, scores: Mapping[str, Mappi
     applies only while two entries besides the retired stay in the race, so no winner and no
     stop comes from cost alone.
     """
+    if rules.untrained is not None:  # a failure is a score, not a drop
+        scores = {m: {s: rules.untrained if isinstance(v, str) else v for s, v in by_seed.items()}
+                  for m, by_seed in scores.items()}
     alive, dropped, looks = list(names), {}, []
     n = rules.min_seeds
     while True:
@@ -181,7 +194,7 @@ def race(names: Sequence[str], reference: str | None, scores: Mapping[str, Mappi
                 why[name] = f"failed on seed {failed}: {scores[name][failed]}"
         alive = [m for m in alive if m not in why]
         trains = [m for m in alive if all(scores[m][s] > rules.chance for s in use)]
-        if trains:
+        if trains and rules.untrained is None:
             for m in alive:
                 if m not in trains:
                     s = next(s for s in use if scores[m][s] <= rules.chance)

@@ -242,7 +242,8 @@ class _Session:
                    "confirm_top": self.confirm.top, "confirm_seeds": protocol.confirm_seeds,
                    "confirm_max_seeds": protocol.confirm_max_seeds,
                    "min_effect": protocol.min_effect, "confirm_rank": protocol.confirm_rank,
-                   "confirm_cost_ratio": protocol.confirm_cost_ratio},
+                   "confirm_cost_ratio": protocol.confirm_cost_ratio,
+                   "confirm_failures": protocol.confirm_failures},
             protocol.to_dict(), {"arch": plan.model.label,
                                  "arch_options": json.dumps(plan.model.options, sort_keys=True)})
         self.cache = ResultCache(self.tracker, model_fingerprint(plan.model.probe),
@@ -321,8 +322,7 @@ class _Session:
                                "partial", chance=self.chance)
         try:
             fidelity = plan.protocol.for_confirmation()
-            rules = RaceRules.of(plan.protocol, chance_level(self.splits.num_classes,
-                                                             len(self.splits.confirm)))
+            rules = RaceRules.of(plan.protocol, self.splits.num_classes, len(self.splits.confirm))
             entries = (merge(select(study, plan.space.baselines(), self.confirm.top, self.chance),
                              candidates) if self.race_baselines else candidates)
             seeds = fresh_seeds(plan.protocol.seeds, rules.max_seeds)

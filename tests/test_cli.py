@@ -115,6 +115,7 @@ def test_gpu_share_without_gpu(capsys, home, data_dir):
     ("min_effect: 1.5", "min_effect must be an accuracy difference in (0, 1)"),
     ("confirm_rank: best", "confirm_rank must be"),
     ("confirm_cost_ratio: 0.5", "confirm_cost_ratio must be 0 (off) or above 1"),
+    ("confirm_failures: keep", "confirm_failures must be"),
     ("confirm_train_size: 10\nbatch_size: 64", "confirm_train_size must be at least batch_size"),
     ("val_size: 30000\nconfirm_size: 30000", "leave no training images"),
 ])

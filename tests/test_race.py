@@ -105,6 +105,25 @@ def test_a_failed_or_dead_seed_is_never_recommended_over_one_that_always_trains(
     assert out.stop == "winner" and out.survivors == ("steady",)
 
 
+def test_a_claims_race_scores_failures_and_lets_the_paired_test_decide():
+    """``untrained`` (claims): a recipe that diverges on every seed while its control barely
+    trains is not dropped at the first look -- it scores as untrained (10 %) and the race
+    goes on until the paired test finds it worse; the recommendation rules would have ended it
+    at 3 seeds."""
+    control = {s: 0.10 + d for s, d in zip(SEEDS, [0.03, 0.01, 0.12, 0.05, 0.06, 0.04, 0.08,
+                                                 0.02, 0.07, 0.05, 0.06, 0.03])}
+    scores = {"recipe": {s: "diverged at epoch 1: train_loss nan" for s in SEEDS}, "control": control}
+    assert race(["recipe", "control"], None, scores, SEEDS, RULES).seeds == 3  # dropped: failed
+    claims = replace(RULES, untrained=0.10)
+    out = race(["recipe", "control"], None, scores, SEEDS, claims)
+    assert out.stop == "winner" and out.survivors == ("control",) and out.seeds > 3
+    look, why = out.dropped["recipe"]
+    assert why.startswith("worse than control") and out.looks[look - 1].standings["recipe"].mean == 0.10
+    # both at chance, one of them failing: nothing trains, said at the first look
+    dead = {"recipe": scores["recipe"], "control": {s: 0.10 for s in SEEDS}}
+    assert race(["recipe", "control"], None, dead, SEEDS, claims).stop == "nothing"
+
+
 def test_nothing_trains():
     scores = {m: {s: 0.10 for s in SEEDS} for m in ("default", "a")}
     out = race(["default", "a"], "default", scores, SEEDS, RULES)
