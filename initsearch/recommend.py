@@ -184,7 +184,7 @@ def judge(entries: list[Entry], recorded: dict[str, dict[int, dict]], seeds: lis
         rows.append(replace(r, val=estimate(r.values()), test=estimate(r.values("test_acc")))
                     if r.values() else r)
     ref = next((r for r in rows if r.name == REFERENCE), None)
-    rows = [replace(r, vs_reference=_versus(r, ref)) for r in rows]
+    rows = [replace(r, vs_reference=_versus(r, ref, rules.untrained)) for r in rows]
     by_name = {r.name: r for r in rows}
     ref = by_name.get(REFERENCE)
     n, delta = len(used), f"{100 * rules.min_effect:.1f} pp"
@@ -228,7 +228,7 @@ def judge(entries: list[Entry], recorded: dict[str, dict[int, dict]], seeds: lis
         parts = [against_default(w)]
         if best is not None:
             label = "best other baseline" if w.kind == "baseline" else "best baseline"
-            vs_best = _versus(w, best)
+            vs_best = _versus(w, best, rules.untrained)
             parts.append(vs_best.pp(f"{label} {best.name}") if vs_best else f"{label} {best.name} not paired")
         kind = "recommend"
         text = f"recommend {chosen}: {', '.join(p for p in parts if p)} (confirm accuracy, {n} seeds)"
@@ -254,7 +254,7 @@ def _undecided(outcome: Outcome, rows: dict[str, Confirmed], rules: RaceRules, l
     """``A, B remain within ±w pp of the leader; about M more seeds per recipe would resolve d``."""
     lead = rows[leader]
     others = [m for m in outcome.survivors if m != leader]
-    comparisons = [_versus(rows[m], lead) for m in others]  # survivors share every seed
+    comparisons = [c for m in others if (c := _versus(rows[m], lead, rules.untrained))]
     lo = min((c.diff.lo for c in comparisons), default=0.0)
     hi = max((c.diff.hi for c in comparisons), default=0.0)
     need = max((c.seeds_to_resolve(rules.min_effect, rules.level) for c in comparisons), default=0)
@@ -265,13 +265,20 @@ def _undecided(outcome: Outcome, rows: dict[str, Confirmed], rules: RaceRules, l
             f"recipe would resolve {100 * rules.min_effect:.1f} pp")
 
 
-def _versus(a: Confirmed, b: Confirmed | None) -> Paired | None:
-    """``a - b`` over the seeds both completed (None below :data:`MIN_SEEDS` of them)."""
+def _versus(a: Confirmed, b: Confirmed | None, untrained: float | None = None) -> Paired | None:
+    """``a - b`` over the seeds both completed (None below :data:`MIN_SEEDS` of them); with
+    ``untrained`` (:attr:`RaceRules.untrained`), over the seeds both ran, a failure scoring it."""
     if b is None or a is b:
         return None
-    both = [s for s in sorted(a.runs) if s in b.runs and a.runs[s]["state"] == "COMPLETE"
-            and b.runs[s]["state"] == "COMPLETE"]
-    return paired(a.values(seeds=both), b.values(seeds=both)) if len(both) >= MIN_SEEDS else None
+
+    def score(r: Confirmed, s: int) -> float | None:
+        run = r.runs[s]
+        return run.get("score", run["confirm_acc"]) if run["state"] == "COMPLETE" else untrained
+
+    both = [s for s in sorted(a.runs) if s in b.runs
+            and score(a, s) is not None and score(b, s) is not None]
+    return (paired([score(a, s) for s in both], [score(b, s) for s in both])
+            if len(both) >= MIN_SEEDS else None)
 
 
 def _tau(rows: list[Confirmed], first: list[int]) -> float | None:

@@ -138,7 +138,7 @@ def test_a_diverging_protocol_fails_every_trial_and_recommends_nothing(data_dir,
 
 def _verdict(accs: dict[str, list[float]], rules=None, failed: dict | None = None):
     """The verdict :func:`judge` gives on synthetic records: ``accs[name][i]`` is the confirm
-    accuracy on seed ``i + 1``; ``failed``: ``{name: seed}`` of a job that raised."""
+    accuracy on seed ``i + 1``; ``failed``: ``{name: seeds}`` of the jobs that diverged."""
     from initsearch.confirm import REFERENCE, Entry
     from initsearch.race import RaceRules
     from initsearch.recommend import judge
@@ -149,7 +149,7 @@ def _verdict(accs: dict[str, list[float]], rules=None, failed: dict | None = Non
                      kinds.get(n, None if n.startswith("trial") else n), None) for n in accs]
     records = {n: {s: ({"state": "FAIL", "error": "diverged at epoch 2: train_loss nan",
                         "confirm_acc": None, "test_acc": None}
-                       if (failed or {}).get(n) == s else
+                       if s in (failed or {}).get(n, ()) else
                        {"state": "COMPLETE", "confirm_acc": a, "test_acc": a - 0.01, "error": None})
                    for s, a in zip(range(1, 7), v)} for n, v in accs.items()}
     return judge(entries, records, list(range(1, 7)), rules)
@@ -201,10 +201,23 @@ def test_a_default_that_does_not_train_gets_a_recommendation_not_silence():
 def test_a_failed_seed_drops_the_recipe():
     v = _verdict({"pytorch_default": [0.30, 0.31, 0.29, 0.30, 0.32, 0.30],
                   "risotto": [0.60, 0.61, 0.62, 0.60, 0.61, 0.63],
-                  "he": [0.40, 0.41, 0.42, 0.40, 0.41, 0.43]}, failed={"risotto": 2})
+                  "he": [0.40, 0.41, 0.42, 0.40, 0.41, 0.43]}, failed={"risotto": {2}})
     assert v.recommended.name == "he"
     assert {r.name: r for r in v.rows}["risotto"].status == (
         "dropped at look 1: failed on seed 2: diverged at epoch 2: train_loss nan")
+
+
+def test_a_claims_race_compares_a_recipe_that_always_fails_as_untrained():
+    """``untrained`` rules (claims): the failing recipe stays in the race, its paired
+    differences count its failures as untrained networks, and an undecided verdict still says
+    what it cannot rule out (it crashed on the missing comparison before)."""
+    from initsearch.race import RaceRules
+
+    rules = RaceRules(min_seeds=3, max_seeds=6, min_effect=0.01, chance=0.112, untrained=0.10)
+    v = _verdict({"emergence": [0.0] * 6, "he": [0.13, 0.10, 0.25, 0.11, 0.10, 0.24]}, rules,
+                 failed={"emergence": set(range(1, 7))})
+    assert v.outcome.stop == "budget" and v.outcome.seeds == 6 and not v.outcome.dropped
+    assert "cannot be ruled out" in v.text and "span [" in v.text
 
 
 def test_a_failed_confirmation_job_is_recorded_as_failed(tmp_path):
