@@ -2,11 +2,12 @@
 
 For every model module of the installed timm (``timm.list_modules()``: a family), the model with
 the fewest parameters (counted on the meta device) is built with ``pretrained=False`` and
-``num_classes=10`` at the smallest input it accepts among 32, 64, 96, 128, 160 and 224 pixels
-(``img_size`` passed where the family takes it). Then ``discover_roles`` runs (timed), and every
-published baseline is applied to a copy -- data steps on 16 random images at that size, GradInit
-cut to 2 iterations (what is checked is that it runs, not its budget) -- and the copy's output
-on 2 images must be finite. Each baseline is ``ok``, ``refused`` (its one-line reason, e.g. a
+``num_classes=10`` at the smallest input it accepts among 32, 64, ..., 224, 240 and 256 pixels
+(``img_size`` passed where the family takes it). Then ``discover_roles`` runs at that input
+(timed; "read from" says whether the graph was traced symbolically or on an example batch, or
+names were read), and every published baseline is applied to a copy -- data steps on 16 random
+images at that size, GradInit cut to 2 iterations (what is checked is that it runs, not its
+budget) -- and the copy's output on 2 images must be finite. Each baseline is ``ok``, ``refused`` (its one-line reason, e.g. a
 missing role) or ``FAILS`` (it applied and gave a non-finite output, or raised something other
 than a usage error).
 
@@ -38,7 +39,7 @@ from initsearch.recipe import BASELINES, StepInit, why_not
 from initsearch.roles import discover_roles
 from initsearch.schemes.base import InitData
 
-SIZES = (32, 64, 96, 128, 160, 224)
+SIZES = (32, 64, 96, 128, 160, 224, 240, 256)
 
 
 def smallest_model(family: str) -> str | None:
@@ -72,6 +73,10 @@ def build(name: str) -> tuple[torch.nn.Module, int]:
             except Exception:  # noqa: BLE001 -- too small, or no img_size argument: try the next
                 continue
     raise RuntimeError(f"{name} runs at none of {SIZES}")
+
+
+def _read_from(source: str) -> str:
+    return "graph on example" if source.startswith("graph (traced on") else source.split()[0]
 
 
 def check_baseline(name: str, model: torch.nn.Module, roles, size: int) -> str:
@@ -122,7 +127,7 @@ def main() -> None:
             try:
                 model, size = build(name)
                 t0 = time.perf_counter()
-                roles = discover_roles(model)
+                roles = discover_roles(model, input_shape=(3, size, size))
                 took = time.perf_counter() - t0
                 params = sum(p.numel() for p in model.parameters())
                 verdicts = ({b: check_baseline(b, model, roles, size) for b in BASELINES}
@@ -131,7 +136,7 @@ def main() -> None:
                 refused = [f"{b} ({v[9:70]})" for b, v in verdicts.items() if v.startswith("refused")]
                 fails = [f"{b} ({v[7:90]})" for b, v in verdicts.items() if v.startswith("FAILS")]
                 skipped = "" if verdicts else f"not applied ({params / 1e6:.0f} M params)"
-                row = (f"| {family} | {name} | {size} | {took:.2f} | {roles.source.split()[0]} | "
+                row = (f"| {family} | {name} | {size} | {took:.2f} | {_read_from(roles.source)} | "
                        f"{roles.topology} | {len(roles)} | "
                        f"{len(roles.blocks)} | {', '.join(ok) or skipped} | {'; '.join(refused)} | {'; '.join(fails)} |")
             except UsageError as exc:

@@ -26,6 +26,7 @@ from initsearch.errors import UsageError
 
 DATASETS = ("cifar10",)
 DATA_ENV = "INITSEARCH_DATA"
+EXAMPLE_INPUT = (3, 32, 32)  #: one image's shape (CIFAR-10): what models are probed and traced with
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
 # Per-channel statistics of the CIFAR-10 training set, used to standardize inputs.

@@ -39,13 +39,13 @@ import torch
 import yaml
 from torch import nn
 
+from initsearch.data import EXAMPLE_INPUT
 from initsearch.errors import UsageError
 from initsearch.roles import ROLES, WEIGHT_ROLES, Roles, discover_roles, matrices, units
 from initsearch.roles.units import shape
 from initsearch.schemes import SCHEMES, STEPS, InitData, fixup, identity, scale_
 
 FORMAT, VERSION = "initsearch.recipe", 1
-EXAMPLE_INPUT = (3, 32, 32)  #: one image's shape, for probing a model (CIFAR-10)
 
 
 def _label(name: str, options: Mapping[str, Any]) -> str:

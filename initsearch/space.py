@@ -46,8 +46,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from initsearch.data import EXAMPLE_INPUT
 from initsearch.errors import UsageError
-from initsearch.recipe import BASELINES, EXAMPLE_INPUT, Recipe, RoleInit, StepInit, why_not
+from initsearch.recipe import BASELINES, Recipe, RoleInit, StepInit, why_not
 from initsearch.roles import ROLES, Roles, discover_roles
 from initsearch.schema import StrictModel, validate
 from initsearch.schemes import STEPS

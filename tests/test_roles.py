@@ -1,6 +1,9 @@
 """Role discovery: every built-in architecture, and models written only here -- a residual
 layout no naming convention describes, auxiliary heads under unusual names, an untraceable
-model (names fallback), and a model that cannot be labelled without help."""
+model (names fallback), one that branches on its input's shape (traced on an example), and a
+model that cannot be labelled without help."""
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -257,7 +260,43 @@ class _Untraceable(nn.Module):
 def test_untraceable_model_falls_back_to_names():
     roles = discover_roles(_Untraceable())
     assert roles.source.startswith("names (fx could not trace")
+    assert "branches on a tensor's values" in roles.source  # no one graph for every input
     assert roles == {"stem": "stem", "aux_out": "aux_head", "head": "classifier"}
+
+
+class _ShapeBranching(nn.Module):
+    """timm's style: Python arithmetic and branches on the input's shape ("same" padding, a
+    window that must divide the map), which symbolic tracing cannot follow."""
+
+    def __init__(self, c=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, stride=2)
+        self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.head = nn.Linear(c, 10)
+        self.window = 4
+
+    def forward(self, x):
+        pad = max((math.ceil(x.shape[-1] / 2) - 1) * 2 + 3 - x.shape[-1], 0)
+        h = self.stem(F.pad(x, (pad // 2, pad - pad // 2) * 2))
+        if h.shape[-1] % self.window:
+            h = F.pad(h, (0, self.window - h.shape[-1] % self.window) * 2)
+        B, C, H, W = h.shape
+        h = h + self.b(F.relu(self.a(h)))
+        return self.head(h.reshape(B, C, H * W).mean(-1))
+
+
+def test_a_forward_that_branches_on_shapes_is_traced_on_an_example():
+    model = _ShapeBranching()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    roles = discover_roles(model)
+    assert roles.source == "graph (traced on a 2x3x32x32 example: its forward branches on shapes)"
+    assert (roles["stem"], roles["a"], roles["b"], roles["head"]) == ("stem", "conv", "branch_last", "classifier")
+    assert [(b.branch, b.shortcut) for b in roles.blocks] == [(("a", "b"), None)]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing touched
+    assert model.training  # the modes are restored
+    # the example's shape is the caller's: one that this model cannot take fails the trace
+    odd = discover_roles(model, input_shape=(3, 32))
+    assert odd.source.startswith("names (fx could not trace") and "symbolically" in odd.source
 
 
 class _Unit(nn.Module):  # a residual unit whose class name says nothing

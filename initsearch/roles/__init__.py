@@ -9,8 +9,9 @@ layer, or a tensor a container owns directly (a class token), named by its param
 
 :func:`discover_roles` reads the model's **dataflow graph** (:mod:`~initsearch.roles.graph`:
 attentions, residual additions with their norm placement, the main output and auxiliary heads,
-how owned tensors meet the data); a model fx cannot trace falls back to **names and
-registration order** (:mod:`~initsearch.roles.names`), and :attr:`Roles.source` says which was
+how owned tensors meet the data), traced symbolically or, where the forward branches on its
+input's shape, on an example batch (:mod:`~initsearch.roles.tracing`); a model fx cannot
+trace either way falls back to **names and registration order** (:mod:`~initsearch.roles.names`), and :attr:`Roles.source` says which was
 used. Explicit overrides (``{glob over unit paths: role}``) win -- a user's, then the model's own
 ``initsearch_roles()`` if it defines one -- and the residual blocks
 (:mod:`~initsearch.roles.blocks`) follow the final roles.
@@ -28,6 +29,7 @@ from typing import Iterable, Mapping
 
 from torch import nn
 
+from initsearch.data import EXAMPLE_INPUT
 from initsearch.errors import UsageError
 from initsearch.roles import graph, names
 from initsearch.roles.blocks import ResidualBlock, reconcile
@@ -44,7 +46,8 @@ class Roles(dict):
     """``{unit path: role}`` in registration order, plus:
 
     * ``blocks``: the residual blocks, in execution order;
-    * ``source``: ``"graph"`` or ``"names (<why the graph was not used>)"``;
+    * ``source``: ``"graph"``, ``"graph (traced on a 2x3x32x32 example: ...)"`` or
+      ``"names (<why the graph was not used>)"``;
     * ``topology``: ``"transformer"`` (it has attention), ``"residual"`` (additive skips),
       ``"dense"`` (concatenation skips: DenseNet) or ``"plain"`` (VGG, MLP) -- schemes whose
       published settings differ by family (GradInit) read it.
@@ -58,7 +61,8 @@ class Roles(dict):
         self.topology = topology
 
 
-def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None) -> Roles:
+def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None, *,
+                   input_shape: tuple[int, ...] = EXAMPLE_INPUT) -> Roles:
     """Label every unit of ``model`` with a role (see the module docstring).
 
     Args:
@@ -66,6 +70,9 @@ def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None)
         overrides: ``{glob over unit paths: role}``; these win over everything else. Each
             pattern must match at least one unit (a module path, or a parameter path for a
             tensor a container owns).
+        input_shape: one input's shape, for a model whose forward branches on its input's
+            shape (timm's windowed attentions, "same" padding): its graph is traced on a batch
+            of that shape. Other models are traced symbolically and it is unused.
 
     Returns:
         :class:`Roles`: ``{unit path: role}`` in registration order, with ``.blocks``,
@@ -89,13 +96,14 @@ def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None)
         if role:
             fixed[path] = role
     try:
-        reading = graph.read(model, found, fixed)
-        roles, blocks, source = reading.roles, reading.blocks, "graph"
+        reading = graph.read(model, found, fixed, input_shape)
+        roles, blocks = reading.roles, reading.blocks
+        source = f"graph ({reading.traced})" if reading.traced else "graph"
         topology = ("transformer" if reading.attention else "residual" if blocks else
                     "dense" if reading.dense else "plain")
     except Exception as exc:  # fx refuses data-dependent control flow and more; names still work
         roles, blocks = names.read(model, found, fixed)
-        source = f"names (fx could not trace the model: {type(exc).__name__}: {str(exc)[:120]})"
+        source = f"names (fx could not trace the model: {type(exc).__name__}: {str(exc)[:200]})"
         topology = "residual" if blocks else "plain"
     unlabelled = [p for p, r in roles.items() if r is None]
     if unlabelled:

@@ -1,7 +1,8 @@
 """Reading a model's dataflow graph into roles, residual blocks and attentions.
 
-The model is traced symbolically with :mod:`torch.fx` in train mode (auxiliary heads run only in
-training); nothing is computed. Layers (:func:`~initsearch.roles.units.is_layer`) stay single
+The model is traced with :mod:`torch.fx` in train mode (auxiliary heads run only in training):
+symbolically, or on an example batch where Python branches on shapes
+(:mod:`~initsearch.roles.tracing`). Layers (:func:`~initsearch.roles.units.is_layer`) stay single
 nodes; a layer a function uses through its weight (torchvision's Swin calls its attention as one
 function of ``qkv.weight`` and ``proj.weight``) is read from those ``get_attr`` nodes. PyTorch's
 own ``nn.TransformerEncoderLayer`` family cannot be traced (its fast path branches on tensor
@@ -42,16 +43,16 @@ What the graph tells, in order:
 from __future__ import annotations
 
 import operator
-import sys
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
 from initsearch.roles.blocks import ResidualBlock, common_path
+from initsearch.roles.tracing import COMPOSITES, trace
 from initsearch.roles.vocabulary import (WEIGHT_TYPES, multiplier_role, per_channel,
                                          per_channel_tensors, role_by_type)
 
@@ -62,56 +63,25 @@ _MATMULS = {operator.matmul, torch.matmul, torch.bmm}
 _SOFTMAX = {F.softmax, torch.softmax}
 _LAYER_FUNCTIONS = {F.linear, F.conv1d, F.conv2d, F.conv3d}
 _MAX_HEADS = 32  # a square linear this narrow, between attention scores and softmax, mixes heads
-#: torch.nn modules that fx cannot trace through: read from their known layout instead.
-_COMPOSITES = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.TransformerEncoder,
-               nn.TransformerDecoder, nn.Transformer)
 
 
 @dataclass
 class Reading:
     """What the graph says: roles (None where it says nothing), blocks in execution order,
-    whether it has attention and concatenation skips."""
+    whether it has attention and concatenation skips, and how it was traced ("": symbolically)."""
 
     roles: dict[str, str | None]
     blocks: list[ResidualBlock] = field(default_factory=list)
     attention: bool = False
     dense: bool = False
+    traced: str = ""
 
 
-class _Tracer(fx.Tracer):
-    """Keeps every layer (and every PyTorch transformer composite) one node."""
-
-    def __init__(self, layers: Iterable[nn.Module]) -> None:
-        super().__init__(autowrap_functions=_timm_functions())
-        self.layers = {id(m) for m in layers}
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if id(m) in self.layers or isinstance(m, _COMPOSITES):
-            return True
-        if next(m.parameters(), None) is not None:
-            return False  # a container of layers: trace through it
-        return super().is_leaf_module(m, qualname)
-
-
-def _timm_functions() -> tuple:
-    """The helpers timm registers as not traceable (window partitioning, position-embedding
-    resampling: shape arithmetic in Python), kept as single calls, when timm is loaded."""
-    fx_registry = sys.modules.get("timm.layers._fx")
-    return tuple(getattr(fx_registry, "_autowrap_functions", ()))
-
-
-def trace(model: nn.Module, layers: Iterable[nn.Module]) -> fx.Graph:
-    modes = {m: m.training for m in model.modules()}
-    model.train()  # auxiliary heads run only in training
-    try:
-        return _Tracer(layers).trace(model)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
-def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]) -> Reading:
-    """Roles, blocks and the network's shape from its traced graph (see the module docstring).
+def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str],
+         example_shape: tuple[int, ...]) -> Reading:
+    """Roles, blocks and the network's shape from its traced graph (see the module docstring;
+    ``example_shape`` is one input's, for a model fx can only trace on values:
+    :func:`~initsearch.roles.tracing.trace`).
 
     Raises:
         Exception: whatever fx raises on an untraceable model, or ValueError when no layer
@@ -119,7 +89,7 @@ def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]) -
     """
     layers = {p: u for p, u in units.items() if isinstance(u, nn.Module)}
     modules = dict(model.named_modules())
-    graph = trace(model, layers.values())
+    graph, traced = trace(model, layers.values(), example_shape)
     g = _Graph(graph, units, layers, modules)
     roles: dict[str, str | None] = {p: fixed.get(p) or (role_by_type(u) if p in layers else None)
                                     for p, u in units.items()}
@@ -196,7 +166,7 @@ def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str]) -
     for path in units:
         if free(path) and (path not in layers or roles[path] is None):
             roles[path] = g.unit_role(path, blocks, attention)
-    return Reading(roles, blocks, transformer, any(g.concat_skip(n) for n in g.nodes))
+    return Reading(roles, blocks, transformer, any(g.concat_skip(n) for n in g.nodes), traced)
 
 
 class _Graph:
@@ -216,7 +186,7 @@ class _Graph:
                 mha = isinstance(layers[n.target], nn.MultiheadAttention)
                 self.uses[n] = (n.target, f"{n.target}.out_proj") if mha else (n.target,)
                 self.param_node.setdefault(n.target, n)
-            elif n.op == "call_module" and isinstance(modules.get(n.target), _COMPOSITES):
+            elif n.op == "call_module" and isinstance(modules.get(n.target), COMPOSITES):
                 self.uses[n] = self._expand(n.target, modules[n.target])
             elif n.op == "get_attr" and n.target in units:  # a tensor a container owns
                 self.uses[n] = (n.target,)
@@ -261,7 +231,7 @@ class _Graph:
             return tuple(at(n) for n in [*(x for a in attns for x in (a, f"{a}.out_proj")),
                                          "linear1", "linear2", *norms])
         return tuple(u for name, child in module.named_children()
-                     for u in (self._expand(at(name), child) if isinstance(child, _COMPOSITES)
+                     for u in (self._expand(at(name), child) if isinstance(child, COMPOSITES)
                                else self._expand_children(at(name), child)))
 
     def _expand_children(self, path: str, module: nn.Module) -> tuple[str, ...]:
@@ -269,7 +239,7 @@ class _Graph:
             return (path,)
         return tuple(u for name, child in module.named_children()
                      for u in (self._expand(f"{path}.{name}", child)
-                               if isinstance(child, _COMPOSITES)
+                               if isinstance(child, COMPOSITES)
                                else self._expand_children(f"{path}.{name}", child)))
 
     # -- attentions ------------------------------------------------------------------------------
