@@ -270,7 +270,7 @@ class _ShapeBranching(nn.Module):
 
     def __init__(self, c=8):
         super().__init__()
-        self.stem = nn.Conv2d(3, c, 3, stride=2)
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, stride=2), nn.BatchNorm2d(c))
         self.a, self.b = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
         self.head = nn.Linear(c, 10)
         self.window = 4
@@ -290,10 +290,17 @@ def test_a_forward_that_branches_on_shapes_is_traced_on_an_example():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     roles = discover_roles(model)
     assert roles.source == "graph (traced on a 2x3x32x32 example: its forward branches on shapes)"
-    assert (roles["stem"], roles["a"], roles["b"], roles["head"]) == ("stem", "conv", "branch_last", "classifier")
+    assert (roles["stem.0"], roles["stem.1"], roles["a"], roles["b"], roles["head"]) == (
+        "stem", "norm", "conv", "branch_last", "classifier")
     assert [(b.branch, b.shortcut) for b in roles.blocks] == [(("a", "b"), None)]
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing touched
+    # nothing touched: not the weights, not BatchNorm's running stats, not the caller's RNG
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert model.training  # the modes are restored
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    discover_roles(model)
+    assert torch.equal(torch.rand(3), expected)
     # the example's shape is the caller's: one that this model cannot take fails the trace
     odd = discover_roles(model, input_shape=(3, 32))
     assert odd.source.startswith("names (fx could not trace") and "symbolically" in odd.source

@@ -33,6 +33,7 @@ from initsearch.data import EXAMPLE_INPUT
 from initsearch.errors import UsageError
 from initsearch.roles import graph, names
 from initsearch.roles.blocks import ResidualBlock, reconcile
+from initsearch.roles.tracing import Untraceable
 from initsearch.roles.units import Part, matrices, tensors, units, weight
 from initsearch.roles.vocabulary import (ABOUT, ATTENTION_ROLES, BRANCH_ENDS, ROLES, TENSOR_ROLES,
                                          WEIGHT_ROLES, role_by_type)
@@ -103,7 +104,8 @@ def discover_roles(model: nn.Module, overrides: Mapping[str, str] | None = None,
                     "dense" if reading.dense else "plain")
     except Exception as exc:  # fx refuses data-dependent control flow and more; names still work
         roles, blocks = names.read(model, found, fixed)
-        source = f"names (fx could not trace the model: {type(exc).__name__}: {str(exc)[:200]})"
+        why = str(exc) if isinstance(exc, Untraceable) else f"{type(exc).__name__}: {exc}"
+        source = f"names (fx could not trace the model: {why[:200]})"
         topology = "residual" if blocks else "plain"
     unlabelled = [p for p, r in roles.items() if r is None]
     if unlabelled:

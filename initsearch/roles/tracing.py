@@ -43,19 +43,32 @@ def trace(model: nn.Module, layers: Iterable[nn.Module],
     try:
         try:
             return _Tracer(layers).trace(model, defaults), ""
-        except Exception as symbolic:  # noqa: BLE001 -- any failure: try with values
-            example = torch.randn(2, *example_shape, device=_device(model))
-            try:
-                with torch.no_grad():
-                    graph = _ConcreteTracer(layers, example).trace(model, defaults)
-                return graph, (f"traced on a {'x'.join(map(str, example.shape))} example: its "
-                               "forward branches on shapes")
-            except Exception as concrete:
-                raise type(concrete)(f"{concrete} (symbolically: {type(symbolic).__name__}: "
-                                     f"{symbolic})") from symbolic
+        except Exception as exc:  # noqa: BLE001 -- any failure: try with values
+            symbolic = exc
+        device = _device(model)
+        buffers = list(model.buffers())
+        kept = [b.detach().clone() for b in buffers]  # BatchNorm's running stats move in train mode
+        try:  # the caller's random streams stay as they were (the example, dropout)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+                torch.manual_seed(0)
+                example = torch.randn(2, *example_shape, device=device)
+                graph = _ConcreteTracer(layers, example).trace(model, defaults)
+        except Exception as concrete:
+            raise Untraceable(f"{type(concrete).__name__}: {concrete} (symbolically: "
+                              f"{type(symbolic).__name__}: {symbolic})") from concrete
+        finally:
+            with torch.no_grad():
+                for b, v in zip(buffers, kept):
+                    b.copy_(v)
+        return graph, (f"traced on a {'x'.join(map(str, example.shape))} example: its forward "
+                       "branches on shapes")
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+class Untraceable(Exception):
+    """Neither tracer could follow the forward: why each failed."""
 
 
 class _Tracer(fx.Tracer):
