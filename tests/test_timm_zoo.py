@@ -238,3 +238,16 @@ def test_timm_models_by_name_and_their_refusals():
         build_model("timm:nope_net")
     with pytest.raises(UsageError, match="--model timm:vit_tiny_patch16_224 failed"):
         build_model("timm:vit_tiny_patch16_224", options={"depth": "x"})
+
+
+def test_a_hybrid_reads_its_conv_blocks_as_convolutional_and_its_mlps_as_mlps():
+    """MobileViT: inverted-residual conv blocks (a depthwise 3x3 inside) end in ``branch_last``,
+    the transformer's MLPs in ``mlp_out``. Its forward branches on the feature map's shape, so
+    it is traced on an example batch."""
+    roles = _roles_of("mobilevit_xxs")
+    assert roles.source.startswith("graph (traced on a 2x3x32x32 example")
+    assert roles["stages.0.0.conv3_1x1.conv"] == "branch_last"
+    assert roles["stages.0.0.conv1_1x1.conv"] == roles["stages.0.0.conv2_kxk.conv"] == "conv"
+    mlp = "stages.2.1.transformer.0.mlp"
+    assert (roles[f"{mlp}.fc1"], roles[f"{mlp}.fc2"]) == ("mlp_in", "mlp_out")
+    assert roles["stages.2.1.transformer.0.attn.qkv"] == "attn_qkv"

@@ -20,8 +20,9 @@ What the graph tells, in order:
    the input, the weight layers that feed only one operand (and belong to no block found
    before) form that operand's path since the fork. The operand with more of them is the
    branch -- on a tie, the one beside a lone 1x1 conv (a projection) -- and its last layer ends
-   the branch: ``attn_out`` after an attention, ``mlp_out`` in a network with attention (its
-   earlier layers ``mlp_in``), else ``branch_last``; the other operand's layers are
+   the branch: ``attn_out`` after an attention, ``mlp_out`` in a network with attention when
+   the branch is linear layers or 1x1 convs (its earlier layers ``mlp_in``), else
+   ``branch_last`` (a hybrid's convolutional blocks too); the other operand's layers are
    ``shortcut``\\ s. A norm on the branch before its first layer makes the block ``pre``-norm,
    a norm right after the sum ``post``-norm;
 3. **the output**: the main output is the model's output, or the first element of a returned
@@ -130,10 +131,11 @@ def read(model: nn.Module, units: Mapping[str, Any], fixed: Mapping[str, str],
                                     scale, g.norm_placement(n, sides[first], branch[0])))
         claimed.update(branch + skip)
         last = branch[-1]
+        mlp = transformer and all(_pointwise(layers.get(p)) for p in branch)  # not a hybrid's conv block
         if free(last):
             roles[last] = ("attn_out" if attention.get(last) == "attn_out" else
-                           "mlp_out" if transformer else "branch_last")
-        if transformer and not any(p in attention for p in branch):
+                           "mlp_out" if mlp else "branch_last")
+        if mlp and not any(p in attention for p in branch):
             for p in branch[:-1]:
                 if free(p) and roles[p] in ("linear", "conv"):
                     roles[p] = "mlp_in"
@@ -581,6 +583,13 @@ def _branch_side(layers: list[list[str]], modules: Mapping[str, nn.Module]) -> i
     if n0 and projection[0] != projection[1]:
         return 0 if projection[1] else 1
     return None
+
+
+def _pointwise(layer: nn.Module | None) -> bool:
+    """A linear layer or a 1x1 conv: what a transformer's MLP is made of."""
+    if isinstance(layer, nn.Linear):
+        return True
+    return isinstance(layer, nn.modules.conv._ConvNd) and all(k == 1 for k in layer.kernel_size)
 
 
 def _main_output(out: Any) -> Any:
