@@ -7,10 +7,16 @@ Two tracers, tried in order:
    ``max(ceil(ih / s) ...)`` for TF "same" padding, ``if x.ndim != 4``), which many timm
    families have;
 2. **concrete**: the same trace, but every proxy also carries the value an example batch gives
-   at that point (computed as the trace goes, without gradients), so ``x.shape``, ``len``,
-   ``bool`` and ``int`` answer with real numbers and Python branches take the path that input
-   takes. The graph is the model's for inputs of the example's shape -- what a study trains
-   on. Only the first forward argument gets the example; the others keep their defaults.
+   at that point (computed as the trace goes, without gradients), so ``x.shape``,
+   ``x.size()``, ``x.ndim`` and ``len`` answer with real numbers and a branch on them takes
+   the path that input takes. The graph is the model's for inputs of the example's shape --
+   what a study trains on. A branch on a tensor's *values* (``if x.mean() > 0``) still fails:
+   no single graph describes every input, and discovery falls back to names. The model's
+   buffers (BatchNorm's running statistics) and the caller's random streams are left as they
+   were.
+
+Both trace the forward as a model is called on one input: the arguments after the first are
+constants at their defaults (``if patch_coord is None`` takes its branch).
 
 Both keep every layer (and every PyTorch transformer composite, which fx cannot trace through)
 one ``call_module`` node, and keep timm's registered untraceable helpers (window partitioning,
@@ -117,7 +123,6 @@ class _ValueProxy(fx.Proxy):
 
     def __len__(self) -> int:
         return len(self.value)
-
 
 
 class _ConcreteTracer(_Tracer):
