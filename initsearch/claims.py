@@ -226,21 +226,24 @@ def judge_claim(claim: Claim, recipe: Mapping[int, Score], control: Mapping[int,
             + notes), None)
     value = lambda v: untrained if isinstance(v, str) else v  # noqa: E731
     d = paired([value(recipe[s]) for s in seeds], [value(control[s]) for s in seeds])
-    half = (d.diff.hi - d.diff.lo) / 2
-    shown = f"{claim.recipe.name} - {claim.control.name}: {d.pp()}" + "".join(f" ({n})" for n in notes)
+    word, why = _word(claim, d, min_effect)
+    return word, "; ".join([f"{claim.recipe.name} - {claim.control.name}: {d.pp()}: {why}"] + notes), d
+
+
+def _word(claim: Claim, d: Paired, min_effect: float) -> tuple[str, str]:
+    """The word the paired difference gives the claim, and why."""
+    half = f"half-width {100 * (d.diff.hi - d.diff.lo) / 2:.2f} pp"
     if claim.kind == "better":
         if d.diff.lo > 0:
-            return "reproduced", f"{shown}: the interval is above 0", d
+            return "reproduced", "the interval is above 0"
         if d.diff.hi < 0:
-            return "not reproduced", f"{shown}: the interval is below 0 (the opposite sign)", d
-        return ("inconclusive at this power", f"{shown}: the interval spans 0 (half-width "
-                f"{100 * half:.2f} pp)", d)
+            return "not reproduced", "the interval is below 0 (the opposite sign)"
+        return "inconclusive at this power", f"the interval spans 0 ({half})"
     if d.equivalent(min_effect):
-        return "reproduced", f"{shown}: within ±{100 * min_effect:.1f} pp (TOST)", d
+        return "reproduced", f"within ±{100 * min_effect:.1f} pp (TOST)"
     if d.diff.lo > min_effect or d.diff.hi < -min_effect:
-        return ("not reproduced", f"{shown}: the interval lies beyond ±{100 * min_effect:.1f} pp", d)
-    return ("inconclusive at this power", f"{shown}: neither within nor beyond "
-            f"±{100 * min_effect:.1f} pp (half-width {100 * half:.2f} pp)", d)
+        return "not reproduced", f"the interval lies beyond ±{100 * min_effect:.1f} pp"
+    return "inconclusive at this power", f"neither within nor beyond ±{100 * min_effect:.1f} pp ({half})"
 
 
 def run_claim(claim: Claim, *, profile: str | None = None, data_dir=None,
