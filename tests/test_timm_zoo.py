@@ -75,13 +75,8 @@ FAMILIES = {
     "volo": "volo_d1_224", "vovnet": "ese_vovnet19b_slim_dw", "xception": "legacy_xception",
     "xception_aligned": "xception41p", "xcit": "xcit_nano_12_p8_224",
 }
-#: Families still refused, and why (the refusal is the one-line UsageError).
-REFUSED: dict[str, str] = {
-    "swiftformer": "attn.w_g is a learned vector the queries are multiplied by (q @ w_g) in an "
-                   "'additive attention' with no softmax: nothing in the graph tells it from a "
-                   "weight matrix used functionally, whose fan would be read the wrong way round; "
-                   "a user labels it (role_overrides: {'*.w_g': attn_param})",
-}
+#: Families still refused, and why (the refusal is the one-line UsageError): none.
+REFUSED: dict[str, str] = {}
 #: Families whose forward branches on its input's shape (TF "same" padding, windows that must
 #: divide the map, ``if x.ndim != 4``): fx cannot trace them symbolically, so their graph is
 #: traced on an example batch (initsearch.roles.tracing).
@@ -251,3 +246,18 @@ def test_a_hybrid_reads_its_conv_blocks_as_convolutional_and_its_mlps_as_mlps():
     mlp = "stages.2.1.transformer.0.mlp"
     assert (roles[f"{mlp}.fc1"], roles[f"{mlp}.fc2"]) == ("mlp_in", "mlp_out")
     assert roles["stages.2.1.transformer.0.attn.qkv"] == "attn_qkv"
+
+
+def test_an_additive_attention_query_vector_keeps_its_init():
+    """SwiftFormer's ``w_g``: a (dim, 1) matrix the queries are multiplied by, in an attention
+    with no softmax. Read as an ``attn_param`` by its owner's class (EfficientAdditiveAttention),
+    so no fan-based scheme reads its fans the wrong way round: every baseline keeps it."""
+    from initsearch.roles import units
+
+    model = _build("swiftformer")
+    roles = discover_roles(model)
+    paths = [p for p in units(model) if p.endswith(".w_g")]
+    assert paths and all(roles[p] == "attn_param" for p in paths)
+    w_g = dict(model.named_parameters())[paths[0]].detach().clone()
+    BASELINES["he"].apply(model, seed=0, roles=roles)
+    assert torch.equal(dict(model.named_parameters())[paths[0]], w_g)

@@ -35,10 +35,11 @@ What the graph tells, in order:
    (:meth:`_Graph.unit_role`): concatenated to it, a ``token`` (one that joins late, CaiT's class
    token, is the skip of the residuals on it: :meth:`_Graph.late_skip`); added to it or to
    attention scores, a ``pos_embedding`` (relative-position tables and the modules holding
-   them); a layer function's bias, a ``bias`` (BEiT's q/v biases); inside an attention, an
-   ``attn_param``; multiplying what is then summed, a ``layer_scale`` (``branch_scale`` when
-   scalar: timm's LayerScale and Scale modules too); another per-channel layer on the data,
-   an ``activation``. A squeeze-excitation gate runs last in its branch but does not end it;
+   them); a layer function's bias, a ``bias`` (BEiT's q/v biases); inside an attention -- or
+   a matrix the data is multiplied by, owned by a module whose class is named for attention
+   (SwiftFormer's additive query vector) -- an ``attn_param``; multiplying what is then
+   summed, a ``layer_scale`` (``branch_scale`` when scalar: timm's LayerScale and Scale
+   modules too); another per-channel layer on the data, an ``activation``. A squeeze-excitation gate runs last in its branch but does not end it;
 5. **concatenation skips** (``cat([x, f(x)])``, DenseNet) mark a dense topology.
 """
 from __future__ import annotations
@@ -491,10 +492,18 @@ class _Graph:
             return "bias"
         if meetings and all(self._inside(m, attention) for m in meetings):
             return "attn_param"
+        if kinds == {"matmul"} and self._owner_is_attention(path):  # SwiftFormer's additive query vector
+            return "attn_param"
         if kinds == {"mul"} and (any(b.scale == path for b in blocks)
                                  or all(self._summed(m) for m in meetings)):
             return multiplier_role(values)
         return None
+
+    def _owner_is_attention(self, path: str) -> bool:
+        """The module owning tensor ``path`` is an attention by its class name: one with no
+        softmax for the graph to find (SwiftFormer's additive attention)."""
+        owner = self.modules.get(path.rpartition(".")[0])
+        return owner is not None and "attention" in type(owner).__name__.lower()
 
     def _bias_of(self, call: fx.Node, tensor: fx.Node) -> bool:
         """``tensor`` reaches ``call`` -- F.linear or F.convNd -- as its bias argument."""
@@ -543,6 +552,8 @@ def _meeting(n: fx.Node) -> str:
         return "add"
     if (n.op == "call_function" and n.target in _MULS) or (n.op == "call_method" and n.target in ("mul", "mul_")):
         return "mul"
+    if _is_matmul(n):
+        return "matmul"
     if n.op == "call_function" and (n.target is F.scaled_dot_product_attention
                                     or "attention" in getattr(n.target, "__name__", "")):
         return "attention"
