@@ -289,7 +289,7 @@ def test_a_forward_that_branches_on_shapes_is_traced_on_an_example():
     model = _ShapeBranching()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     roles = discover_roles(model)
-    assert roles.source == "graph (traced on a 2x3x32x32 example: its forward branches on shapes)"
+    assert roles.source == "graph (traced on a 1x3x32x32 example: its forward branches on shapes)"
     assert (roles["stem.0"], roles["stem.1"], roles["a"], roles["b"], roles["head"]) == (
         "stem", "norm", "conv", "branch_last", "classifier")
     assert [(b.branch, b.shortcut) for b in roles.blocks] == [(("a", "b"), None)]

@@ -240,7 +240,7 @@ def test_a_hybrid_reads_its_conv_blocks_as_convolutional_and_its_mlps_as_mlps():
     the transformer's MLPs in ``mlp_out``. Its forward branches on the feature map's shape, so
     it is traced on an example batch."""
     roles = _roles_of("mobilevit_xxs")
-    assert roles.source.startswith("graph (traced on a 2x3x32x32 example")
+    assert roles.source.startswith("graph (traced on a 1x3x32x32 example")
     assert roles["stages.0.0.conv3_1x1.conv"] == "branch_last"
     assert roles["stages.0.0.conv1_1x1.conv"] == roles["stages.0.0.conv2_kxk.conv"] == "conv"
     mlp = "stages.2.1.transformer.0.mlp"

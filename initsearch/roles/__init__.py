@@ -47,7 +47,7 @@ class Roles(dict):
     """``{unit path: role}`` in registration order, plus:
 
     * ``blocks``: the residual blocks, in execution order;
-    * ``source``: ``"graph"``, ``"graph (traced on a 2x3x32x32 example: ...)"`` or
+    * ``source``: ``"graph"``, ``"graph (traced on a 1x3x32x32 example: ...)"`` or
       ``"names (<why the graph was not used>)"``;
     * ``topology``: ``"transformer"`` (it has attention), ``"residual"`` (additive skips),
       ``"dense"`` (concatenation skips: DenseNet) or ``"plain"`` (VGG, MLP) -- schemes whose

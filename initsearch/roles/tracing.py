@@ -6,8 +6,9 @@ Two tracers, tried in order:
    on Python control flow over a tensor's shape or value (``if H != self.window_size``,
    ``max(ceil(ih / s) ...)`` for TF "same" padding, ``if x.ndim != 4``), which many timm
    families have;
-2. **concrete**: the same trace, but every proxy also carries the value an example batch gives
-   at that point (computed as the trace goes, without gradients), so ``x.shape``,
+2. **concrete**: the same trace, but every proxy also carries the value an example batch of one
+   input gives at that point (computed as the trace goes, without gradients; each leaf layer
+   in eval mode, which leaves its node unchanged and lets BatchNorm take one image), so ``x.shape``,
    ``x.size()``, ``x.ndim`` and ``len`` answer with real numbers and a branch on them takes
    the path that input takes. The graph is the model's for inputs of the example's shape --
    what a study trains on. A branch on a tensor's *values* (``if x.mean() > 0``) still fails:
@@ -40,7 +41,7 @@ def trace(model: nn.Module, layers: Iterable[nn.Module],
           example_shape: tuple[int, ...]) -> tuple[fx.Graph, str]:
     """The graph of ``model`` in train mode (auxiliary heads run only in training), with each
     of ``layers`` one node, and how it was traced: symbolically (``""``) if fx can, else on
-    a batch of 2 random inputs of ``example_shape`` (one input's shape; the words say so).
+    one random input of ``example_shape`` (the words say so).
     Raises what the concrete trace raised, naming the symbolic failure too, when neither can."""
     layers = list(layers)
     modes = {m: m.training for m in model.modules()}
@@ -57,7 +58,7 @@ def trace(model: nn.Module, layers: Iterable[nn.Module],
         try:  # the caller's random streams stay as they were (the example, dropout)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
                 torch.manual_seed(0)
-                example = torch.randn(2, *example_shape, device=device)
+                example = torch.randn(1, *example_shape, device=device)
                 graph = _ConcreteTracer(layers, example).trace(model, defaults)
         except Exception as concrete:
             raise Untraceable(f"{type(concrete).__name__}: {concrete} (symbolically: "
@@ -132,6 +133,7 @@ class _ConcreteTracer(_Tracer):
         super().__init__(layers)
         self.example = example
         self.computing = False  # inside a value computation: modules and parameters run as-is
+        self.leaf: nn.Module | None = None
         self.forward = None
 
     def proxy(self, node: fx.Node) -> _ValueProxy:
@@ -140,7 +142,7 @@ class _ConcreteTracer(_Tracer):
     def call_module(self, m: nn.Module, forward, args, kwargs) -> Any:
         if self.computing:
             return forward(*args, **kwargs)
-        self.forward = forward  # a leaf's forward, which create_proxy runs next for its value
+        self.leaf, self.forward = m, forward  # a leaf, which create_proxy runs next for its value
         return super().call_module(m, forward, args, kwargs)
 
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
@@ -169,9 +171,21 @@ class _ConcreteTracer(_Tracer):
                 return target(*args, **kwargs)
             if kind == "call_method":
                 return getattr(args[0], target)(*args[1:], **kwargs)
-            return self.forward(*args, **kwargs)  # call_module: a leaf layer
+            return self._leaf_value(args, kwargs)
         finally:
             self.computing = False
+
+    def _leaf_value(self, args, kwargs) -> Any:
+        """A leaf layer's output, computed in eval mode: the graph keeps the leaf one node
+        whatever its mode, and eval lets BatchNorm see one image (at 1x1 maps in train mode it
+        cannot), so the example is a single image."""
+        modes = {m: m.training for m in self.leaf.modules()}
+        self.leaf.eval()
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
 
     def to_bool(self, obj: fx.Proxy) -> bool:  # a branch on values, not shapes: no one graph
         raise fx.proxy.TraceError(f"the forward branches on a tensor's values ({obj.node.format_node()})")
