@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from initsearch.confirm import Entry, scores
 from initsearch.plan import plan_study
 from initsearch.protocol import machine
-from initsearch.race import Score
+from initsearch.race import Score, failures_scored
 from initsearch.recipe import BASELINES, Recipe, RoleInit
 from initsearch.settings import ConfirmConfig, RunConfig
 from initsearch.stats import MIN_SEEDS, Paired, paired
@@ -224,8 +224,8 @@ def judge_claim(claim: Claim, recipe: Mapping[int, Score], control: Mapping[int,
         return ("inconclusive at this power", "; ".join(
             [f"only {len(seeds)} seeds on which either side trained (a paired test needs {MIN_SEEDS})"]
             + notes), None)
-    value = lambda v: untrained if isinstance(v, str) else v  # noqa: E731
-    d = paired([value(recipe[s]) for s in seeds], [value(control[s]) for s in seeds])
+    ours, theirs = failures_scored(recipe, untrained), failures_scored(control, untrained)
+    d = paired([ours[s] for s in seeds], [theirs[s] for s in seeds])
     word, why = _word(claim, d, min_effect)
     return word, "; ".join([f"{claim.recipe.name} - {claim.control.name}: {d.pp()}: {why}"] + notes), d
 

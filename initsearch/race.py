@@ -178,8 +178,7 @@ def race(names: Sequence[str], reference: str | None, scores: Mapping[str, Mappi
     stop comes from cost alone.
     """
     if rules.untrained is not None:  # a failure is a score, not a drop
-        scores = {m: {s: rules.untrained if isinstance(v, str) else v for s, v in by_seed.items()}
-                  for m, by_seed in scores.items()}
+        scores = {m: failures_scored(by_seed, rules.untrained) for m, by_seed in scores.items()}
     alive, dropped, looks = list(names), {}, []
     n = rules.min_seeds
     while True:
@@ -235,6 +234,12 @@ def race(names: Sequence[str], reference: str | None, scores: Mapping[str, Mappi
             looks[-1] = replace(looks[-1], dropped={**why, **retired})
             dropped.update({m: (len(looks), w) for m, w in retired.items()})
         n += 1
+
+
+def failures_scored(by_seed: Mapping[int, Score], untrained: float) -> dict[int, float]:
+    """``{seed: score}`` with each failure (its reason) scored ``untrained``
+    (:attr:`RaceRules.untrained`)."""
+    return {s: untrained if isinstance(v, str) else v for s, v in by_seed.items()}
 
 
 def _retired(alive: list[str], leader: str | None, reference: str | None,

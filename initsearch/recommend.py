@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 from scipy import stats as _scipy
 
 from initsearch.confirm import REFERENCE, Entry, costs, load_plan, records, scores
-from initsearch.race import Outcome, RaceRules, race
+from initsearch.race import Outcome, RaceRules, failures_scored, race
 from initsearch.recipe import Recipe
 from initsearch.record import Attr, StudyAttr, reason
 from initsearch.stats import MIN_SEEDS, Estimate, Paired, estimate, paired
@@ -270,14 +270,12 @@ def _versus(a: Confirmed, b: Confirmed | None, untrained: float | None = None) -
     ``untrained`` (:attr:`RaceRules.untrained`), over the seeds both ran, a failure scoring it."""
     if b is None or a is b:
         return None
-
-    def score(r: Confirmed, s: int) -> float | None:
-        run = r.runs[s]
-        return run.get("score", run["confirm_acc"]) if run["state"] == "COMPLETE" else untrained
-
-    both = [s for s in sorted(a.runs) if s in b.runs
-            and score(a, s) is not None and score(b, s) is not None]
-    return (paired([score(a, s) for s in both], [score(b, s) for s in both])
+    by_seed = scores({"a": a.runs, "b": b.runs})
+    if untrained is not None:
+        by_seed = {k: failures_scored(v, untrained) for k, v in by_seed.items()}
+    both = [s for s in sorted(by_seed["a"]) if s in by_seed["b"]
+            and not isinstance(by_seed["a"][s], str) and not isinstance(by_seed["b"][s], str)]
+    return (paired([by_seed["a"][s] for s in both], [by_seed["b"][s] for s in both])
             if len(both) >= MIN_SEEDS else None)
 
 

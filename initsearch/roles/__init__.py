@@ -11,8 +11,9 @@ layer, or a tensor a container owns directly (a class token), named by its param
 attentions, residual additions with their norm placement, the main output and auxiliary heads,
 how owned tensors meet the data), traced symbolically or, where the forward branches on its
 input's shape, on an example batch (:mod:`~initsearch.roles.tracing`); a model fx cannot
-trace either way falls back to **names and registration order** (:mod:`~initsearch.roles.names`), and :attr:`Roles.source` says which was
-used. Explicit overrides (``{glob over unit paths: role}``) win -- a user's, then the model's own
+trace either way falls back to **names and registration order**
+(:mod:`~initsearch.roles.names`), and :attr:`Roles.source` says which was used. Explicit
+overrides (``{glob over unit paths: role}``) win -- a user's, then the model's own
 ``initsearch_roles()`` if it defines one -- and the residual blocks
 (:mod:`~initsearch.roles.blocks`) follow the final roles.
 

@@ -39,7 +39,8 @@ What the graph tells, in order:
    a matrix the data is multiplied by, owned by a module whose class is named for attention
    (SwiftFormer's additive query vector) -- an ``attn_param``; multiplying what is then
    summed, a ``layer_scale`` (``branch_scale`` when scalar: timm's LayerScale and Scale
-   modules too); another per-channel layer on the data, an ``activation``. A squeeze-excitation gate runs last in its branch but does not end it;
+   modules too); another per-channel layer on the data, an ``activation``. A
+   squeeze-excitation gate runs last in its branch but does not end it;
 5. **concatenation skips** (``cat([x, f(x)])``, DenseNet) mark a dense topology.
 """
 from __future__ import annotations

@@ -8,8 +8,8 @@ Two tracers, tried in order:
    families have;
 2. **concrete**: the same trace, but every proxy also carries the value an example batch of one
    input gives at that point (computed as the trace goes, without gradients; each leaf layer
-   in eval mode, which leaves its node unchanged and lets BatchNorm take one image), so ``x.shape``,
-   ``x.size()``, ``x.ndim`` and ``len`` answer with real numbers and a branch on them takes
+   in eval mode, which leaves its node unchanged and lets BatchNorm take one image), so
+   ``x.shape``, ``x.size()``, ``x.ndim`` and ``len`` answer with real numbers and a branch on them takes
    the path that input takes. The graph is the model's for inputs of the example's shape --
    what a study trains on. A branch on a tensor's *values* (``if x.mean() > 0``) still fails:
    no single graph describes every input, and discovery falls back to names. The model's
