@@ -14,6 +14,19 @@ and ends with one word and its reason (:func:`judge_claim`):
   opposite sign or no gain at all), or wholly beyond ``±min_effect`` for "comparable";
 * **inconclusive at this power**: neither, with the half-width the race reached.
 
+A claim about *spread* (``kind="less_variable"``: "its runs vary less from seed to seed") is
+judged on the ratio of the two recipes' variances over the same seeds (the paired
+Pitman-Morgan test, :func:`~initsearch.stats.paired_variance`): **reproduced** when the
+ratio's interval lies below 1, **not reproduced** when it lies above 1, else inconclusive. Its
+seeds are a fixed design: both recipes train on every seed of the race's budget (``--confirm-max-seeds``) and
+the test runs once, since a race that stops when the *means* are decided would stop a spread
+claim at three seeds.
+
+A claim whose control trains *another network* (``control_options``: RISOTTO without BN
+against the same ResNet with BN) runs two studies, one per network, on the same fresh seeds (a
+seed fixes the data order and augmentation in both, so the scores still pair), each on every
+seed of the budget, and is judged like any other.
+
 A job that failed (diverged, raised) is scored as a network that learned nothing, and the race
 keeps both recipes on every seed until the paired test decides (``confirm_failures: score``):
 a recipe that diverges where its control trains does not reproduce a claim that it trains
@@ -34,7 +47,7 @@ from initsearch.protocol import machine
 from initsearch.race import Score, failures_scored
 from initsearch.recipe import BASELINES, Recipe, RoleInit
 from initsearch.settings import ConfirmConfig, RunConfig
-from initsearch.stats import MIN_SEEDS, Paired, paired
+from initsearch.stats import MIN_SEEDS, Paired, VarianceRatio, paired, paired_variance
 from initsearch.study import run_study
 
 #: The MLflow experiment every claim's runs go to.
@@ -53,12 +66,14 @@ class Claim:
         paper_figure: the paper's number(s) for it.
         arch, options: the model, sized by the profile, then ``options`` over it.
         recipe: the init the claim is about; ``control``: the init it is measured against.
-        kind: ``"better"`` (the recipe scores higher) or ``"comparable"`` (within
-            ``±min_effect``).
+        kind: ``"better"`` (the recipe scores higher), ``"comparable"`` (within
+            ``±min_effect``) or ``"less_variable"`` (its scores vary less over seeds).
         objective: what a job scores (:meth:`~initsearch.protocol.Protocol.score`): ``final``
             accuracy, or ``auc`` for a claim about how fast a network trains.
         protocol: protocol keys over the profile's (the paper's setting, scaled: warm-up off,
             the optimizer, ...).
+        control_options: where the control trains another network, its options over
+            ``options`` (None: the control trains the recipe's network).
         unavailable: why it cannot run here, if it cannot.
     """
 
@@ -73,11 +88,19 @@ class Claim:
     objective: str = "final"
     options: dict[str, Any] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
+    control_options: dict[str, Any] | None = None
     unavailable: str | None = None
+
+    @property
+    def fixed_seeds(self) -> bool:
+        """Both sides train every seed of the budget, then one test (see the module docstring)."""
+        return self.kind == "less_variable" or self.control_options is not None
 
     def setting(self) -> str:
         """The setting in one line: the model, its options and the protocol keys changed."""
         parts = [self.arch, *(f"{k}={v}" for k, v in self.options.items()),
+                 *([f"control on {', '.join(f'{k}={v}' for k, v in self.control_options.items())}"]
+                   if self.control_options else []),
                  *(f"{k}: {v}" for k, v in self.protocol.items()), f"objective {self.objective}"]
         return ", ".join(parts)
 
@@ -92,6 +115,11 @@ _GRADINIT_START = Recipe(BASELINES["gradinit"].roles, "gradinit_start")
 #: Where a transformer needs warm-up: AdamW at lr 1e-2 (at 1e-3 the default trains without it;
 #: at 1e-2 it stays at chance, BENCHMARKS "can an init replace warm-up?"), none given.
 _NO_WARMUP = {"warmup_epochs": 0, "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 0.05}}
+#: VGG-19 without BN at SGD lr 0.01: at the profile's 0.05 no init trained it in 300 steps of
+#: 64 images (ZerO, PyTorch's default and He all at 10 %; one seed each), at 0.01 ZerO reached
+#: 23 % and the default stayed at 10 % -- a probe on the training set, not the claim's seeds.
+_PLAIN_VGG = {"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "nesterov": True,
+                            "weight_decay": 5.0e-4}}
 _LION_DG = ("Kim 2026 (arXiv 2601.02105), LION-DG: zero-init auxiliary heads, He backbone "
             "(Table 1 as quoted by a third party; 'speedup' undefined in that quote)")
 
@@ -146,24 +174,22 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
           "RISOTTO without BN is competitive with the same ResNet with BN",
           "competitive with BN ResNets (figures UNVERIFIED)", "resnet",
           BASELINES["risotto"], BASELINES["pytorch_default"], kind="comparable",
-          unavailable="it compares two networks (with and without BN); a claim here races two "
-                      "inits on one network"),
+          options={"norm": "none"}, control_options={"norm": "batch"}),
     Claim("zero_resnet", "Zhao, Schäfer & Anandkumar, TMLR 2022, ZerO",
           "ZerO trains a ResNet as well as random initialization",
           "CIFAR-10 ResNet-18: about 5.1 % error, state-of-the-art level (UNVERIFIED)", "resnet",
           BASELINES["zerO"], BASELINES["pytorch_default"], kind="comparable",
           protocol={"warmup_epochs": 0.3}),  # the paper warms up 10 of 200 epochs: 5 %, scaled
     Claim("zero_plain_no_bn", "Zhao, Schäfer & Anandkumar, TMLR 2022, ZerO",
-          "ZerO trains a deep plain network without BN",
+          "ZerO trains a deep plain network without BN, better than random init",
           "deep plain networks without BN train from the deterministic init (UNVERIFIED)", "vgg",
           BASELINES["zerO"], BASELINES["pytorch_default"], options={"norm": "none"},
-          unavailable="ZerO here initializes residual branches (it needs branch_last layers); "
-                      "a plain network has none"),
+          protocol={"warmup_epochs": 0.3, **_PLAIN_VGG}),
     Claim("zero_variance", "Zhao, Schäfer & Anandkumar, TMLR 2022, ZerO",
           "ZerO's runs vary less from seed to seed than random init's (its init is deterministic)",
           "lower seed-to-seed variance (UNVERIFIED)", "resnet",
-          BASELINES["zerO"], BASELINES["pytorch_default"],
-          unavailable="a claim about the spread over seeds; claims here compare paired means"),
+          BASELINES["zerO"], BASELINES["pytorch_default"], kind="less_variable",
+          protocol={"warmup_epochs": 0.3}),  # zero_resnet's setting: its jobs serve from the cache
     Claim("gradinit_postln_no_warmup", "Zhu et al., NeurIPS 2021, GradInit (the paper's 780 iterations)",
           "GradInit lets a Post-LN transformer train without warm-up, better than its starting point",
           "IWSLT'14 De-En Post-LN without warm-up (Table 4, UNVERIFIED)", "transformer_postln",
@@ -191,20 +217,24 @@ CLAIMS: dict[str, Claim] = {c.name: c for c in (
 
 @dataclass(frozen=True)
 class Finding:
-    """What running a claim found."""
+    """What running a claim found: the word, its reason, the measurement it rests on (the
+    paired difference, or for a spread claim the variance ratio), the wall time and the
+    studies that ran it."""
 
     claim: Claim
     word: str
     reason: str
-    diff: Paired | None = None
+    measured: Paired | VarianceRatio | None = None
     seconds: float = 0.0
     study: str = ""
 
 
 def judge_claim(claim: Claim, recipe: Mapping[int, Score], control: Mapping[int, Score],
-                min_effect: float, untrained: float) -> tuple[str, str, Paired | None]:
+                min_effect: float, untrained: float
+                ) -> tuple[str, str, Paired | VarianceRatio | None]:
     """The word for a claim from its recipe's and its control's scores by seed (see the module
-    docstring), its reason, and the paired difference.
+    docstring), its reason, and what it was measured by: the paired difference, or for a
+    ``less_variable`` claim the paired variance ratio.
 
     A seed's score is a number, or why the job failed there (diverged, raised). A network that
     failed is scored ``untrained`` -- what a network that learned nothing scores, 1/K accuracy
@@ -225,9 +255,29 @@ def judge_claim(claim: Claim, recipe: Mapping[int, Score], control: Mapping[int,
             [f"only {len(seeds)} seeds on which either side trained (a paired test needs {MIN_SEEDS})"]
             + notes), None)
     ours, theirs = failures_scored(recipe, untrained), failures_scored(control, untrained)
-    d = paired([ours[s] for s in seeds], [theirs[s] for s in seeds])
+    a, b = [ours[s] for s in seeds], [theirs[s] for s in seeds]
+    label = f"{claim.recipe.name} vs {claim.control.name}"
+    if claim.kind == "less_variable":
+        try:
+            v = paired_variance(a, b)
+        except ValueError as exc:  # a side that does not vary: no ratio to test
+            return "inconclusive at this power", "; ".join([f"{label}: {exc}"] + notes), None
+        return (*_spread_word(v, label, notes), v)
+    d = paired(a, b)
     word, why = _word(claim, d, min_effect)
     return word, "; ".join([f"{claim.recipe.name} - {claim.control.name}: {d.pp()}: {why}"] + notes), d
+
+
+def _spread_word(v: VarianceRatio, label: str, notes: list[str]) -> tuple[str, str]:
+    """The word a variance ratio gives a "varies less" claim, and its reason."""
+    if v.hi < 1:
+        word, why = "reproduced", "the ratio's interval is below 1"
+    elif v.lo > 1:
+        word, why = "not reproduced", "the ratio's interval is above 1 (it varies more)"
+    else:
+        word, why = "inconclusive at this power", (
+            f"the ratio's interval spans 1 (it rules out ratios below {v.lo:.3g} and above {v.hi:.3g})")
+    return word, "; ".join([f"{label}: {v.pp()}: {why}"] + notes)
 
 
 def _word(claim: Claim, d: Paired, min_effect: float) -> tuple[str, str]:
@@ -251,23 +301,36 @@ def run_claim(claim: Claim, *, profile: str | None = None, data_dir=None,
     """Race the claim's recipe against its control on fresh seeds and judge the claim.
 
     ``run.experiment`` defaults to :data:`EXPERIMENT`; ``confirm`` sets the race (its
-    ``min_effect`` is the margin of a "comparable" claim)."""
+    ``min_effect`` is the margin of a "comparable" claim, its ``max_seeds`` the seeds of a
+    fixed-seed claim)."""
     if claim.unavailable:
         return Finding(claim, "cannot run here", claim.unavailable)
     run = replace(run or RunConfig(), experiment=(run.experiment if run else None) or EXPERIMENT,
                   name=(run.name if run else None) or f"claim-{claim.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     confirm = confirm or ConfirmConfig()
     t0 = time.perf_counter()
-    plan = plan_study(claim.arch, arch_options=claim.options, data_dir=data_dir, budget=0,
-                      profile=profile, objective=claim.objective, run=run, confirm=confirm,
-                      protocol_keys={**claim.protocol, "confirm_cost_ratio": 0,  # both sides in full,
-                                     "confirm_failures": "score"})  # every seed, failed or not
-    entries = [Entry(r.name, r, r.name, None) for r in (claim.recipe, claim.control)]
-    result = run_study(plan, run, confirm, entries, race_baselines=False)
-    by_seed = scores({r.name: r.runs for r in result.verdict.rows})
-    word, reason, diff = judge_claim(claim, by_seed[claim.recipe.name], by_seed[claim.control.name],
-                                     plan.protocol.min_effect, result.verdict.rules.untrained)
-    return Finding(claim, word, reason, diff, time.perf_counter() - t0, result.study_name)
+    if claim.control_options is None:  # one network: both recipes in one race
+        sides = [(claim.options, (claim.recipe, claim.control), run)]
+    else:  # two networks: a study each, on the same fresh seeds
+        sides = [(claim.options, (claim.recipe,), replace(run, name=f"{run.name}-{claim.recipe.name}")),
+                 ({**claim.options, **claim.control_options}, (claim.control,),
+                  replace(run, name=f"{run.name}-{claim.control.name}"))]
+    by_seed, studies = {}, []
+    for options, recipes, side_run in sides:
+        plan = plan_study(claim.arch, arch_options=options, data_dir=data_dir, budget=0,
+                          profile=profile, objective=claim.objective, run=side_run, confirm=confirm,
+                          protocol_keys={**claim.protocol, "confirm_cost_ratio": 0,  # both in full,
+                                         "confirm_failures": "score"})  # every seed, failed or not
+        if claim.fixed_seeds:  # every seed of the budget from the start: one look, one test
+            plan = replace(plan, protocol=replace(plan.protocol,
+                                                  confirm_seeds=plan.protocol.confirm_max_seeds))
+        result = run_study(plan, side_run, confirm, [Entry(r.name, r, r.name, None) for r in recipes],
+                           race_baselines=False)
+        by_seed.update(scores({r.name: r.runs for r in result.verdict.rows}))
+        studies.append(result.study_name)
+    word, reason, measured = judge_claim(claim, by_seed[claim.recipe.name], by_seed[claim.control.name],
+                                         plan.protocol.min_effect, result.verdict.rules.untrained)
+    return Finding(claim, word, reason, measured, time.perf_counter() - t0, ", ".join(studies))
 
 
 def format_claims(claims: list[Claim]) -> str:
@@ -290,9 +353,9 @@ def format_markdown(findings: list[Finding], profile: str) -> str:
              "| claim | setting | paper | measured | seeds | verdict | wall |",
              "|---|---|---|---|---|---|---|"]
     for f in findings:
-        measured = f.diff.pp() if f.diff else "-"
-        seeds = str(f.diff.diff.n) if f.diff else "-"
-        why = f.reason.split(f.diff.pp(), 1)[-1].strip(" :") if f.diff else f.reason
+        measured = f.measured.pp() if f.measured else "-"
+        seeds = str(f.measured.n) if f.measured else "-"
+        why = f.reason.split(measured, 1)[-1].strip(" :") if f.measured else f.reason
         lines.append(f"| `{f.claim.name}` ({f.claim.recipe.name} vs {f.claim.control.name}) | "
                      f"{f.claim.setting()} | {f.claim.paper_figure} | {measured} | {seeds} | "
                      f"**{f.word}** ({why}) | {f.seconds:.0f} s |")
@@ -303,8 +366,8 @@ def format_findings(findings: list[Finding], profile: str) -> str:
     """The claims table: the paper's figure beside the measured one, the word and its reason."""
     lines = [f"claims on profile {profile}: paper | measured (paired, 95% CI) | seeds | verdict | wall"]
     for f in findings:
-        measured = f.diff.pp() if f.diff else "-"
-        seeds = str(f.diff.diff.n) if f.diff else "-"
+        measured = f.measured.pp() if f.measured else "-"
+        seeds = str(f.measured.n) if f.measured else "-"
         lines += [f"{f.claim.name}: {f.word.upper()}",
                   f"    paper: {f.claim.paper_figure}",
                   f"    measured: {measured}; {seeds} seeds; {f.seconds:.0f} s; study {f.study or '-'}",

@@ -409,16 +409,22 @@ BASELINES: dict[str, Recipe] = {r.name: r for r in (
 
 #: Roles a baseline needs in the model to mean anything (else it is skipped, not run).
 _REQUIRES = {"lion_dg": {"aux_head"}, "lsuv_lion_dg": {"aux_head"}, "risotto": {"branch_last"},
-             "zerO": {"branch_last"}, "fixup": {"branch_last", "branch_scale", "scalar_bias"},
+             "fixup": {"branch_last", "branch_scale", "scalar_bias"},
              "skipinit": {"branch_last", "branch_scale"}, "gpt2": {"attn_out"},
              "tfixup": {"attn_out"}, "mimetic": {"attn_out"}}
+#: A baseline published for some network families only: ``{topology: roles it needs there}``.
+#: ZerO maps ResNets (each branch's last layer zero) and plain networks (every layer identity
+#: or Hadamard: the official MLP notebook, and the paper's deep plain networks); its
+#: transformer mapping (W_Q = I, W_K = W_V = 0) is not built, and it has none for DenseNets.
+_FAMILIES = {"zerO": {"residual": {"branch_last"}, "plain": set()}}
 
 
 def why_not(baseline: str, model: nn.Module, overrides: Mapping[str, str] | None = None,
             roles: Roles | None = None, input_shape: tuple[int, ...] = EXAMPLE_INPUT) -> str | None:
     """None if the baseline applies to ``model`` (its layers labelled with ``overrides``; pass
     ``roles`` if already discovered), else why not: a role it needs is missing (LION-DG needs
-    auxiliary heads, Fixup and SkipInit a normalization-free ResNet with branch scalars, ...),
+    auxiliary heads, Fixup and SkipInit a normalization-free ResNet with branch scalars, ...) or
+    the model is of a family it has no mapping for (ZerO on a transformer or a DenseNet),
     or its layer schemes or structural step refuse the model (ZerO on an even kernel, RISOTTO
     on bottleneck blocks, Fixup on branches of unequal length, ...) or a data step cannot run
     on it (GradInit without second derivatives) -- found by applying it to a copy, data steps
@@ -426,7 +432,14 @@ def why_not(baseline: str, model: nn.Module, overrides: Mapping[str, str] | None
     default)."""
     recipe = replace(BASELINES[baseline], role_overrides=dict(overrides or {}))
     roles = roles if roles is not None else discover_roles(model, recipe.role_overrides)
-    missing = sorted(_REQUIRES.get(baseline, set()) - set(roles.values()))
+    needs = _REQUIRES.get(baseline, set())
+    families = _FAMILIES.get(baseline)
+    if families is not None:
+        if roles.topology not in families:
+            return (f"is published for {' and '.join(families)} networks, not {roles.topology} "
+                    "ones")
+        needs = families[roles.topology]
+    missing = sorted(needs - set(roles.values()))
     if missing:
         return f"needs {', '.join(missing)} layers"
     try:

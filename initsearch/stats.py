@@ -18,6 +18,11 @@ Rules that keep a small sample from misleading:
 * "better" and "worse" carry the sign (:meth:`Paired.better`, :meth:`Paired.worse`);
 * equivalence within ``±delta`` is two one-sided tests (TOST): the ``1 - 2 alpha`` interval of
   the difference lies inside ``(-delta, +delta)`` (:meth:`Paired.equivalent`).
+
+A claim about *spread* ("this init varies less from seed to seed") compares the two recipes'
+variances over the same seeds (:func:`paired_variance`). The seeds pair the scores, so the two
+samples are correlated and an F-test (which assumes independent samples) is wrong; the
+Pitman-Morgan test is the paired one.
 """
 from __future__ import annotations
 
@@ -97,6 +102,11 @@ class Paired:
     def to_dict(self) -> dict[str, object]:
         return {"diff": self.diff.to_dict(), "p": self.p, "p_adj": self.p_adj}
 
+    @property
+    def n(self) -> int:
+        """Paired seeds."""
+        return self.diff.n
+
     def pp(self, versus: str = "") -> str:
         """``+1.23 pp [vs X ](95% CI [+0.10, +2.36], p=0.041)`` -- the adjusted p."""
         d = self.diff
@@ -142,6 +152,63 @@ def paired(a: Sequence[float], b: Sequence[float]) -> Paired:
     else:  # the paired t-test (scipy.stats.ttest_rel's statistic and two-sided p)
         p = float(2 * _special.stdtr(n - 1, -abs(mean) / (sd / math.sqrt(n))))
     return Paired(estimate(d), p, p, sd)
+
+
+@dataclass(frozen=True)
+class VarianceRatio:
+    """``var(a) / var(b)`` over the same seeds: the ratio, its ``1 - alpha`` interval and the
+    two-sided Pitman-Morgan p-value; ``sd_a``, ``sd_b``: each side's seed-to-seed standard
+    deviation; ``r``: the correlation of ``a`` and ``b`` across seeds (what pairing shares)."""
+
+    ratio: float
+    lo: float
+    hi: float
+    p: float
+    r: float
+    sd_a: float
+    sd_b: float
+    n: int
+
+    def pp(self) -> str:
+        """``SD 0.80 vs 2.10 pp, variance ratio 0.15 (95% CI [0.03, 0.71], Pitman-Morgan p=0.012)``."""
+        return (f"SD {100 * self.sd_a:.2f} vs {100 * self.sd_b:.2f} pp, variance ratio "
+                f"{self.ratio:.3g} (95% CI [{self.lo:.3g}, {self.hi:.3g}], Pitman-Morgan p={self.p:.2g})")
+
+
+def paired_variance(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> VarianceRatio:
+    """``var(a) / var(b)`` for scores paired by seed (at least :data:`MIN_SEEDS`): the
+    Pitman-Morgan test and its interval (Pitman 1939; Morgan 1939).
+
+    With ``F = s_a^2 / s_b^2`` and ``r = corr(a, b)``: ``var(a) = var(b)`` exactly when
+    ``a + b`` and ``a - b`` are uncorrelated, so the test is the t-test of that correlation,
+    ``t = (F - 1) sqrt(n - 2) / (2 sqrt(F (1 - r^2)))`` on ``n - 2`` degrees of freedom. The
+    interval inverts it (the test of ``a`` against ``sqrt(theta) b``): with
+    ``K = 1 + 2 (1 - r^2) t_(1-alpha/2, n-2)^2 / (n - 2)`` it is ``F (K -+ sqrt(K^2 - 1))``.
+    Assumes the pair is bivariate normal.
+
+    Raises:
+        ValueError: the sides differ in length, have fewer than :data:`MIN_SEEDS` seeds, or one
+            side does not vary (the ratio is then 0 or undefined, and no test is honest).
+    """
+    n = len(a)
+    if len(b) != n or n < MIN_SEEDS:
+        raise ValueError(f"a paired variance test needs the same >= {MIN_SEEDS} seeds on both "
+                         f"sides (got {len(a)} and {len(b)})")
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    sa, sb = _sd(a, ma), _sd(b, mb)
+    if min(sa, sb) <= 1e-12:
+        raise ValueError(f"no spread on one side (SD {sa:.3g} and {sb:.3g}): the variance ratio "
+                         "is untestable")
+    r = sum((x - ma) * (y - mb) for x, y in zip(a, b)) / ((n - 1) * sa * sb)
+    r = max(-1.0, min(1.0, r))
+    f = sa ** 2 / sb ** 2
+    if 1 - r * r <= 1e-12:  # a = c b + d exactly: the ratio is known without error
+        return VarianceRatio(f, f, f, 1.0 if abs(f - 1) < 1e-12 else 0.0, r, sa, sb, n)
+    t = (f - 1) * math.sqrt(n - 2) / (2 * math.sqrt(f * (1 - r * r)))
+    p = float(2 * _special.stdtr(n - 2, -abs(t)))
+    k = 1 + 2 * (1 - r * r) * _t_quantile(1 - alpha / 2, n - 2) ** 2 / (n - 2)
+    root = math.sqrt(k * k - 1)
+    return VarianceRatio(f, f * (k - root), f * (k + root), p, r, sa, sb, n)
 
 
 def holm(comparisons: Sequence[Paired]) -> list[Paired]:
