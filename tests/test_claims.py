@@ -2,6 +2,8 @@
 words follow the paired interval, and a claim runs end to end through the race at toy size."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -80,6 +82,58 @@ def test_seeds_where_both_sides_failed_tell_nothing_and_are_left_out():
     word, reason, diff = judge_claim(CLAIM, {0: DIVERGED, 1: DIVERGED, 2: 0.5}, {0: "x", 1: "y", 2: 0.4},
                                      min_effect=0.01, untrained=0.1)
     assert word == "inconclusive at this power" and diff is None and "only 1 seeds" in reason
+
+
+SPREAD = CLAIMS["zero_variance"]
+
+
+@pytest.mark.parametrize("ours, theirs, word", [
+    ([0.600, 0.602, 0.599, 0.601, 0.603, 0.600], [0.55, 0.64, 0.58, 0.66, 0.52, 0.61], "reproduced"),
+    ([0.55, 0.64, 0.58, 0.66, 0.52, 0.61], [0.600, 0.602, 0.599, 0.601, 0.603, 0.600], "not reproduced"),
+    ([0.60, 0.62, 0.59, 0.61, 0.63, 0.60], [0.58, 0.61, 0.60, 0.62, 0.59, 0.63], "inconclusive at this power"),
+])
+def test_a_spread_claim_is_judged_on_the_paired_variance_ratio(ours, theirs, word):
+    """ZerO's lower seed-to-seed variance: the word follows the Pitman-Morgan interval of the
+    variance ratio (below 1, above 1, spanning 1), whatever the means do."""
+    got, reason, measured = judge_claim(SPREAD, dict(enumerate(ours)), dict(enumerate(theirs)),
+                                        min_effect=0.01, untrained=0.1)
+    assert got == word, reason
+    assert measured.n == 6 and "variance ratio" in reason and "Pitman-Morgan" in reason
+    if word.startswith("inconclusive"):
+        assert measured.lo < 1 < measured.hi and "rules out ratios below" in reason
+
+
+def test_a_spread_claim_with_a_side_that_never_varies_is_inconclusive():
+    word, reason, measured = judge_claim(SPREAD, {0: 0.1, 1: 0.1, 2: 0.1}, {0: 0.4, 1: 0.5, 2: 0.45},
+                                         min_effect=0.01, untrained=0.1)
+    assert word == "inconclusive at this power" and measured is None and "no spread" in reason
+
+
+def test_fixed_seed_and_two_network_claims_run_end_to_end(data_dir, home, capsys):
+    """At toy size: the spread claim trains both recipes on every seed of the budget (4, where a
+    race could stop at 3), and RISOTTO-vs-BN trains each side on its own network -- two studies
+    on the same fresh seeds, the control's with BN, the recipe's without."""
+    code = main(["claims", "zero_variance", "risotto_vs_bn", "--profile", "smoke", "--data",
+                 str(data_dir), "--home", str(home), "--backend", "local", "--no-progress",
+                 "--confirm-max-seeds", "4"])
+    out = capsys.readouterr().out
+    assert code == 0 and "zero_variance: " in out and "risotto_vs_bn: " in out, out
+    assert out.count("; 4 seeds;") >= 2 and "variance ratio" in out
+    client = MlflowClient(f"sqlite:///{home / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    jobs = client.search_runs([exp.experiment_id], "tags.stage = 'confirm'")
+    by_study: dict[str, list] = {}
+    for r in jobs:
+        by_study.setdefault(r.data.tags.get("study", ""), []).append(r)
+    variance = [s for s in by_study if "zero_variance" in s]
+    risotto = sorted(s for s in by_study if "risotto_vs_bn" in s)
+    assert len(variance) == 1 and len(by_study[variance[0]]) == 8  # 2 recipes x 4 seeds
+    assert len(risotto) == 2 and all(len(by_study[s]) == 4 for s in risotto)
+    seeds = [sorted(r.data.tags["seed"] for r in by_study[s]) for s in risotto]
+    assert seeds[0] == seeds[1]  # the same fresh seeds on both networks: the scores pair
+    norms = {s.rsplit("-", 1)[1]: {json.loads(r.data.tags["arch_options"])["norm"]
+                                   for r in by_study[s]} for s in risotto}
+    assert norms == {"risotto": {"none"}, "pytorch_default": {"batch"}}
 
 
 def test_a_claim_runs_through_the_race_and_is_logged_with_the_claims(data_dir, home, capsys):
