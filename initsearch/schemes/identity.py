@@ -31,8 +31,12 @@ strided). A grouped conv gets the matrix of one group in each group's block (so 
 is the identity). An even kernel has no centre tap: :class:`~initsearch.errors.UsageError`.
 Biases are 0. No randomness: every seed gives bit-identical weights.
 
-Layers: the ``identity`` scheme re-initializes one conv/linear layer. The ZerO recipe for a
-ResNet (:data:`ZERO_ROLES`, which the recipe module assembles into a baseline) maps roles as::
+Layers: the ``identity`` scheme re-initializes one conv/linear layer. The ZerO recipe
+(:data:`ZERO_ROLES`, which the recipe module assembles into a baseline) maps roles as below. On a
+ResNet each block starts as its skip; on a plain network (VGG, an MLP -- the official notebook's
+setting) there is no ``branch_last`` and every layer is Algorithm 1 or 2, so the network is a
+chain of identity and Hadamard maps up to its zero classifier. No mapping is built for DenseNets
+or transformers (the baseline is refused there: ``initsearch.recipe.why_not``)::
 
     stem, conv, shortcut, linear             identity   (Algorithm 2 for convs, 1 for linears)
     branch_last                              zero       (each residual block is the identity)
@@ -67,7 +71,8 @@ from initsearch.errors import UsageError
 from initsearch.roles import matrices
 from initsearch.schemes.layer import Scheme
 
-#: ZerO's ResNet mapping, ``{role: (scheme, options)}``; see the module docstring.
+#: ZerO's mapping for ResNets and plain networks, ``{role: (scheme, options)}``; see the module
+#: docstring.
 ZERO_ROLES: dict[str, tuple[str, dict]] = {
     "stem": ("identity", {}),
     "conv": ("identity", {}),
