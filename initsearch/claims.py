@@ -328,6 +328,7 @@ def run_claim(claim: Claim, *, profile: str | None = None, data_dir=None,
                            race_baselines=False)
         by_seed.update(scores({r.name: r.runs for r in result.verdict.rows}))
         studies.append(result.study_name)
+    # both sides ran one profile and dataset: the margin and the untrained score are the same
     word, reason, measured = judge_claim(claim, by_seed[claim.recipe.name], by_seed[claim.control.name],
                                          plan.protocol.min_effect, result.verdict.rules.untrained)
     return Finding(claim, word, reason, measured, time.perf_counter() - t0, ", ".join(studies))
