@@ -187,8 +187,9 @@ def paired_variance(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA
     Assumes the pair is bivariate normal.
 
     Raises:
-        ValueError: the sides differ in length, have fewer than :data:`MIN_SEEDS` seeds, or one
-            side does not vary (the ratio is then 0 or undefined, and no test is honest).
+        ValueError: the sides differ in length, have fewer than :data:`MIN_SEEDS` seeds, one
+            side does not vary, or one is exactly linear in the other (no t statistic exists,
+            and a p of 0 from a few seeds would be no honest test).
     """
     n = len(a)
     if len(b) != n or n < MIN_SEEDS:
@@ -202,8 +203,9 @@ def paired_variance(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA
     r = sum((x - ma) * (y - mb) for x, y in zip(a, b)) / ((n - 1) * sa * sb)
     r = max(-1.0, min(1.0, r))
     f = sa ** 2 / sb ** 2
-    if 1 - r * r <= 1e-12:  # a = c b + d exactly: the ratio is known without error
-        return VarianceRatio(f, f, f, 1.0 if abs(f - 1) < 1e-12 else 0.0, r, sa, sb, n)
+    if 1 - r * r <= 1e-12:  # a = c b + d exactly: t is undefined, and p = 0 would overclaim
+        raise ValueError(f"the sides are exactly linearly related (r = {r:.3g}): the variance "
+                         "ratio is untestable")
     t = (f - 1) * math.sqrt(n - 2) / (2 * math.sqrt(f * (1 - r * r)))
     p = float(2 * _special.stdtr(n - 2, -abs(t)))
     k = 1 + 2 * (1 - r * r) * _t_quantile(1 - alpha / 2, n - 2) ** 2 / (n - 2)

@@ -54,5 +54,7 @@ def test_coverage_of_a_known_ratio_with_correlated_seeds():
 def test_no_spread_or_too_few_seeds_is_refused():
     with pytest.raises(ValueError, match="no spread"):
         paired_variance([0.5, 0.5, 0.5], [0.4, 0.6, 0.5])
+    with pytest.raises(ValueError, match="exactly linearly related"):
+        paired_variance([0.1, 0.2, 0.4], [0.3, 0.5, 0.9])  # a = b / 2 - 0.05
     with pytest.raises(ValueError, match=">= 3 seeds"):
         paired_variance([0.5, 0.6], [0.4, 0.6])
